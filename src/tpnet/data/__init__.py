@@ -1,0 +1,5 @@
+"""Dataset contract, image I/O, synthetic data, integrity check, loader.
+
+Kept import-free on purpose: the inference path imports ``tpnet.data.io`` and ``tpnet.data.encoding``
+and must not pull in albumentations or torchvision through this package.
+"""

@@ -1,0 +1,134 @@
+"""How a frame becomes network input: units, channel encoding, resampling to one pixel spacing, padding.
+
+Shared by the training loader and the inference tool (numpy + OpenCV + torch only), and recorded
+verbatim in exported models, so a model file states exactly what it expects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+TISSUE_DENSITY_KG_M3 = 1000.0
+CHANNEL_NAMES: tuple[str, ...] = ("bmode", "elasto", "elasto_valid")
+ELASTO_CHANNELS: tuple[str, ...] = ("elasto", "elasto_valid")
+
+
+def elasto_to_kpa(values: np.ndarray, unit: str) -> np.ndarray:
+    """Young's modulus in kPa. ``m/s`` is shear-wave speed c: E = 3 * rho * c^2 (rho = 1000 kg/m^3),
+    so 3 m/s -> 27 kPa. NaN (no signal) stays NaN."""
+    if unit == "kPa":
+        return values.astype(np.float32, copy=False)
+    if unit == "m/s":
+        return (3.0 * TISSUE_DENSITY_KG_M3 * np.square(values, dtype=np.float32) / 1000.0).astype(np.float32)
+    raise ValueError(f"unknown elastography unit {unit!r}; expected 'kPa' or 'm/s'")
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """Input encoding. Defaults: B-mode in [0, 1]; elasto = clip(E_kPa, 0, kpa_clip) / kpa_scale
+    (0-300 kPa -> 0-3, covering the 0-180 kPa scanner scales with room); elasto_valid = 1 where SWE
+    has signal. Missing SWE (NaN or no file) gives elasto = 0 and elasto_valid = 0."""
+
+    channels: tuple[str, ...] = CHANNEL_NAMES
+    kpa_scale: float = 100.0
+    kpa_clip: float = 300.0
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.channels if c not in CHANNEL_NAMES]
+        if unknown or not self.channels or self.channels[0] != "bmode":
+            raise ValueError(
+                f"channels must start with 'bmode' and use only {list(CHANNEL_NAMES)}; got {list(self.channels)}"
+            )
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.channels)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["channels"] = list(self.channels)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Encoding:
+        return cls(
+            channels=tuple(d.get("channels", CHANNEL_NAMES)),
+            kpa_scale=float(d.get("kpa_scale", 100.0)),
+            kpa_clip=float(d.get("kpa_clip", 300.0)),
+        )
+
+    def encode(self, bmode: np.ndarray, elasto_kpa: np.ndarray | None) -> np.ndarray:
+        """(H, W) B-mode in [0, 1] and optional (H, W) kPa map -> (C, H, W) float32."""
+        planes = []
+        valid = None
+        if elasto_kpa is not None:
+            valid = np.isfinite(elasto_kpa)
+        for name in self.channels:
+            if name == "bmode":
+                planes.append(bmode.astype(np.float32, copy=False))
+            elif name == "elasto":
+                if valid is None:
+                    planes.append(np.zeros_like(bmode, dtype=np.float32))
+                else:
+                    kpa = np.where(valid, np.clip(elasto_kpa, 0.0, self.kpa_clip), 0.0)
+                    planes.append((kpa / self.kpa_scale).astype(np.float32))
+            elif name == "elasto_valid":
+                planes.append(np.zeros_like(bmode, np.float32) if valid is None else valid.astype(np.float32))
+        return np.stack(planes, axis=0)
+
+
+def resample_scale(src_spacing_mm: float, dst_spacing_mm: float) -> float:
+    """Zoom factor that takes pixels of ``src`` mm to pixels of ``dst`` mm."""
+    return float(src_spacing_mm) / float(dst_spacing_mm)
+
+
+def resampled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+
+
+def resize(arr: np.ndarray, shape: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """Resize a 2-D array to (H, W): bilinear for images, nearest neighbour for label maps."""
+    if tuple(arr.shape[:2]) == tuple(shape):
+        return arr
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.resize(arr, (shape[1], shape[0]), interpolation=interp)
+
+
+def resize_elasto(kpa: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize that keeps NaN (no signal) out of the valid values: a pixel is valid when at
+    least half its interpolation weight came from valid pixels."""
+    if tuple(kpa.shape) == tuple(shape):
+        return kpa
+    valid = np.isfinite(kpa).astype(np.float32)
+    filled = np.where(valid > 0, kpa, 0.0).astype(np.float32)
+    num = resize(filled, shape)
+    den = resize(valid, shape)
+    out = np.full(shape, np.nan, dtype=np.float32)
+    ok = den >= 0.5
+    out[ok] = num[ok] / den[ok]
+    return out
+
+
+def resample_frame(
+    bmode: np.ndarray,
+    elasto_kpa: np.ndarray | None,
+    mask: np.ndarray | None,
+    src_spacing_mm: float,
+    dst_spacing_mm: float,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Bring one frame to ``dst_spacing_mm`` per pixel (images bilinear, masks nearest)."""
+    shape = resampled_shape(bmode.shape, resample_scale(src_spacing_mm, dst_spacing_mm))
+    bmode = resize(bmode, shape)
+    if elasto_kpa is not None:
+        elasto_kpa = resize_elasto(elasto_kpa, shape)
+    if mask is not None:
+        mask = resize(mask, shape, nearest=True)
+    return bmode, elasto_kpa, mask
+
+
+def pad_amounts(height: int, width: int, multiple: int) -> tuple[int, int]:
+    """Bottom/right padding that makes (H, W) divisible by ``multiple`` (the network's stride)."""
+    return (-height) % multiple, (-width) % multiple
