@@ -1,0 +1,145 @@
+"""Evaluation loop: full frames through the same prediction and post-processing as inference,
+then pooled metrics, subject-level bootstrap CIs and an atomic ``metrics.json``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tpnet.evaluation.metrics import FrameRecord, aggregate, bootstrap_ci, frame_record
+from tpnet.inference.padding import predict_probs
+from tpnet.inference.postprocess import (
+    PostprocessParams,
+    find_trigger_points,
+    frame_trp_score,
+    labels_from_probs,
+)
+
+FRAME_KEYS: tuple[str, ...] = ("image", "mask", "elasto_kpa", "spacing_mm", "sample_id", "subject_id")
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def _check_frame(frame: dict) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None, float]:
+    sample_id = frame.get("sample_id", "<no sample_id>")
+    missing = [k for k in FRAME_KEYS if k not in frame]
+    if missing:
+        raise ValueError(f"{sample_id}: frame lacks key(s) {missing}")
+    image = frame["image"]
+    if not isinstance(image, torch.Tensor) or image.ndim != 3:
+        raise ValueError(f"{sample_id}: image must be a (C, H, W) tensor")
+    mask = _as_numpy(frame["mask"])
+    if mask.shape != tuple(image.shape[1:]):
+        raise ValueError(
+            f"{sample_id}: mask shape {mask.shape} differs from image shape {tuple(image.shape[1:])}"
+        )
+    elasto = frame["elasto_kpa"]
+    if elasto is not None:
+        elasto = _as_numpy(elasto).astype(np.float32, copy=False)
+        if elasto.shape != mask.shape:
+            raise ValueError(
+                f"{sample_id}: elasto_kpa shape {elasto.shape} differs from mask shape {mask.shape}"
+            )
+    spacing_mm = float(frame["spacing_mm"])
+    if not spacing_mm > 0:
+        raise ValueError(f"{sample_id}: spacing_mm must be > 0; got {spacing_mm}")
+    return image, mask.astype(np.int64), elasto, spacing_mm
+
+
+def evaluate(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    frames: Iterable[dict],
+    classes: Sequence[str],
+    size_multiple: int,
+    params: PostprocessParams,
+    device: str | torch.device = "cpu",
+    tta: bool = False,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[dict[str, float], list[FrameRecord]]:
+    """Predict every frame at full size (batch 1, padded to ``size_multiple``) and score it.
+
+    ``model`` must already live on ``device``; an ``nn.Module`` is switched to eval mode for the
+    loop and back to its previous mode afterwards (so the training loop can call this directly).
+    """
+    device = torch.device(device)
+    was_training = getattr(model, "training", None)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    records = []
+    try:
+        for frame in frames:
+            image, gt_labels, elasto, spacing_mm = _check_frame(frame)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                probs = predict_probs(model, image[None].to(device), size_multiple, tta=tta)
+            probs = probs[0].cpu().numpy()
+            if probs.shape[0] != len(classes):
+                raise ValueError(
+                    f"{frame['sample_id']}: model gives {probs.shape[0]} classes, expected {len(classes)}"
+                )
+            pred_labels = labels_from_probs(probs, classes, params, spacing_mm)
+            records.append(
+                frame_record(
+                    pred_labels,
+                    gt_labels,
+                    find_trigger_points(pred_labels, spacing_mm, classes, probs=probs, elasto_kpa=elasto),
+                    find_trigger_points(gt_labels, spacing_mm, classes, elasto_kpa=elasto),
+                    sample_id=frame["sample_id"],
+                    subject_id=frame["subject_id"],
+                    num_classes=len(classes),
+                    match_mm=params.match_mm,
+                    frame_score=frame_trp_score(probs, classes),
+                )
+            )
+    finally:
+        if isinstance(model, torch.nn.Module) and was_training is not None:
+            model.train(was_training)
+    return aggregate(records, classes), records
+
+
+def evaluation_report(
+    records: Sequence[FrameRecord], classes: Sequence[str], n_boot: int = 1000, seed: int = 0
+) -> dict:
+    """Point estimates plus a ``ci95`` sub-dict of subject-bootstrap intervals: what metrics.json holds."""
+    report: dict[str, Any] = dict(aggregate(records, classes))
+    ci = bootstrap_ci(records, classes, n_boot=n_boot, seed=seed, level=0.95)
+    report["ci95"] = {key: [lo, hi] for key, (lo, hi) in ci.items()}
+    report["bootstrap"] = {"n_boot": n_boot, "seed": seed, "unit": "subject"}
+    return report
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf -> null, numpy scalars -> Python, tuples -> lists."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def save_metrics_json(path: str | Path, report: dict) -> None:
+    """Write ``report`` atomically (temp file + os.replace), NaN as null."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_json_safe(report), indent=2, sort_keys=True, allow_nan=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

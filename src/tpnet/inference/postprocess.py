@@ -1,0 +1,227 @@
+"""From class probabilities to a label map and a list of trigger points, in millimetres.
+
+SHARED by evaluation and inference: ground-truth masks and predictions go through the same
+``find_trigger_points``, so a reported metric measures exactly what a clinician is shown.
+numpy + OpenCV + standard library only.
+
+Conventions: x = column (lateral), y = row (depth); mm = px * spacing_mm with the origin at the
+centre of the top-left pixel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+
+import cv2
+import numpy as np
+
+TRP_SUFFIX = "_trp"
+VESSEL_CLASS = "vessel"
+
+
+@dataclass
+class PostprocessParams:
+    """threshold: summed TrP probability that makes a pixel TrP; min_area_mm2: smaller TrP
+    components are dropped; match_mm: radius for matching predicted and true TrPs."""
+
+    threshold: float = 0.5
+    min_area_mm2: float = 2.0
+    match_mm: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1]; got {self.threshold}")
+        if self.min_area_mm2 < 0.0:
+            raise ValueError(f"min_area_mm2 must be >= 0; got {self.min_area_mm2}")
+        if self.match_mm <= 0.0:
+            raise ValueError(f"match_mm must be > 0; got {self.match_mm}")
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PostprocessParams:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown postprocess parameter(s) {unknown}; expected {sorted(known)}")
+        return cls(**{k: float(v) for k, v in d.items()})
+
+
+@dataclass
+class TriggerPoint:
+    """One nodule. NaN where unknown: no SWE under it, no vessel in the frame."""
+
+    trp_id: int
+    class_name: str
+    label: int
+    x_px: float
+    y_px: float
+    x_mm: float
+    y_mm: float
+    area_mm2: float
+    stiffness_kpa_mean: float
+    confidence: float
+    nearest_vessel_mm: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def trp_class_indices(classes: Sequence[str]) -> list[int]:
+    return [i for i, name in enumerate(classes) if name.endswith(TRP_SUFFIX)]
+
+
+def vessel_class_index(classes: Sequence[str]) -> int | None:
+    return list(classes).index(VESSEL_CLASS) if VESSEL_CLASS in classes else None
+
+
+def _check_probs(probs: np.ndarray, classes: Sequence[str]) -> None:
+    if probs.ndim != 3 or probs.shape[0] != len(classes):
+        raise ValueError(f"probs must be (K={len(classes)}, H, W); got shape {probs.shape}")
+
+
+def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """8-connected components: (count incl. background 0, label image, stats, centroids (x, y))."""
+    return cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+
+
+def _per_component_sum(components: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    return np.bincount(components.ravel(), weights=values.ravel().astype(np.float64), minlength=n)
+
+
+def _eroded(mask: np.ndarray) -> np.ndarray:
+    """Pixels whose 4-neighbours are all in ``mask`` (the frame border does not erode)."""
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    return cv2.erode(mask.astype(np.uint8), cross).astype(bool)
+
+
+def labels_from_probs(
+    probs: np.ndarray, classes: Sequence[str], params: PostprocessParams, spacing_mm: float
+) -> np.ndarray:
+    """(K, H, W) probabilities -> (H, W) uint8 label map.
+
+    A pixel is TrP where the summed TrP-class probability reaches ``params.threshold``; each TrP
+    component takes the TrP class with the largest summed probability inside it (a nodule is never
+    split into active and latent halves); components under ``params.min_area_mm2`` and all other
+    pixels take the argmax among the non-TrP classes.
+    """
+    _check_probs(probs, classes)
+    if spacing_mm <= 0:
+        raise ValueError(f"spacing_mm must be > 0; got {spacing_mm}")
+    trp = trp_class_indices(classes)
+    other = np.array([i for i in range(len(classes)) if i not in trp])
+    labels = other[np.argmax(probs[other], axis=0)].astype(np.uint8)
+    if not trp:
+        return labels
+
+    n, components, stats, _ = _components(probs[trp].sum(axis=0) >= params.threshold)
+    if n == 1:
+        return labels
+    mass = np.stack([_per_component_sum(components, probs[k], n) for k in trp])  # (T, n)
+    comp_class = np.asarray(trp)[np.argmax(mass, axis=0)]
+    area_mm2 = stats[:, cv2.CC_STAT_AREA] * float(spacing_mm) ** 2
+    keep = area_mm2 >= params.min_area_mm2
+    keep[0] = False  # component 0 is the non-TrP background
+    comp_label = np.where(keep, comp_class, -1)[components]
+    return np.where(comp_label >= 0, comp_label, labels).astype(np.uint8)
+
+
+def find_trigger_points(
+    label_map: np.ndarray,
+    spacing_mm: float,
+    classes: Sequence[str],
+    probs: np.ndarray | None = None,
+    elasto_kpa: np.ndarray | None = None,
+    min_area_mm2: float = 0.0,
+) -> list[TriggerPoint]:
+    """Connected components (8-connectivity) of the union of TrP classes, in mm, sorted by (y, x).
+
+    Class = majority TrP label inside (ties go to the earlier class); confidence = mean summed TrP
+    probability inside (1.0 without ``probs``, i.e. ground truth); stiffness = mean of the valid kPa
+    values under the component; nearest_vessel_mm = centroid to the nearest vessel-pixel centre.
+    """
+    if label_map.ndim != 2:
+        raise ValueError(f"label_map must be (H, W); got shape {label_map.shape}")
+    if spacing_mm <= 0:
+        raise ValueError(f"spacing_mm must be > 0; got {spacing_mm}")
+    shape = label_map.shape
+    if probs is not None:
+        _check_probs(probs, classes)
+        if probs.shape[1:] != shape:
+            raise ValueError(f"probs shape {probs.shape[1:]} differs from label_map shape {shape}")
+    if elasto_kpa is not None and elasto_kpa.shape != shape:
+        raise ValueError(f"elasto_kpa shape {elasto_kpa.shape} differs from label_map shape {shape}")
+
+    trp = trp_class_indices(classes)
+    if not trp:
+        return []
+    n, components, stats, centroids = _components(np.isin(label_map, trp))
+    if n == 1:
+        return []
+
+    votes = np.stack([_per_component_sum(components, label_map == k, n) for k in trp])  # (T, n)
+    comp_label = np.asarray(trp)[np.argmax(votes, axis=0)]
+    area_px = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+
+    if probs is not None:
+        confidence = _per_component_sum(components, probs[trp].sum(axis=0), n) / area_px
+    else:
+        confidence = np.ones(n)
+
+    stiffness = np.full(n, np.nan)
+    if elasto_kpa is not None:
+        valid = np.isfinite(elasto_kpa)
+        kpa_sum = _per_component_sum(components, np.where(valid, elasto_kpa, 0.0), n)
+        kpa_count = _per_component_sum(components, valid, n)
+        np.divide(kpa_sum, kpa_count, out=stiffness, where=kpa_count > 0)
+
+    vessel = vessel_class_index(classes)
+    vessel_mask = label_map == vessel if vessel is not None else np.zeros(shape, bool)
+    vessel_edge_yx = np.argwhere(vessel_mask & ~_eroded(vessel_mask))
+
+    points = []
+    for c in range(1, n):
+        area_mm2 = float(area_px[c]) * spacing_mm**2
+        if area_mm2 < min_area_mm2:
+            continue
+        x_px, y_px = (float(v) for v in centroids[c])
+        nearest_vessel_mm = math.nan
+        if len(vessel_edge_yx):
+            # Outside a vessel pixel's square the nearest vessel pixel is on the vessel's edge; only
+            # a centroid lying on a vessel pixel needs every vessel pixel.
+            on_vessel = vessel_mask[round(y_px), round(x_px)]
+            yx = np.argwhere(vessel_mask) if on_vessel else vessel_edge_yx
+            nearest_px = np.sqrt(np.min((yx[:, 0] - y_px) ** 2 + (yx[:, 1] - x_px) ** 2))
+            nearest_vessel_mm = float(nearest_px) * spacing_mm
+        label = int(comp_label[c])
+        points.append(
+            TriggerPoint(
+                trp_id=0,
+                class_name=classes[label],
+                label=label,
+                x_px=x_px,
+                y_px=y_px,
+                x_mm=x_px * spacing_mm,
+                y_mm=y_px * spacing_mm,
+                area_mm2=area_mm2,
+                stiffness_kpa_mean=float(stiffness[c]),
+                confidence=float(confidence[c]),
+                nearest_vessel_mm=nearest_vessel_mm,
+            )
+        )
+    points.sort(key=lambda p: (p.y_px, p.x_px))
+    for trp_id, point in enumerate(points, start=1):
+        point.trp_id = trp_id
+    return points
+
+
+def frame_trp_score(probs: np.ndarray, classes: Sequence[str]) -> float:
+    """Frame-level "contains a TrP" score: the largest summed TrP probability over pixels."""
+    _check_probs(probs, classes)
+    trp = trp_class_indices(classes)
+    if not trp or probs[0].size == 0:
+        return 0.0
+    return float(probs[trp].sum(axis=0).max())

@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tpnet.inference.postprocess import (
+    PostprocessParams,
+    find_trigger_points,
+    frame_trp_score,
+    labels_from_probs,
+    trp_class_indices,
+    vessel_class_index,
+)
+
+CLASSES = ("background", "active_trp", "latent_trp", "vessel")
+BG, ACTIVE, LATENT, VESSEL = range(4)
+SPACING_MM = 0.1
+
+
+def ellipse(shape: tuple[int, int], cx: int, cy: int, a: float, b: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 <= 1.0
+
+
+@pytest.fixture
+def scene() -> dict:
+    """Active ellipse at (x=25, y=20), latent at (x=65, y=60), vessel block at x 80..85, y 55..65."""
+    shape = (96, 96)
+    active = ellipse(shape, 25, 20, 14, 7)
+    latent = ellipse(shape, 65, 60, 11, 9)
+    labels = np.zeros(shape, np.uint8)
+    labels[active] = ACTIVE
+    labels[latent] = LATENT
+    labels[55:66, 80:86] = VESSEL
+    return {"labels": labels, "active": active, "latent": latent}
+
+
+def test_class_helpers():
+    assert trp_class_indices(CLASSES) == [ACTIVE, LATENT]
+    assert vessel_class_index(CLASSES) == VESSEL
+    assert vessel_class_index(("background", "active_trp")) is None
+
+
+def test_params_round_trip_and_validation():
+    params = PostprocessParams(threshold=0.4, min_area_mm2=1.0, match_mm=3.0)
+    assert PostprocessParams.from_dict(params.to_dict()) == params
+    with pytest.raises(ValueError, match="threshold"):
+        PostprocessParams(threshold=0.0)
+    with pytest.raises(ValueError, match="unknown"):
+        PostprocessParams.from_dict({"treshold": 0.5})
+
+
+def test_centroids_and_areas_in_mm(scene):
+    points = find_trigger_points(scene["labels"], SPACING_MM, CLASSES)
+    assert [p.trp_id for p in points] == [1, 2]  # sorted by depth: active (y=20) first
+    active, latent = points
+    assert (active.class_name, active.label) == ("active_trp", ACTIVE)
+    assert (latent.class_name, latent.label) == ("latent_trp", LATENT)
+    assert active.x_mm == pytest.approx(2.5) and active.y_mm == pytest.approx(2.0)
+    assert latent.x_mm == pytest.approx(6.5) and latent.y_mm == pytest.approx(6.0)
+    assert active.x_px == pytest.approx(25.0) and active.y_px == pytest.approx(20.0)
+    assert active.area_mm2 == pytest.approx(math.pi * 1.4 * 0.7, rel=0.02)
+    assert latent.area_mm2 == pytest.approx(math.pi * 1.1 * 0.9, rel=0.02)
+    assert active.confidence == 1.0  # ground truth: no probabilities
+
+
+def test_nearest_vessel_distance(scene):
+    active, latent = find_trigger_points(scene["labels"], SPACING_MM, CLASSES)
+    assert latent.nearest_vessel_mm == pytest.approx(1.5)  # (65, 60) -> vessel pixel (80, 60)
+    assert active.nearest_vessel_mm == pytest.approx(math.hypot(55, 35) * SPACING_MM)  # -> (80, 55)
+    no_vessel = scene["labels"].copy()
+    no_vessel[no_vessel == VESSEL] = BG
+    assert all(math.isnan(p.nearest_vessel_mm) for p in find_trigger_points(no_vessel, SPACING_MM, CLASSES))
+
+
+def test_stiffness_mean_only_over_valid_swe(scene):
+    elasto = np.full(scene["labels"].shape, np.nan, np.float32)
+    elasto[scene["active"]] = 20.0
+    elasto[:, 25:][scene["active"][:, 25:]] = 50.0  # right half of the active nodule is stiffer
+    elasto[18:23, 12:20] = np.nan  # a void with no signal inside the nodule
+    expected = float(np.nanmean(elasto[scene["active"]]))
+    active, latent = find_trigger_points(scene["labels"], SPACING_MM, CLASSES, elasto_kpa=elasto)
+    assert 20.0 < expected < 50.0
+    assert active.stiffness_kpa_mean == pytest.approx(expected, rel=1e-6)
+    assert math.isnan(latent.stiffness_kpa_mean)  # no SWE under it
+    assert all(
+        math.isnan(p.stiffness_kpa_mean) for p in find_trigger_points(scene["labels"], SPACING_MM, CLASSES)
+    )
+
+
+def test_min_area_and_majority_class():
+    labels = np.zeros((32, 32), np.uint8)
+    labels[2:4, 2:4] = ACTIVE  # 4 px = 0.04 mm^2
+    labels[10:20, 10:20] = LATENT  # 100 px = 1 mm^2
+    labels[10:12, 10:20] = ACTIVE  # minority active strip inside the same nodule
+    labels[20, 20] = LATENT  # diagonal neighbour: 8-connectivity keeps it in the nodule
+    points = find_trigger_points(labels, SPACING_MM, CLASSES, min_area_mm2=0.5)
+    assert len(points) == 1
+    assert points[0].class_name == "latent_trp"
+    assert points[0].area_mm2 == pytest.approx(1.01)
+    assert len(find_trigger_points(labels, SPACING_MM, CLASSES)) == 2
+
+
+def test_confidence_from_probs(scene):
+    probs = np.zeros((4, 96, 96), np.float32)
+    probs[BG] = 1.0
+    probs[:, scene["active"]] = np.array([0.1, 0.6, 0.3, 0.0])[:, None]
+    (active,) = [
+        p for p in find_trigger_points(scene["labels"], SPACING_MM, CLASSES, probs=probs) if p.label == 1
+    ]
+    assert active.confidence == pytest.approx(0.9)
+    assert frame_trp_score(probs, CLASSES) == pytest.approx(0.9)
+
+
+def test_labels_from_probs_keeps_nodule_single_class():
+    probs = np.zeros((4, 32, 32), np.float32)
+    probs[BG] = 1.0
+    # Left part leans active, right part latent; pixel argmax would split the nodule.
+    probs[:, 8:16, 4:14] = np.array([0.1, 0.6, 0.3, 0.0])[:, None, None]
+    probs[:, 8:16, 14:20] = np.array([0.2, 0.3, 0.4, 0.1])[:, None, None]
+    # Summed TrP 0.6 beats the threshold even though background is the single most likely class.
+    probs[:, 8:16, 20:22] = np.array([0.4, 0.3, 0.3, 0.0])[:, None, None]
+    # Small confident blob: dropped, and it takes the non-TrP argmax (vessel here), not blindly 0.
+    probs[:, 26:28, 26:28] = np.array([0.05, 0.8, 0.0, 0.15])[:, None, None]
+    labels = labels_from_probs(probs, CLASSES, PostprocessParams(threshold=0.5, min_area_mm2=0.5), SPACING_MM)
+    assert labels.dtype == np.uint8
+    assert np.all(labels[8:16, 4:22] == ACTIVE)
+    assert np.all(labels[26:28, 26:28] == VESSEL)
+    assert np.count_nonzero(labels == ACTIVE) == 8 * 18
+    assert not np.any(labels == LATENT)
+    # Same probabilities with min area 0 keep the small blob as a TrP.
+    kept = labels_from_probs(probs, CLASSES, PostprocessParams(min_area_mm2=0.0), SPACING_MM)
+    assert np.all(kept[26:28, 26:28] == ACTIVE)
+
+
+def test_labels_from_probs_threshold_and_errors():
+    probs = np.zeros((4, 8, 8), np.float32)
+    probs[BG] = 0.55
+    probs[LATENT] = 0.45
+    params = PostprocessParams(min_area_mm2=0.0)
+    assert np.all(labels_from_probs(probs, CLASSES, params, SPACING_MM) == BG)
+    assert np.all(labels_from_probs(probs, CLASSES, PostprocessParams(0.4, 0.0), SPACING_MM) == LATENT)
+    with pytest.raises(ValueError, match="K=4"):
+        labels_from_probs(probs[:3], CLASSES, params, SPACING_MM)
+
+
+def test_nearest_vessel_matches_brute_force_on_random_shapes():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        labels = np.where(rng.random((40, 40)) < 0.3, VESSEL, BG).astype(np.uint8)
+        labels[rng.integers(0, 36) :][:4, 10:14] = ACTIVE
+        labels[5:9, rng.integers(0, 36) :][:, :4] = LATENT
+        vessel_yx = np.argwhere(labels == VESSEL)
+        for p in find_trigger_points(labels, SPACING_MM, CLASSES):
+            brute = np.hypot(vessel_yx[:, 0] - p.y_px, vessel_yx[:, 1] - p.x_px).min() * SPACING_MM
+            assert p.nearest_vessel_mm == pytest.approx(brute)
+
+
+def test_ring_around_a_vessel_has_its_centroid_on_the_vessel():
+    labels = np.zeros((32, 32), np.uint8)
+    labels[ellipse((32, 32), 16, 16, 10, 10)] = ACTIVE
+    labels[ellipse((32, 32), 16, 16, 6, 6)] = VESSEL
+    (ring,) = find_trigger_points(labels, SPACING_MM, CLASSES)
+    assert (ring.x_px, ring.y_px) == pytest.approx((16.0, 16.0))
+    assert ring.nearest_vessel_mm == pytest.approx(0.0)
