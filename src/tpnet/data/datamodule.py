@@ -1,0 +1,144 @@
+"""From the ``data`` config to ready loaders: locate (or generate) the dataset, check it, split by subject,
+choose the pixel spacing, build datasets and loaders. Mirrors ``configs/data/``."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from tpnet.data.contract import DatasetSpec, ManifestRow, load_manifest, load_spec
+from tpnet.data.dataset import (
+    FullFrameDataset,
+    PatchSampler,
+    TrainPatchDataset,
+    collate_frames,
+    median_spacing_mm,
+)
+from tpnet.data.encoding import Encoding
+from tpnet.data.splits import split_rows
+from tpnet.data.transforms import TrainTransform
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataSetup:
+    spec: DatasetSpec
+    splits: dict[str, list[ManifestRow]]
+    encoding: Encoding
+    spacing_mm: float
+    fingerprint: str
+
+
+def dataset_root(data_cfg: Any) -> Path:
+    """``data.root`` if given, else the embedded synthetic dataset (generated once into the cache)."""
+    if data_cfg.get("root"):
+        return Path(data_cfg.root).expanduser()
+    from tpnet.data.synth import ensure_synthetic_dataset
+
+    s = data_cfg.synthetic
+    return ensure_synthetic_dataset(
+        Path(s.cache_dir).expanduser(),
+        subjects=int(s.subjects),
+        frames_per_subject=int(s.frames_per_subject),
+        seed=int(s.seed),
+        height=int(s.height),
+        width=int(s.width),
+    )
+
+
+def manifest_fingerprint(root: Path) -> str:
+    return hashlib.sha256((root / "manifest.csv").read_bytes()).hexdigest()[:16]
+
+
+def setup_data(
+    data_cfg: Any, seed: int, fold: int | None = None, folds: int | None = None, check: bool = True
+) -> DataSetup:
+    root = dataset_root(data_cfg)
+    if check:
+        from tpnet.data.check import check_or_raise
+
+        check_or_raise(root)  # refuses a dataset with errors, listing every one of them
+    spec = load_spec(root)
+    rows = load_manifest(root)
+    labelled = [r for r in rows if r.mask]
+    if len(labelled) < len(rows):
+        log.warning(
+            "%d of %d frames are unlabelled (no mask) and are not used for training",
+            len(rows) - len(labelled),
+            len(rows),
+        )
+    splits = split_rows(
+        labelled,
+        seed=seed,
+        val_fraction=float(data_cfg.val_fraction),
+        test_fraction=float(data_cfg.test_fraction),
+        folds=folds if fold is not None else None,
+        fold=fold,
+    )
+    spacing = data_cfg.get("spacing_mm")
+    spacing_mm = float(spacing) if spacing else median_spacing_mm(spec, splits["train"])
+    encoding = Encoding(
+        channels=tuple(data_cfg.channels),
+        kpa_scale=float(data_cfg.kpa_scale),
+        kpa_clip=float(data_cfg.kpa_clip),
+    )
+    log.info(
+        "dataset %s at %s: %s frames (train/val/test), spacing %.4f mm/px",
+        spec.name,
+        root,
+        "/".join(str(len(splits[k])) for k in ("train", "val", "test")),
+        spacing_mm,
+    )
+    return DataSetup(spec, splits, encoding, spacing_mm, manifest_fingerprint(root))
+
+
+def train_loader(
+    setup: DataSetup,
+    data_cfg: Any,
+    transform: TrainTransform | None,
+    sampler: Any,
+    seed: int,
+    device: torch.device,
+) -> tuple[DataLoader, TrainPatchDataset]:
+    dataset = TrainPatchDataset(
+        setup.spec,
+        setup.splits["train"],
+        setup.encoding,
+        setup.spacing_mm,
+        data_cfg.patch_size,
+        transform,
+        seed,
+    )
+    batch_size = int(data_cfg.batch_size)
+    workers = int(data_cfg.num_workers)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=PatchSampler(sampler, batch_size, float(data_cfg.fg_fraction)),
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    return loader, dataset
+
+
+def frame_dataset(setup: DataSetup, split: str) -> FullFrameDataset:
+    return FullFrameDataset(setup.spec, setup.splits[split], setup.encoding, setup.spacing_mm)
+
+
+def frame_loader(dataset: FullFrameDataset, indices: list[int], workers: int) -> DataLoader:
+    return DataLoader(
+        torch.utils.data.Subset(dataset, indices),
+        batch_size=1,
+        num_workers=min(workers, 2),
+        collate_fn=collate_frames,
+    )

@@ -1,0 +1,184 @@
+"""PyTorch datasets over the contract: random training patches and full validation frames.
+
+Frames are read lazily (one file read per item), brought to one pixel spacing (the network always sees one
+physical scale, as in nnU-Net), augmented, then encoded into channels by ``Encoding``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from tpnet.data.contract import DatasetSpec, ManifestRow, resolve_path, row_spacing_mm
+from tpnet.data.encoding import Encoding, resample_frame
+from tpnet.data.io import read_bmode, read_elasto, read_mask
+from tpnet.data.transforms import Frame, TrainTransform
+
+
+def trp_labels(classes: Sequence[str]) -> list[int]:
+    return [i for i, name in enumerate(classes) if name.endswith("_trp")]
+
+
+def frame_spacing_mm(spec: DatasetSpec, row: ManifestRow) -> float:
+    spacing = row_spacing_mm(row, spec)
+    if spacing is None:
+        raise ValueError(
+            f"{row.sample_id}: no spacing_mm (neither a manifest column nor dataset.yaml); "
+            "set data.spacing_mm and give the dataset a spacing"
+        )
+    return spacing
+
+
+def median_spacing_mm(spec: DatasetSpec, rows: Sequence[ManifestRow]) -> float:
+    """nnU-Net's choice of target spacing: the median over the training frames."""
+    return float(statistics.median(frame_spacing_mm(spec, r) for r in rows))
+
+
+def load_frame(spec: DatasetSpec, row: ManifestRow, target_spacing_mm: float) -> Frame:
+    """Read one manifest row and resample it to ``target_spacing_mm``; unlabelled rows get an all-zero mask."""
+    bmode = read_bmode(resolve_path(spec.root, row.bmode))
+    elasto = read_elasto(resolve_path(spec.root, row.elasto), spec.elasto_unit) if row.elasto else None
+    mask = read_mask(resolve_path(spec.root, row.mask)) if row.mask else np.zeros(bmode.shape, np.uint8)
+    for name, arr in (("elastography", elasto), ("mask", mask)):
+        if arr is not None and arr.shape != bmode.shape:
+            raise ValueError(f"{row.sample_id}: {name} shape {arr.shape} differs from B-mode {bmode.shape}")
+    bmode, elasto, mask = resample_frame(bmode, elasto, mask, frame_spacing_mm(spec, row), target_spacing_mm)
+    return Frame(bmode=bmode, elasto_kpa=elasto, mask=mask)
+
+
+class PatchSampler(Sampler):
+    """Yields ``(index, force_foreground)``: the first ``ceil(fg_fraction * batch_size)`` items of every batch
+    are forced to contain a trigger point, as nnU-Net forces a third of each batch to hold foreground, so rare,
+    small TrPs are seen often enough. Wraps any index sampler (random, distributed)."""
+
+    def __init__(self, base: Sampler | Sequence[int], batch_size: int, fg_fraction: float = 0.33) -> None:
+        self.base = base
+        self.batch_size = batch_size
+        self.n_forced = math.ceil(fg_fraction * batch_size) if fg_fraction > 0 else 0
+
+    def __iter__(self) -> Iterator[tuple[int, bool]]:
+        for position, index in enumerate(self.base):
+            yield int(index), (position % self.batch_size) < self.n_forced
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+
+class TrainPatchDataset(Dataset):
+    """Random ``patch_size`` crops of resampled, augmented frames -> (image [C,h,w], mask [h,w]).
+
+    All randomness of item ``i`` in epoch ``e`` comes from a generator seeded by (seed, e, i): the data are the
+    same whatever the number of workers, and a resumed run sees exactly the batches an uninterrupted one saw.
+    """
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        rows: Sequence[ManifestRow],
+        encoding: Encoding,
+        target_spacing_mm: float,
+        patch_size: Sequence[int],
+        transform: TrainTransform | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.spec, self.rows, self.encoding = spec, list(rows), encoding
+        self.target_spacing_mm = target_spacing_mm
+        self.patch_size = (int(patch_size[0]), int(patch_size[1]))
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+        self.trp_labels = np.array(trp_labels(spec.classes), dtype=np.uint8)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: int | tuple[int, bool]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, force_fg = key if isinstance(key, tuple) else (key, False)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        row = self.rows[index]
+        try:
+            frame = load_frame(self.spec, row, self.target_spacing_mm)
+        except Exception as exc:
+            raise RuntimeError(f"{row.sample_id}: cannot load training frame: {exc}") from exc
+        # Crop with a margin first so rotation corners come from real tissue, then augment, then crop exactly.
+        margin = tuple(int(s * 1.25) for s in self.patch_size)
+        frame = _crop(frame, self._crop_origin(frame, margin, force_fg, rng), margin)
+        if self.transform is not None:
+            frame = self.transform(frame, rng)
+        offset = ((margin[0] - self.patch_size[0]) // 2, (margin[1] - self.patch_size[1]) // 2)
+        frame = _crop(frame, offset, self.patch_size)
+        image = torch.from_numpy(self.encoding.encode(frame.bmode, frame.elasto_kpa))
+        return image, torch.from_numpy(frame.mask.astype(np.int64))
+
+    def _crop_origin(
+        self, frame: Frame, size: tuple[int, int], force_fg: bool, rng: np.random.Generator
+    ) -> tuple[int, int]:
+        h, w = frame.mask.shape
+        if force_fg:
+            ys, xs = np.nonzero(np.isin(frame.mask, self.trp_labels))
+            if ys.size:
+                k = rng.integers(ys.size)
+                # Centre on a TrP pixel with jitter, so the nodule is not always in the middle.
+                cy = ys[k] + rng.integers(-size[0] // 4, size[0] // 4 + 1)
+                cx = xs[k] + rng.integers(-size[1] // 4, size[1] // 4 + 1)
+                return int(cy - size[0] // 2), int(cx - size[1] // 2)
+        return int(rng.integers(0, max(h - size[0], 0) + 1)), int(rng.integers(0, max(w - size[1], 0) + 1))
+
+
+def _crop(frame: Frame, origin: tuple[int, int], size: tuple[int, int]) -> Frame:
+    """Crop (h, w) at origin (may lie partly outside: padded with B-mode 0, no SWE, background)."""
+    return Frame(
+        bmode=_crop_array(frame.bmode, origin, size, 0.0),
+        elasto_kpa=None if frame.elasto_kpa is None else _crop_array(frame.elasto_kpa, origin, size, np.nan),
+        mask=_crop_array(frame.mask, origin, size, 0),
+    )
+
+
+def _crop_array(arr: np.ndarray, origin: tuple[int, int], size: tuple[int, int], fill: Any) -> np.ndarray:
+    h, w = arr.shape
+    y0, x0 = origin
+    out = np.full(size, fill, dtype=arr.dtype)
+    sy0, sx0 = max(y0, 0), max(x0, 0)
+    sy1, sx1 = min(y0 + size[0], h), min(x0 + size[1], w)
+    if sy1 > sy0 and sx1 > sx0:
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = arr[sy0:sy1, sx0:sx1]
+    return out
+
+
+class FullFrameDataset(Dataset):
+    """Whole resampled frames for validation/evaluation (any size; the caller pads to the network multiple)."""
+
+    def __init__(
+        self, spec: DatasetSpec, rows: Sequence[ManifestRow], encoding: Encoding, target_spacing_mm: float
+    ) -> None:
+        self.spec, self.rows, self.encoding = spec, list(rows), encoding
+        self.target_spacing_mm = target_spacing_mm
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows[index]
+        frame = load_frame(self.spec, row, self.target_spacing_mm)
+        return {
+            "image": torch.from_numpy(self.encoding.encode(frame.bmode, frame.elasto_kpa)),
+            "mask": torch.from_numpy(frame.mask.astype(np.int64)),
+            "elasto_kpa": frame.elasto_kpa,
+            "spacing_mm": self.target_spacing_mm,
+            "sample_id": row.sample_id,
+            "subject_id": row.subject_id,
+        }
+
+
+def collate_frames(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Full frames differ in size: keep them as a list."""
+    return items

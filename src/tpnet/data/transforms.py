@@ -1,0 +1,119 @@
+"""Training augmentation. The ONLY module of tpnet that imports albumentations.
+
+albumentations 2.0.8 (MIT) is unmaintained upstream since 2025 and its successor is AGPL, so every call sits
+behind ``build_train_transform`` here: swapping it for ``torchvision.transforms.v2`` touches this file alone.
+
+Rules that keep the data meaningful:
+- geometric transforms move B-mode, elastography, its validity mask and the label map together; label map and
+  elastography use nearest-neighbour interpolation, so labels stay labels and kPa values are never blended;
+- intensity/speckle transforms touch B-mode only;
+- elastography keeps its kPa meaning: multiplicative noise and signal voids are allowed, rescaling is not;
+  the whole modality can be dropped, so the model also works when SWE was not acquired.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import albumentations as A
+import cv2
+import numpy as np
+
+
+@dataclass
+class Frame:
+    """One frame in physical units: B-mode [0, 1], kPa map (NaN = no signal) or None, label map."""
+
+    bmode: np.ndarray
+    elasto_kpa: np.ndarray | None
+    mask: np.ndarray
+
+
+class TrainTransform:
+    def __init__(
+        self,
+        hflip_p: float = 0.5,
+        affine_p: float = 0.5,
+        scale: tuple[float, float] = (0.9, 1.1),
+        rotate_deg: float = 10.0,
+        translate: float = 0.05,
+        brightness_contrast_p: float = 0.5,
+        gamma_p: float = 0.3,
+        speckle_noise_p: float = 0.3,
+        blur_p: float = 0.2,
+        elasto_noise_std: float = 0.05,
+        elasto_void_p: float = 0.2,
+        elasto_drop_p: float = 0.2,
+    ) -> None:
+        # Only left-right flips: depth has a direction in ultrasound (skin on top, shadows below).
+        self.geometric = A.Compose(
+            [
+                A.HorizontalFlip(p=hflip_p),
+                A.Affine(
+                    scale=tuple(scale),
+                    rotate=(-rotate_deg, rotate_deg),
+                    translate_percent=(-translate, translate),
+                    interpolation=cv2.INTER_LINEAR,
+                    mask_interpolation=cv2.INTER_NEAREST,
+                    fill=0,
+                    fill_mask=0,
+                    p=affine_p,
+                ),
+            ],
+            additional_targets={"elasto": "mask", "elasto_valid": "mask"},
+        )
+        self.intensity = A.Compose(
+            [
+                A.RandomBrightnessContrast(
+                    brightness_limit=0.1, contrast_limit=0.15, p=brightness_contrast_p
+                ),
+                A.RandomGamma(gamma_limit=(80, 120), p=gamma_p),
+                A.MultiplicativeNoise(
+                    multiplier=(0.9, 1.1), per_channel=False, elementwise=True, p=speckle_noise_p
+                ),
+                A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.3, 0.8), p=blur_p),
+            ]
+        )
+        self.elasto_noise_std = elasto_noise_std
+        self.elasto_void_p = elasto_void_p
+        self.elasto_drop_p = elasto_drop_p
+
+    def __call__(self, frame: Frame, rng: np.random.Generator) -> Frame:
+        """Augment one frame; all randomness comes from ``rng`` so a (seed, epoch, index) fixes the result."""
+        self.geometric.set_random_seed(int(rng.integers(2**31)))
+        self.intensity.set_random_seed(int(rng.integers(2**31)))
+        has_elasto = frame.elasto_kpa is not None
+        valid = np.isfinite(frame.elasto_kpa) if has_elasto else np.zeros(frame.bmode.shape, bool)
+        kpa = (
+            np.where(valid, frame.elasto_kpa, 0.0).astype(np.float32)
+            if has_elasto
+            else np.zeros_like(frame.bmode)
+        )
+        out = self.geometric(
+            image=frame.bmode, mask=frame.mask, elasto=kpa, elasto_valid=valid.astype(np.uint8)
+        )
+        bmode = np.clip(self.intensity(image=out["image"])["image"], 0.0, 1.0).astype(np.float32)
+        elasto = None
+        if has_elasto and rng.random() >= self.elasto_drop_p:
+            elasto = np.where(out["elasto_valid"] > 0, out["elasto"], np.nan).astype(np.float32)
+            elasto = self._elasto_artefacts(elasto, rng)
+        return Frame(bmode=bmode, elasto_kpa=elasto, mask=out["mask"])
+
+    def _elasto_artefacts(self, kpa: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.elasto_noise_std > 0:
+            kpa = kpa * (1.0 + self.elasto_noise_std * rng.standard_normal(kpa.shape, dtype=np.float32))
+            kpa = np.maximum(kpa, 0.0)
+        if rng.random() < self.elasto_void_p:
+            # A "black hole" void: an elliptical patch with no signal, as SWE shows in low-signal regions.
+            h, w = kpa.shape
+            cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+            ry, rx = rng.uniform(0.03, 0.12) * h, rng.uniform(0.03, 0.12) * w
+            yy, xx = np.ogrid[:h, :w]
+            kpa = kpa.copy()
+            kpa[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0] = np.nan
+        return kpa
+
+
+def build_train_transform(enabled: bool = True, **kwargs) -> TrainTransform | None:
+    """Hydra entry point for the ``augment`` config group; ``enabled: false`` disables augmentation."""
+    return TrainTransform(**kwargs) if enabled else None
