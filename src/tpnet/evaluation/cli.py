@@ -1,0 +1,94 @@
+"""``tpnet-eval checkpoint=PATH [data.root=...] [split=test]``: metrics.json with 95% bootstrap CIs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from tpnet.configuration import config_dir
+
+log = logging.getLogger("tpnet")
+
+
+def run_eval(cfg: DictConfig) -> dict:
+    from tpnet.data.datamodule import frame_dataset, frame_loader, setup_data
+    from tpnet.evaluation.evaluate import evaluate, evaluation_report, save_metrics_json
+    from tpnet.inference.postprocess import PostprocessParams
+    from tpnet.models import build_model
+    from tpnet.training.checkpoint import inference_weights, load_checkpoint
+    from tpnet.training.train import pick_device, val_loader_iter
+
+    ckpt_path = Path(cfg.checkpoint)
+    state = load_checkpoint(ckpt_path)
+    train_cfg = OmegaConf.create(state["config"])
+    meta = state["meta"]
+    data_cfg = train_cfg.data
+    if cfg.data.root:
+        data_cfg.root = str(cfg.data.root)
+    data_cfg.spacing_mm = float(meta["spacing_mm"])  # evaluate at the scale the model was trained at
+    data = setup_data(data_cfg, int(train_cfg.seed), train_cfg.cv.fold, train_cfg.cv.folds, check=True)
+    if list(data.spec.classes) != list(meta["classes"]):
+        raise SystemExit(
+            f"{ckpt_path}: model classes {meta['classes']} differ from the dataset's {list(data.spec.classes)}"
+        )
+    device = pick_device(cfg.device)
+    model = build_model(train_cfg.model, data.encoding.in_channels, len(meta["classes"])).to(device)
+    model.load_state_dict(inference_weights(state))
+    params = PostprocessParams.from_dict(
+        OmegaConf.to_container(cfg.postprocess) if cfg.postprocess else meta["postprocess"]
+    )
+    dataset = frame_dataset(data, cfg.split)
+    if len(dataset) == 0:
+        raise SystemExit(f"split {cfg.split!r} of {data.spec.root} is empty")
+    frames = frame_loader(dataset, list(range(len(dataset))), int(data_cfg.num_workers))
+    _, records = evaluate(
+        model,
+        val_loader_iter(frames),
+        meta["classes"],
+        int(meta["size_multiple"]),
+        params,
+        device,
+        tta=bool(cfg.tta),
+    )
+    report = evaluation_report(records, meta["classes"], n_boot=int(cfg.n_boot), seed=int(train_cfg.seed))
+    report.update(
+        split=cfg.split, checkpoint=str(ckpt_path.resolve()), dataset=str(data.spec.root), tta=bool(cfg.tta)
+    )
+    output = (
+        Path(cfg.output)
+        if cfg.output
+        else ckpt_path.resolve().parent.parent / "eval" / f"metrics_{cfg.split}.json"
+    )
+    save_metrics_json(output, report)
+    summary = {
+        k: report[k]
+        for k in ("det_f1", "det_precision", "det_recall", "loc_err_mm", "dice_mean")
+        if k in report
+    }
+    log.info("%s split: %s", cfg.split, json.dumps(summary))
+    log.info("wrote %s", output)
+    return report
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
+def _main(cfg: DictConfig) -> None:
+    from tpnet.training.checkpoint import CheckpointError
+
+    try:
+        run_eval(cfg)
+    except CheckpointError as exc:
+        print(f"tpnet-eval: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()
