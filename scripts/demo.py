@@ -1,0 +1,112 @@
+"""The README's main job: every stage through the real command-line tools, on the embedded synthetic data.
+
+generate + check -> tpnet-train (experiment=cpu_demo) -> tpnet-eval -> tpnet-export (.pt and .pt2)
+-> tpnet-infer over a plain folder of the test subjects' frames -> a summary of where everything is.
+Extra arguments are passed to tpnet-train (e.g. ``trainer.max_epochs=5``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from tpnet.configuration import config_dir
+from tpnet.data.contract import resolve_path
+from tpnet.data.datamodule import dataset_root, setup_data
+from tpnet.tracking.mlflow_logger import resolve_tracking_uri
+from tpnet.training.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(stage: str, args: list[str], timings: dict[str, float]) -> None:
+    print(f"\n==> {stage}: {' '.join(args)}", flush=True)
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, *args], cwd=ROOT)
+    timings[stage] = round(time.perf_counter() - start, 1)
+    if result.returncode not in (0,):
+        sys.exit(f"{stage} failed with exit code {result.returncode}")
+
+
+def clinic_folder(checkpoint: Path, out: Path) -> Path:
+    """The test subjects' frames as a clinician would have them: <stem>_bmode.png, <stem>_elasto.tif, <stem>.json."""
+    state = load_checkpoint(checkpoint)
+    cfg = OmegaConf.create(state["config"])
+    data = setup_data(cfg.data, int(cfg.seed), cfg.cv.fold, cfg.cv.folds, check=False)
+    out.mkdir(parents=True, exist_ok=True)
+    for row in data.splits["test"]:
+        shutil.copyfile(resolve_path(data.spec.root, row.bmode), out / f"{row.sample_id}_bmode.png")
+        if row.elasto:
+            shutil.copyfile(resolve_path(data.spec.root, row.elasto), out / f"{row.sample_id}_elasto.tif")
+        (out / f"{row.sample_id}.json").write_text(json.dumps({"spacing_mm": row.spacing_mm}))
+    return out
+
+
+def main() -> None:
+    overrides = sys.argv[1:]
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out = ROOT / "outputs" / "demo" / stamp
+    timings: dict[str, float] = {}
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=cpu_demo", *overrides])
+    start = time.perf_counter()
+    root = dataset_root(cfg.data)  # generated once into the cache, reused afterwards
+    timings["generate"] = round(time.perf_counter() - start, 1)
+    run("check", ["-m", "tpnet.data.cli", "check", str(root)], timings)
+    run(
+        "train",
+        ["-m", "tpnet.training.cli", "experiment=cpu_demo", "trainer.test_after_training=false",
+         f"hydra.run.dir={out / 'train'}", *overrides],
+        timings,
+    )  # fmt: skip
+    best = out / "train" / "checkpoints" / "best.pt"
+    metrics = out / "eval" / "metrics_test.json"
+    run("evaluate", ["-m", "tpnet.evaluation.cli", f"checkpoint={best}", f"output={metrics}",
+                     f"hydra.run.dir={out / 'eval'}"], timings)  # fmt: skip
+    model_pt, model_pt2 = out / "export" / "model.pt", out / "export" / "model.pt2"
+    run("export", ["-m", "tpnet.export.cli", f"checkpoint={best}", f"output={model_pt}",
+                   f"hydra.run.dir={out / 'export'}"], timings)  # fmt: skip
+    run("export-pt2", ["-m", "tpnet.export.cli", f"checkpoint={best}", f"output={model_pt2}", "format=pt2",
+                       f"hydra.run.dir={out / 'export'}"], timings)  # fmt: skip
+    frames = clinic_folder(best, out / "clinic_frames")
+    run("infer", ["-m", "tpnet.inference.cli", "--model", str(model_pt), "--input", str(frames),
+                  "--output", str(out / "inference")], timings)  # fmt: skip
+
+    report = json.loads(metrics.read_text())
+    ci = report.get("ci95", {})
+    summary = {
+        "test_det_f1": report.get("det_f1"),
+        "test_det_f1_ci95": ci.get("det_f1"),
+        "test_det_precision": report.get("det_precision"),
+        "test_det_recall": report.get("det_recall"),
+        "test_loc_err_mm": report.get("loc_err_mm"),
+        "test_dice_mean": report.get("dice_mean"),
+        "seconds": timings,
+        "train_plus_eval_s": round(timings["train"] + timings["evaluate"], 1),
+    }
+    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    db = resolve_tracking_uri(cfg.logger.tracking_uri)
+    print("\n==> done")
+    print(json.dumps(summary, indent=2))
+    print(f"""
+Results
+  run folder        {out}
+  checkpoints       {out / "train" / "checkpoints"}
+  test metrics      {metrics}
+  exported models   {model_pt}  and  {model_pt2}
+  inference output  {out / "inference"}  (open {out / "inference" / "report.html"} in a browser)
+MLflow UI
+  .venv/bin/mlflow ui --backend-store-uri {db} --port 5000   then open http://127.0.0.1:5000""")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""``tpnet-export checkpoint=PATH output=PATH.pt [format=pt2] [register_name=NAME]``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from tpnet.configuration import config_dir
+
+log = logging.getLogger("tpnet")
+
+
+def run_export(cfg: DictConfig) -> dict:
+    from tpnet.data.datamodule import frame_dataset, setup_data
+    from tpnet.export.parity import export_model
+    from tpnet.export.registry import log_export_to_mlflow
+    from tpnet.inference.model_file import build_meta
+    from tpnet.models import build_model
+    from tpnet.tracking.mlflow_logger import resolve_tracking_uri
+    from tpnet.training.checkpoint import inference_weights, load_checkpoint
+
+    checkpoint = Path(cfg.checkpoint)
+    state = load_checkpoint(checkpoint)
+    train_cfg = OmegaConf.create(state["config"])
+    meta = state["meta"]
+    model = build_model(train_cfg.model, len(meta["encoding"]["channels"]), len(meta["classes"]))
+    model.load_state_dict(inference_weights(state))
+    model.eval()
+
+    real_inputs = []
+    if int(cfg.parity_frames) > 0:
+        try:
+            data_cfg = train_cfg.data
+            data_cfg.spacing_mm = float(meta["spacing_mm"])
+            data = setup_data(
+                data_cfg, int(train_cfg.seed), train_cfg.cv.fold, train_cfg.cv.folds, check=False
+            )
+            frames = frame_dataset(data, "val")
+            real_inputs = [frames[i]["image"] for i in range(min(int(cfg.parity_frames), len(frames)))]
+        except Exception as exc:  # the training data may not be on this machine; random inputs still run
+            log.warning("parity on real frames skipped: training dataset unavailable (%s)", exc)
+
+    model_meta = build_meta(**meta, export_method="script", mlflow_run_id=state.get("mlflow_run_id"))
+    fmt = "pt2" if cfg.format == "pt2" else "torchscript"
+    report = export_model(model, model_meta, Path(cfg.output), fmt=fmt, real_inputs=real_inputs,
+                          atol=float(cfg.atol), checkpoint=checkpoint)  # fmt: skip
+    log.info("exported %s", json.dumps(report))
+    if cfg.log_to_mlflow:
+        report["mlflow"] = log_export_to_mlflow(
+            Path(cfg.output),
+            state.get("mlflow_run_id"),
+            resolve_tracking_uri(cfg.tracking_uri),
+            cfg.register_name,
+        )
+    return report
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="export")
+def _main(cfg: DictConfig) -> None:
+    from tpnet.export.export import ExportError
+    from tpnet.export.parity import ParityError
+    from tpnet.training.checkpoint import CheckpointError
+
+    try:
+        run_export(cfg)
+    except (CheckpointError, ExportError, ParityError) as exc:
+        print(f"tpnet-export: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()
