@@ -7,7 +7,7 @@ Every error is a ``FrameReadError`` whose message starts with the file's path.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import cv2
@@ -108,8 +108,16 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 
 def _atomic_target(path: Path) -> tuple[int, str]:
+    """A new temp file beside ``path`` (renamed over it once complete). Opened with mode 0o666 so the user's
+    umask applies, as for any ordinary file (mkstemp's 0600 would hide masks from colleagues)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise OSError(f"{path}: could not create a temporary file beside it")
 
 
 def write_png(path: str | Path, arr: np.ndarray) -> None:

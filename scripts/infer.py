@@ -1,0 +1,8 @@
+"""Run ``tpnet-infer`` from a source checkout: ``python scripts/infer.py --model M --input IN --output OUT``."""
+
+import sys
+
+from tpnet.inference.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Exported model files: a TorchScript ``.pt`` or a ``torch.export`` ``.pt2`` carrying ``tpnet_meta.json``.
+
+The metadata says everything the inference tool needs without the training code: class names, input
+encoding, training pixel spacing, the network's stride and the post-processing defaults. Its keys
+are defined once, in ``build_meta``; the exporter writes it and ``load_model_file`` checks it.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tpnet.data.encoding import Encoding
+
+META_FILENAME = "tpnet_meta.json"
+FORMAT_NAME = "tpnet-model"
+FORMAT_VERSION = 1
+EXPORT_METHODS: tuple[str, ...] = ("script", "trace", "torch.export")
+REQUIRED_KEYS: tuple[str, ...] = (
+    "format",
+    "format_version",
+    "tpnet_version",
+    "model_name",
+    "classes",
+    "network_data_format",
+    "encoding",
+    "spacing_mm",
+    "size_multiple",
+    "postprocess",
+    "export",
+)
+POSTPROCESS_KEYS: tuple[str, ...] = ("threshold", "min_area_mm2", "match_mm")
+KINDS: tuple[str, ...] = ("torchscript", "torch.export")
+
+
+class ModelFileError(ValueError):
+    """The model file cannot be used; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A ready-to-call network (logits out) plus its validated metadata."""
+
+    module: Any  # torch.jit.ScriptModule or the GraphModule of an ExportedProgram: both map images -> logits
+    meta: dict
+    kind: str  # "torchscript" | "torch.export"
+    path: Path
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.meta["classes"])
+
+    @property
+    def encoding(self) -> Encoding:
+        return Encoding.from_dict(self.meta["encoding"])
+
+    @property
+    def spacing_mm(self) -> float:
+        return float(self.meta["spacing_mm"])
+
+    @property
+    def size_multiple(self) -> int:
+        return int(self.meta["size_multiple"])
+
+
+def build_meta(
+    *,
+    model_name: str,
+    classes: Sequence[str],
+    encoding: Encoding | dict,
+    spacing_mm: float,
+    size_multiple: int,
+    postprocess: dict,
+    export_method: str,
+    tpnet_version: str | None = None,
+    mlflow_run_id: str | None = None,
+    config_fingerprint: str | None = None,
+    dataset_name: str | None = None,
+    dataset_fingerprint: str | None = None,
+    torch_version: str | None = None,
+) -> dict:
+    """The metadata dict stored as ``tpnet_meta.json``. Keyword names match the checkpoint's ``meta``,
+    so an exporter can call ``build_meta(**ckpt["meta"], export_method=..., mlflow_run_id=...)``."""
+    if export_method not in EXPORT_METHODS:
+        raise ValueError(f"export_method must be one of {list(EXPORT_METHODS)}; got {export_method!r}")
+    enc = encoding if isinstance(encoding, Encoding) else Encoding.from_dict(encoding)
+    if tpnet_version is None:
+        from tpnet import __version__ as tpnet_version
+    classes = [str(c) for c in classes]
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "tpnet_version": tpnet_version,
+        "model_name": model_name,
+        "classes": classes,
+        # MONAI-bundle-like description of the tensors, for readers that do not know tpnet.
+        "network_data_format": {
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "modality": "US",
+                    "num_channels": enc.in_channels,
+                    "channel_def": {str(i): name for i, name in enumerate(enc.channels)},
+                    "spatial_shape": [f"{size_multiple}*n", f"{size_multiple}*n"],
+                    "dtype": "float32",
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "probabilities",
+                    "num_channels": len(classes),
+                    "channel_def": {str(i): name for i, name in enumerate(classes)},
+                }
+            },
+        },
+        "encoding": enc.to_dict(),
+        "spacing_mm": float(spacing_mm),
+        "size_multiple": int(size_multiple),
+        "postprocess": {k: float(postprocess[k]) for k in POSTPROCESS_KEYS},
+        "mlflow_run_id": mlflow_run_id,
+        "config_fingerprint": config_fingerprint,
+        "dataset_name": dataset_name,
+        "dataset_fingerprint": dataset_fingerprint,
+        "export": {"method": export_method, "torch_version": torch_version or torch.__version__},
+    }
+    validate_meta(meta, "build_meta")
+    return meta
+
+
+def validate_meta(meta: object, where: str | Path) -> dict:
+    """Check format, version and the keys the inference tool relies on; raise ModelFileError naming ``where``."""
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{where}: {META_FILENAME} must hold a JSON object")
+    if meta.get("format") != FORMAT_NAME:
+        raise ModelFileError(
+            f"{where}: not a tpnet model file (format {meta.get('format')!r}, expected {FORMAT_NAME!r})"
+        )
+    major = _major_version(meta.get("format_version"), where)
+    if major > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{where}: format_version {meta['format_version']} is newer than this tool understands "
+            f"({FORMAT_VERSION}); update tpnet"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise ModelFileError(f"{where}: {META_FILENAME} lacks required key(s) {missing}")
+
+    classes = meta["classes"]
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise ModelFileError(f"{where}: 'classes' must be a list of at least two class names")
+    try:
+        enc = Encoding.from_dict(meta["encoding"])
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{where}: bad 'encoding' ({exc})") from exc
+    spacing = meta["spacing_mm"]
+    if not isinstance(spacing, int | float) or not spacing > 0 or spacing == float("inf"):
+        raise ModelFileError(f"{where}: 'spacing_mm' must be a positive number; got {spacing!r}")
+    if not isinstance(meta["size_multiple"], int) or meta["size_multiple"] < 1:
+        raise ModelFileError(
+            f"{where}: 'size_multiple' must be a positive integer; got {meta['size_multiple']!r}"
+        )
+    post = meta["postprocess"]
+    if not isinstance(post, dict) or any(not isinstance(post.get(k), int | float) for k in POSTPROCESS_KEYS):
+        raise ModelFileError(f"{where}: 'postprocess' must give numbers for {list(POSTPROCESS_KEYS)}")
+
+    # The tensor description must agree with the encoding and classes it summarises.
+    try:
+        n_in = meta["network_data_format"]["inputs"]["image"]["num_channels"]
+        n_out = meta["network_data_format"]["outputs"]["pred"]["num_channels"]
+    except (KeyError, TypeError) as exc:
+        raise ModelFileError(
+            f"{where}: 'network_data_format' lacks inputs.image / outputs.pred ({exc})"
+        ) from exc
+    if n_in != enc.in_channels or n_out != len(classes):
+        raise ModelFileError(
+            f"{where}: network_data_format says {n_in} input / {n_out} output channels but encoding and "
+            f"classes give {enc.in_channels} / {len(classes)}"
+        )
+    return meta
+
+
+def _major_version(value: object, where: str | Path) -> int:
+    try:
+        return int(str(value).split(".")[0])
+    except ValueError:
+        raise ModelFileError(f"{where}: format_version {value!r} is not a version number") from None
+
+
+def _detect_kind(path: Path, names: list[str]) -> str:
+    """TorchScript archives hold ``<name>/constants.pkl``; torch.export archives ``<name>/archive_format``."""
+    if any(n.endswith("/archive_format") for n in names):
+        return "torch.export"
+    if any(n.endswith("/constants.pkl") for n in names):
+        return "torchscript"
+    raise ModelFileError(
+        f"{path}: a zip file, but neither a TorchScript (.pt) nor a torch.export (.pt2) model"
+    )
+
+
+def read_meta(path: str | Path) -> tuple[dict, str]:
+    """Validated metadata and the file kind, read from the archive without loading the network."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path}: not a model file (neither TorchScript .pt nor torch.export .pt2)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            kind = _detect_kind(path, names)
+            meta_names = [n for n in names if n.endswith(f"/extra/{META_FILENAME}")]
+            if not meta_names:
+                raise ModelFileError(f"{path}: no {META_FILENAME} inside; was it exported with tpnet-export?")
+            raw = archive.read(meta_names[0])
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelFileError(f"{path}: damaged model file ({exc})") from exc
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path}: {META_FILENAME} is not valid JSON ({exc})") from exc
+    return validate_meta(meta, path), kind
+
+
+def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load and check a model file; raise ModelFileError naming the file if it cannot be used."""
+    path = Path(path)
+    meta, kind = read_meta(path)
+    device = torch.device(device)
+    try:
+        with warnings.catch_warnings():
+            # torch.jit deprecation notices mean nothing to a clinician running the tool.
+            warnings.simplefilter("ignore", FutureWarning)
+            if kind == "torchscript":
+                module = torch.jit.load(str(path), map_location=device)
+                module.eval()
+            else:
+                # A file object: given a path, torch.export.load insists on a .pt2 suffix.
+                with path.open("rb") as fh:
+                    program = torch.export.load(fh)
+                module = program.module().to(device)  # exported graphs are already in eval mode
+    except Exception as exc:  # torch raises RuntimeError and friends for damaged archives
+        raise ModelFileError(
+            f"{path}: could not load the {kind} network ({type(exc).__name__}: {exc})"
+        ) from exc
+    return LoadedModel(module=module, meta=meta, kind=kind, path=path)

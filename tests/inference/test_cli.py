@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from model_files import CLASSES, blob_frame, make_model_file
+from tpnet.data.io import read_array, write_npy, write_png, write_tiff
+from tpnet.inference.cli import CSV_COLUMNS, main
+
+ACTIVE, LATENT, VESSEL = (CLASSES.index(n) for n in ("active_trp", "latent_trp", "vessel"))
+BROKEN = {"trunc_bmode.png", "zero_bmode.png", "text_bmode.png", "mismatch_bmode.png", "orphan_elasto.tif"}
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return make_model_file(tmp_path_factory.mktemp("model"))
+
+
+def _write_pair(folder, stem, bmode, kpa=None, spacing_mm=None, bmode_format="png"):
+    if bmode_format == "png":
+        write_png(folder / f"{stem}_bmode.png", np.round(bmode * 255).astype(np.uint8))
+    else:
+        write_npy(folder / f"{stem}_bmode.npy", bmode)
+    if kpa is not None:
+        write_tiff(folder / f"{stem}_elasto.tif", kpa)
+    if spacing_mm is not None:
+        (folder / f"{stem}.json").write_text(json.dumps({"spacing_mm": spacing_mm}))
+
+
+def _good_frames(folder):
+    """Frames of three sizes and spacings; returns {stem: expected [(class, x_mm, y_mm)]}."""
+    scene = blob_frame(
+        (12.8, 12.8), 0.2, nodules=[(3.0, 3.0, 1.5)], vessels=[(9.0, 9.0, 1.2)],
+        stiff_nodules=[(9.0, 3.0, 1.2)], swe_box_mm=(6.0, 0.4, 12.0, 6.0),
+    )  # fmt: skip
+    _write_pair(folder, "scene", *scene, spacing_mm=0.2)
+    wide = blob_frame((8.0, 16.0), 0.25, nodules=[(12.0, 4.0, 1.5)])[0]  # B-mode only
+    _write_pair(folder, "wide", wide, spacing_mm=0.25, bmode_format="npy")
+    fine = blob_frame((7.2, 9.6), 0.15, nodules=[(4.0, 3.5, 1.5)], swe_box_mm=(0.0, 0.0, 9.6, 7.2))
+    _write_pair(folder, "fine", *fine, spacing_mm=0.15)
+    return {
+        "scene": [("active_trp", 3.0, 3.0), ("latent_trp", 9.0, 3.0)],
+        "wide": [("active_trp", 12.0, 4.0)],
+        "fine": [("active_trp", 4.0, 3.5)],
+    }
+
+
+def _broken_frames(folder):
+    ok = np.full((40, 40), 0.6, np.float32)
+    _write_pair(folder, "trunc", ok, spacing_mm=0.2)
+    data = (folder / "trunc_bmode.png").read_bytes()
+    (folder / "trunc_bmode.png").write_bytes(data[: len(data) // 2])
+    (folder / "zero_bmode.png").write_bytes(b"")
+    (folder / "text_bmode.png").write_text("patient list, not an image\n")
+    _write_pair(folder, "mismatch", ok, np.full((20, 40), 30.0, np.float32), spacing_mm=0.2)
+    write_tiff(folder / "orphan_elasto.tif", np.full((40, 40), 30.0, np.float32))
+
+
+def _read_csv(path):
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames) == CSV_COLUMNS
+        return list(reader)
+
+
+def _components(mask, label):
+    n, _, stats, centroids = cv2.connectedComponentsWithStats(
+        (mask == label).astype(np.uint8), connectivity=8
+    )
+    return [(centroids[i], stats[i, cv2.CC_STAT_AREA]) for i in range(1, n)]
+
+
+def test_mixed_folder_end_to_end(tmp_path, model_path, capsys):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    expected = _good_frames(in_dir)
+    _broken_frames(in_dir)
+
+    code = main(
+        ["--model", str(model_path), "--input", str(in_dir), "--output", str(out_dir), "--batch-size", "2"]
+    )
+
+    assert code == 3
+    stdout = capsys.readouterr().out
+    for name in BROKEN:
+        assert f"REJECTED {name}" in stdout
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert {r["name"] for r in summary["rejected"]} == BROKEN
+    reasons = {r["name"]: r["reason"] for r in summary["rejected"]}
+    assert "zero-byte" in reasons["zero_bmode.png"] and "truncated" in reasons["trunc_bmode.png"]
+    assert "not a PNG" in reasons["text_bmode.png"] and "mismatch_elasto.tif" in reasons["mismatch_bmode.png"]
+    assert summary["counts"] == {"frames_found": 8, "frames_processed": 3, "frames_rejected": 5}
+    assert summary["trp_by_class"] == {"active_trp": 3, "latent_trp": 1}
+    assert summary["model"]["meta"]["model_name"] == "blob_detector"
+    assert summary["timing"]["total_s"] > 0
+
+    rows = _read_csv(out_dir / "detections.csv")
+    for stem, spacing in (("scene", 0.2), ("wide", 0.25), ("fine", 0.15)):
+        bmode = read_array(in_dir / f"{stem}_bmode.{'npy' if stem == 'wide' else 'png'}")
+        mask = read_array(out_dir / "masks" / f"{stem}.png")
+        overlay = read_array(out_dir / "overlays" / f"{stem}.png")
+        assert mask.shape == bmode.shape and overlay.shape == (*bmode.shape, 3)  # the input's own size
+        frame_rows = [r for r in rows if r["stem"] == stem]
+        # Every CSV row is a component of the written label map, at centroid * the frame's spacing.
+        trp_components = _components(mask, ACTIVE) + _components(mask, LATENT)
+        assert len(frame_rows) == len(trp_components)
+        for row in frame_rows:
+            label = CLASSES.index(row["class"])
+            centroids = np.array([c for c, _ in _components(mask, label)])
+            xy_px = np.array([float(row["x_px"]), float(row["y_px"])])
+            nearest = centroids[np.argmin(np.linalg.norm(centroids - xy_px, axis=1))]
+            assert np.allclose(nearest, xy_px, atol=0.01)
+            assert float(row["x_mm"]) == pytest.approx(nearest[0] * spacing, abs=1e-3)
+            assert float(row["y_mm"]) == pytest.approx(nearest[1] * spacing, abs=1e-3)
+        # ... and the detections are where the scene put them.
+        found = sorted((r["class"], float(r["x_mm"]), float(r["y_mm"])) for r in frame_rows)
+        assert [f[0] for f in found] == sorted(e[0] for e in expected[stem])
+        for (_, x, y), (_, ex, ey) in zip(found, sorted(expected[stem]), strict=True):
+            assert abs(x - ex) < 0.3 and abs(y - ey) < 0.3
+    scene = {r["class"]: r for r in rows if r["stem"] == "scene"}
+    assert float(scene["latent_trp"]["stiffness_kpa_mean"]) == pytest.approx(150.0, abs=1.0)
+    assert scene["active_trp"]["stiffness_kpa_mean"] == ""  # outside the SWE box: no value, not 0
+    assert float(scene["active_trp"]["nearest_vessel_mm"]) == pytest.approx(np.hypot(6.0, 6.0) - 1.2, abs=0.3)
+    assert (_components(read_array(out_dir / "masks" / "scene.png"), VESSEL)[0][1]) > 50
+
+    page = (out_dir / "report.html").read_text()
+    assert page.count('<section class="frame">') == 3
+    assert 'src="overlays/scene.png"' in page
+    for name in BROKEN:
+        assert name in page
+    assert "<script" not in page and not list(out_dir.glob(".*"))  # no temporary files left behind
+
+
+def test_same_anatomy_at_half_spacing_gives_same_mm(tmp_path, model_path):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    discs = {"nodules": [(3.1, 4.3, 1.4), (9.0, 8.7, 1.8)], "vessels": [(9.0, 3.0, 1.0)]}
+    _write_pair(in_dir, "coarse", blob_frame((12.8, 12.8), 0.2, **discs)[0], spacing_mm=0.2)
+    _write_pair(in_dir, "fine", blob_frame((12.8, 12.8), 0.1, **discs)[0], spacing_mm=0.1)
+
+    assert main(["--model", str(model_path), "--input", str(in_dir), "--output", str(out_dir)]) == 0
+
+    rows = _read_csv(out_dir / "detections.csv")
+    coarse = [r for r in rows if r["stem"] == "coarse"]
+    fine = [r for r in rows if r["stem"] == "fine"]
+    assert len(coarse) == len(fine) == 2
+    assert read_array(out_dir / "masks" / "fine.png").shape == (128, 128)
+    for a, b in zip(coarse, fine, strict=True):
+        for key in ("x_mm", "y_mm", "nearest_vessel_mm"):
+            assert float(a[key]) == pytest.approx(float(b[key]), abs=0.25), key  # about a model pixel
+        assert float(a["area_mm2"]) == pytest.approx(float(b["area_mm2"]), rel=0.15)
+
+
+def test_all_good_folder_exits_0_and_tta_runs(tmp_path, model_path, capsys):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    _write_pair(in_dir, "one", blob_frame((6.4, 6.4), 0.2, nodules=[(3.0, 3.0, 1.2)])[0])  # no sidecar
+
+    code = main(["--model", str(model_path), "--input", str(in_dir), "--output", str(out_dir), "--tta"])
+
+    assert code == 0
+    assert "REJECTED" not in capsys.readouterr().out
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["rejected"] == [] and summary["settings"]["tta"] is True
+    assert len(summary["warnings"]) == 1 and "0.2 mm" in summary["warnings"][0]  # spacing was assumed
+    assert "ASSUMED" in (out_dir / "report.html").read_text()
+
+
+def test_refuses_unsafe_or_non_empty_output(tmp_path, model_path, capsys):
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    _write_pair(in_dir, "one", blob_frame((6.4, 6.4), 0.2, nodules=[(3.0, 3.0, 1.2)])[0], spacing_mm=0.2)
+    args = ["--model", str(model_path), "--input", str(in_dir), "--output"]
+
+    assert main([*args, str(in_dir / "results")]) == 2
+    assert "inside" in capsys.readouterr().err
+    assert not (in_dir / "results").exists()
+    assert main([*args, str(in_dir)]) == 2
+    assert (
+        main(["--model", str(model_path), "--input", str(in_dir), "--output", str(tmp_path)]) == 2
+    )  # IN in OUT
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "keep.txt").write_text("earlier work")
+    assert main([*args, str(out_dir)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in out_dir.iterdir()) == ["keep.txt"]
+
+    write_png(out_dir / "masks" / "stale.png", np.zeros((4, 4), np.uint8))  # from an earlier run
+    assert main([*args, str(out_dir), "--overwrite"]) == 0
+    assert sorted(p.name for p in (out_dir / "masks").iterdir()) == ["one.png"]
+    assert (out_dir / "keep.txt").exists()  # only our own outputs are replaced
+
+
+def test_unusable_model_or_empty_input_exits_2(tmp_path, model_path, capsys):
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    bad_model = make_model_file(tmp_path / "bad", edit_meta=lambda meta: meta.update(format_version=99))
+    args = ["--input", str(in_dir), "--output", str(tmp_path / "out")]
+
+    assert main(["--model", str(bad_model), *args]) == 2
+    err = capsys.readouterr().err
+    assert "unusable model" in err and str(bad_model) in err
+
+    assert main(["--model", str(model_path), *args]) == 2  # nothing to analyse
+    assert "no frames found" in capsys.readouterr().err
+    assert main(["--model", str(model_path), *args, "--batch-size", "0"]) == 2
+    assert not (tmp_path / "out").exists()
