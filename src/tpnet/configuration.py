@@ -120,7 +120,10 @@ def validate_train_config(cfg: DictConfig) -> None:
         try:
             OmegaConf.merge(OmegaConf.structured(schema), cfg[key])
         except Exception as exc:  # omegaconf's ValidationError / ConfigKeyError
-            raise ConfigError(f"invalid '{key}' config: {exc}".replace("\n", "\n    ")) from exc
+            # omegaconf names the key relative to the schema ("max_epochs"): give the full dotted name.
+            where = f"{key}.{exc.full_key}" if getattr(exc, "full_key", None) else key
+            reason = str(exc).splitlines()[0]
+            raise ConfigError(f"{where}: {reason}") from exc
     for dotted, allowed in _CHOICES.items():
         value = OmegaConf.select(cfg, dotted)
         if value not in allowed:

@@ -124,7 +124,9 @@ def train_loader(
         sampler=PatchSampler(sampler, batch_size, float(data_cfg.fg_fraction)),
         num_workers=workers,
         pin_memory=device.type == "cuda",
-        drop_last=True,
+        # Full batches only (BatchNorm statistics), unless the epoch holds less than one batch: a small dataset
+        # (e.g. 3 training frames, batch 4) must still train, not run empty epochs.
+        drop_last=len(sampler) >= batch_size,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
     )

@@ -62,12 +62,12 @@ class MlflowTracker:
         if not self.enabled:
             return None
         if self._down_since is not None and time.monotonic() - self._down_since < self.retry_after_s:
-            self.lost[what] = self.lost.get(what, 0) + count
+            self._count_lost(what, count)
             return None
         try:
             out = fn()
         except Exception as exc:  # any failure of the tracking backend
-            self.lost[what] = self.lost.get(what, 0) + count
+            self._count_lost(what, count)
             if _is_rejected_request(exc):  # the server answered: it is up, this one call was refused
                 log.warning("MLflow: %s refused (%s)", what, exc)
                 return None
@@ -84,6 +84,11 @@ class MlflowTracker:
             log.warning("MLflow: tracking server reachable again")
             self._down_since = None
         return out
+
+    def _count_lost(self, what: str, count: int) -> None:
+        # count 0: the caller keeps the items (queued metrics) and reports them itself if they never get through.
+        if count:
+            self.lost[what] = self.lost.get(what, 0) + count
 
     @property
     def client(self):

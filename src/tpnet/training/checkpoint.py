@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
             torch.save(state, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        # Test-only (tests/training/test_faults.py): widen the window between write and rename for a SIGKILL.
+        time.sleep(float(os.environ.get("TPNET_TEST_SLOW_CHECKPOINT_S", "0")))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

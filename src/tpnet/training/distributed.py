@@ -39,8 +39,27 @@ def setup(device_type: str, timeout_s: float = 300.0) -> DistInfo:
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
     # A finite timeout turns a dead peer into an error instead of a hang.
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    dist.init_process_group(
+        backend=backend,
+        timeout=timeout,
+        store=_attempt_store(timeout),
+        rank=int(os.environ["RANK"]),
+        world_size=world_size,
+    )
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
+
+
+def _attempt_store(timeout: datetime.timedelta) -> dist.Store | None:
+    """Under ``torchrun --max-restarts``, workers share the rendezvous TCPStore across restarts and a restarted
+    rank can read a dead peer's address left by the previous attempt ("Gloo connectFullMesh failed ... Connection
+    refused", pytorch/pytorch#135712). Give each attempt its own key space. None = torch's default env:// store."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    base = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout
+    )
+    return dist.PrefixStore(f"tpnet/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", base)
 
 
 def cleanup() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -86,6 +87,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, float]:
     tcfg = cfg.trainer
+    if info.enabled:
+        log.info("distributed: rank %d of world size %d", info.rank, info.world_size)
     run_dir = Path(distributed.broadcast_object(str(run_dir_from_hydra()), info))
     ckpt_dir = run_dir / "checkpoints"
     seed = int(cfg.seed)
@@ -139,7 +142,12 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
 
     # ---- resume ------------------------------------------------------------------------------------------
     start_epoch, global_step, best_metric, run_id, bad_epochs = 0, 0, None, None, 0
+    rng_state = None
     resume_path = _resume_path(tcfg.resume, ckpt_dir)
+    run_id_file = run_dir / "mlflow_run_id.txt"
+    if resume_path is None and tcfg.resume == "auto" and run_id_file.is_file():
+        # Killed before the first checkpoint: continue the MLflow run that attempt created, not a second one.
+        run_id = run_id_file.read_text().strip() or None
     if resume_path is not None:
         state = load_checkpoint(resume_path, map_location=device)
         model.load_state_dict(state["model"])
@@ -148,7 +156,7 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
         scaler.load_state_dict(state["scaler"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
-        restore_rng_state(state["rng"])
+        rng_state = state["rng"]
         start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
         best_metric, run_id, bad_epochs = (
             state["best_metric"],
@@ -186,11 +194,21 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
             }
         )
         tracker.log_artifact(run_dir / "config.yaml")
+        if tracker.run_id:
+            run_id_file.write_text(tracker.run_id + "\n")
+        if start_epoch:
+            _truncate_history(run_dir / "metrics.jsonl", start_epoch)
+
+    # Restore the RNG streams last, just before the first epoch: whatever set-up consumed random numbers above,
+    # the resumed epochs then draw exactly what the uninterrupted run drew.
+    if rng_state is not None:
+        restore_rng_state(rng_state)
 
     # ---- epochs ------------------------------------------------------------------------------------------------
     monitor, mode = str(tcfg.monitor), str(tcfg.monitor_mode)
     history_path = run_dir / "metrics.jsonl"
     for epoch in range(start_epoch, max_epochs):
+        _test_kill_rank(info, epoch)
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         train_loss, images_per_s, global_step = train_one_epoch(
@@ -206,6 +224,7 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
         if (epoch + 1) % int(tcfg.val_every_n_epochs) == 0 or epoch + 1 == max_epochs:
             eval_model = ema.module if ema is not None else model
             want_overlays = info.is_main and _every(epoch, cfg.logger.overlay_every_n_epochs, max_epochs)
+            _test_stall("validate", epoch + 1)
             records, losses, kept = validate_frames(
                 eval_model, list(val_loader_iter(val_loader)), loss_fn, classes, params, device, amp_dtype,
                 keep_predictions=3 if want_overlays else 0,
@@ -213,6 +232,8 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
             records = distributed.gather_objects(records, info)
             losses = distributed.gather_objects(losses, info)
             val = aggregate(records, classes)
+            if info.is_main:
+                log.info("validated %d frames from %d rank(s)", len(records), info.world_size)
             metrics["val/loss"] = float(np.mean(losses)) if losses else math.nan
             metrics.update({f"val/{k}": v for k, v in val.items() if _loggable(k)})
             if kept:
@@ -326,6 +347,8 @@ def train_one_epoch(
             global_step += 1
             if ema is not None:
                 ema.update(model)
+        if step == 1:
+            _test_stall("train", epoch + 1)  # mid-epoch: after one optimiser step, before the next
         total_loss += float(loss.detach())
         n_batches += 1
         n_images += images.shape[0]
@@ -334,7 +357,8 @@ def train_one_epoch(
                 loss=f"{total_loss / n_batches:.4f}", img_s=f"{n_images / (time.perf_counter() - start):.1f}"
             )
     elapsed = time.perf_counter() - start
-    mean_loss = distributed.mean_across_ranks(total_loss / max(n_batches, 1), info, device)
+    # No batch at all (every step non-finite and skipped): NaN, not a misleading 0.
+    mean_loss = distributed.mean_across_ranks(total_loss / n_batches if n_batches else math.nan, info, device)
     return mean_loss, n_images * info.world_size / max(elapsed, 1e-9), global_step
 
 
@@ -378,6 +402,43 @@ def _resume_path(resume: Any, ckpt_dir: Path) -> Path | None:
     if not path.exists():
         raise FileNotFoundError(f"trainer.resume={resume}: no such checkpoint")
     return path
+
+
+def _truncate_history(path: Path, completed_epochs: int) -> None:
+    """On resume, drop metrics.jsonl lines of epochs past the checkpoint (killed after logging, before saving):
+    the resumed run writes them again, so the file keeps one line per epoch."""
+    import json
+
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("epoch", 0) <= completed_epochs]
+    if len(kept) != len(lines):
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+# ---- test-only fault injection (tests/training/test_faults.py, test_ddp.py); inert unless the env var is set ----
+
+
+def _test_stall(phase: str, epoch: int) -> None:
+    """``TPNET_TEST_STALL=<phase>:<epoch>[:<seconds>]`` (phase ``train`` = mid-epoch, ``validate``): on reaching
+    that point, touch ``$TPNET_TEST_STALL_FILE`` and sleep (default 300 s), so a test can SIGKILL the process
+    (or stop the MLflow server) at a known moment."""
+    spec = os.environ.get("TPNET_TEST_STALL", "").split(":")
+    if len(spec) >= 2 and spec[0] == phase and int(spec[1]) == epoch:
+        Path(os.environ["TPNET_TEST_STALL_FILE"]).touch()
+        time.sleep(float(spec[2]) if len(spec) > 2 else 300.0)
+
+
+def _test_kill_rank(info: DistInfo, epoch: int) -> None:
+    """``TPNET_TEST_KILL_RANK=r`` + ``TPNET_TEST_KILL_AT_EPOCH=e``: rank r dies (exit 1, no clean-up) at the start
+    of epoch index e, on the first torchrun attempt only (``TORCHELASTIC_RESTART_COUNT`` 0), to test that a lost
+    rank fails the job fast and that ``torchrun --max-restarts`` resumes it."""
+    rank, at = os.environ.get("TPNET_TEST_KILL_RANK"), os.environ.get("TPNET_TEST_KILL_AT_EPOCH")
+    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    if rank is not None and at is not None and first_attempt and int(rank) == info.rank and int(at) == epoch:
+        log.error("TPNET_TEST_KILL_RANK: rank %d exits at epoch index %d", info.rank, epoch)
+        os._exit(1)
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:

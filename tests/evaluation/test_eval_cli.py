@@ -1,0 +1,51 @@
+"""``tpnet-eval`` on a checkpoint of a real (tiny) training run."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+from train_helpers import REPO, subprocess_env
+
+POINT_METRICS = ("det_f1", "det_precision", "det_recall", "loc_err_mm", "class_acc", "dice_mean")
+
+
+def test_tpnet_eval_writes_metrics_with_confidence_intervals(tmp_path, reference_run):
+    output = tmp_path / "metrics.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tpnet.evaluation.cli",
+            f"checkpoint={reference_run / 'checkpoints/best.pt'}",
+            "n_boot=50",
+            "device=cpu",
+            f"output={output}",
+            f"hydra.run.dir={tmp_path / 'hydra'}",
+        ],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert report["split"] == "test" and report["n_frames"] == 3
+    assert report["bootstrap"] == {"n_boot": 50, "seed": 0, "unit": "subject"}
+    classes = ("background", "active_trp", "latent_trp", "vessel")
+    for key in (*POINT_METRICS, *(f"dice/{c}" for c in classes)):
+        assert key in report, key
+        low, high = report["ci95"][key]  # always a pair; null where the metric is undefined
+        value = report[key]
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        assert value >= 0 or key == "loc_err_mm"
+        if low is not None:
+            assert low <= high
+    # The training run's own test report came from the same checkpoint and data: same point estimates.
+    trained = json.loads((reference_run / "metrics.json").read_text())
+    for key in ("det_f1", "dice_mean", "dice/background"):
+        assert report[key] == trained[key], key

@@ -1,0 +1,52 @@
+"""A run SIGKILLed mid-epoch and restarted with ``trainer.resume=auto`` ends exactly like an uninterrupted one."""
+
+from __future__ import annotations
+
+import pytest
+
+from train_helpers import (
+    assert_same_training,
+    checkpoint_epoch,
+    metric_steps,
+    mlflow_runs,
+    run_train,
+    sigkill,
+    start_train,
+    subprocess_env,
+    wait_for,
+)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(
+    tmp_path, tiny_train_overrides, mlflow_uri, reference_run
+):
+    run_dir = tmp_path / "run"
+    overrides = [
+        *tiny_train_overrides,
+        "trainer.max_epochs=3",
+        f"logger.tracking_uri={mlflow_uri}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    marker = tmp_path / "mid_epoch_2"
+    # The stall hook parks the process after the first optimiser step of epoch 2: a known mid-epoch moment.
+    env = subprocess_env(TPNET_TEST_STALL="train:2", TPNET_TEST_STALL_FILE=str(marker))
+    proc = start_train(overrides, env, tmp_path / "attempt1.log")
+    try:
+        wait_for(marker.exists, 150, "mid-epoch 2", proc)
+        assert checkpoint_epoch(run_dir / "checkpoints/last.pt") == 1
+        sigkill(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (first_run,) = mlflow_runs(mlflow_uri)
+
+    result = run_train([*overrides, "trainer.resume=auto"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stdout + result.stderr
+
+    (run,) = mlflow_runs(mlflow_uri)  # continued, not a second run
+    assert run.info.run_id == first_run.info.run_id and run.info.status == "FINISHED"
+    for key in ("train/loss", "val/loss", "lr"):
+        assert metric_steps(mlflow_uri, run.info.run_id, key) == [1, 2, 3], key
+    assert_same_training(reference_run, run_dir)
