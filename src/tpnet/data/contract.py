@@ -68,7 +68,11 @@ def load_spec(root: str | Path) -> DatasetSpec:
     if spacing is not None:
         spacing = _positive_float(spacing, f"{path}: spacing_mm")
     return DatasetSpec(
-        root=root, name=str(raw.get("name", root.name)), classes=tuple(classes), elasto_unit=unit, spacing_mm=spacing
+        root=root,
+        name=str(raw.get("name", root.name)),
+        classes=tuple(classes),
+        elasto_unit=unit,
+        spacing_mm=spacing,
     )
 
 

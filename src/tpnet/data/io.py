@@ -6,13 +6,14 @@ Every error is a ``FrameReadError`` whose message starts with the file's path.
 
 from __future__ import annotations
 
-import os
-import secrets
+import io
 from pathlib import Path
 
 import cv2
 import numpy as np
 import tifffile
+
+from tpnet.atomic import atomic_open, atomic_write_bytes
 
 PNG_SUFFIXES = (".png",)
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -51,7 +52,9 @@ def read_array(path: str | Path) -> np.ndarray:
         elif suffix in NPY_SUFFIXES:
             arr = np.load(path, allow_pickle=False)
         else:
-            raise FrameReadError(f"{path}: unsupported file type {suffix!r}; use one of {list(IMAGE_SUFFIXES)}")
+            raise FrameReadError(
+                f"{path}: unsupported file type {suffix!r}; use one of {list(IMAGE_SUFFIXES)}"
+            )
     except FrameReadError:
         raise
     except Exception as exc:  # tifffile/numpy raise many types for damaged files
@@ -107,19 +110,6 @@ def read_mask(path: str | Path) -> np.ndarray:
     return arr.astype(np.uint8)
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    """A new temp file beside ``path`` (renamed over it once complete). Opened with mode 0o666 so the user's
-    umask applies, as for any ordinary file (mkstemp's 0600 would hide masks from colleagues)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
-        except FileExistsError:
-            continue
-    raise OSError(f"{path}: could not create a temporary file beside it")
-
-
 def write_png(path: str | Path, arr: np.ndarray) -> None:
     """Write uint8/uint16 grey or RGB (last axis) PNG atomically."""
     path = Path(path)
@@ -128,23 +118,17 @@ def write_png(path: str | Path, arr: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", arr)
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
-    fd, tmp = _atomic_target(path)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(buf.tobytes())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def write_tiff(path: str | Path, arr: np.ndarray) -> None:
     path = Path(path)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    tifffile.imwrite(tmp, arr)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()  # tifffile takes a file name from an fd-backed handle, so encode in memory first
+    tifffile.imwrite(buffer, arr)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_npy(path: str | Path, arr: np.ndarray) -> None:
     path = Path(path)
-    fd, tmp = _atomic_target(path)
-    with os.fdopen(fd, "wb") as fh:
+    with atomic_open(path, "wb") as fh:
         np.save(fh, arr, allow_pickle=False)
-    os.replace(tmp, path)

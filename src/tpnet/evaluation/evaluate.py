@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tpnet.atomic import atomic_write_text
 from tpnet.evaluation.metrics import FrameRecord, aggregate, bootstrap_ci, frame_record
 from tpnet.inference.padding import predict_probs
 from tpnet.inference.postprocess import (
@@ -132,14 +131,5 @@ def _json_safe(value: Any) -> Any:
 
 def save_metrics_json(path: str | Path, report: dict) -> None:
     """Write ``report`` atomically (temp file + os.replace), NaN as null."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_json_safe(report), indent=2, sort_keys=True, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text + "\n")

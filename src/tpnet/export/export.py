@@ -13,14 +13,13 @@ import copy
 import io
 import json
 import logging
-import os
-import uuid
 import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from tpnet.atomic import atomic_write_bytes
 from tpnet.inference.model_file import META_FILENAME, ModelFileError, read_meta, validate_meta
 
 log = logging.getLogger(__name__)
@@ -72,7 +71,7 @@ def export_torchscript(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
         torch.jit.save(program, buffer, _extra_files={META_FILENAME: json.dumps(meta, indent=2)})
-    _write_atomic(buffer.getvalue(), output)
+    atomic_write_bytes(output, buffer.getvalue())
     return meta
 
 
@@ -110,7 +109,7 @@ def export_pt2(
     meta = _with_export_info(meta, "torch.export")
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={META_FILENAME: json.dumps(meta, indent=2)})
-    _write_atomic(buffer.getvalue(), output)
+    atomic_write_bytes(output, buffer.getvalue())
     return meta
 
 
@@ -142,19 +141,3 @@ def check_output_path(output: Path, suffix: str, checkpoint: Path | None) -> Non
             raise ExportError(
                 f"{output}: exists and is not a tpnet model file; refusing to overwrite it"
             ) from exc
-
-
-def _write_atomic(data: bytes, output: Path) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    # os.open with 0o666 honours the umask (mkstemp would leave the model file readable by us only).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, output)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from tpnet import __version__
+from tpnet.atomic import atomic_write_text
 from tpnet.data.io import write_png
 from tpnet.inference.inputs import FrameInput, InputError, Rejection, SpacingAssumedWarning, discover_inputs
 from tpnet.inference.model_file import LoadedModel, ModelFileError, load_model_file
@@ -267,9 +268,7 @@ def _run(
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":

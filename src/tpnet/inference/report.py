@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import html
 import math
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
+from tpnet.atomic import atomic_open
 from tpnet.inference.inputs import FrameInput, Rejection
 from tpnet.inference.overlay import class_colour
 from tpnet.inference.postprocess import TriggerPoint
@@ -180,13 +180,11 @@ class HtmlReport:
             "</main><footer>Positions are measured from the top-left corner of the image: lateral to the right, "
             "depth downwards. Research software: findings must be confirmed by a clinician.</footer></body></html>\n"
         )
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("w", encoding="utf-8") as out:
+        with atomic_open(self.path, "w") as out:
             out.write("\n".join(head) + "\n")
             with self._sections_path.open(encoding="utf-8") as sections:
                 shutil.copyfileobj(sections, out)
             out.write(tail)
-        os.replace(tmp, self.path)
         self._sections_path.unlink()
 
     def abort(self) -> None:

@@ -6,15 +6,15 @@ is fsync'ed, then renamed over the target, so a crash or SIGKILL mid-write leave
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from tpnet.atomic import atomic_open
+from tpnet.training import fault_injection
 
 CHECKPOINT_FORMAT = "tpnet-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -29,18 +29,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # Test-only (tests/training/test_faults.py): widen the window between write and rename for a SIGKILL.
-        time.sleep(float(os.environ.get("TPNET_TEST_SLOW_CHECKPOINT_S", "0")))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        torch.save(state, fh)
+        fault_injection.slow_checkpoint_write()  # inert outside the fault-tolerance tests
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

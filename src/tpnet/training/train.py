@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from tpnet.inference.postprocess import PostprocessParams
 from tpnet.models import build_model
 from tpnet.models.summary import count_flops, count_parameters
 from tpnet.tracking.mlflow_logger import MlflowTracker, default_tags, flatten
-from tpnet.training import distributed
+from tpnet.training import distributed, fault_injection
 from tpnet.training.checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -208,7 +207,7 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
     monitor, mode = str(tcfg.monitor), str(tcfg.monitor_mode)
     history_path = run_dir / "metrics.jsonl"
     for epoch in range(start_epoch, max_epochs):
-        _test_kill_rank(info, epoch)
+        fault_injection.kill_rank(info.rank, epoch)
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         train_loss, images_per_s, global_step = train_one_epoch(
@@ -224,7 +223,7 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
         if (epoch + 1) % int(tcfg.val_every_n_epochs) == 0 or epoch + 1 == max_epochs:
             eval_model = ema.module if ema is not None else model
             want_overlays = info.is_main and _every(epoch, cfg.logger.overlay_every_n_epochs, max_epochs)
-            _test_stall("validate", epoch + 1)
+            fault_injection.stall("validate", epoch + 1)
             records, losses, kept = validate_frames(
                 eval_model, list(val_loader_iter(val_loader)), loss_fn, classes, params, device, amp_dtype,
                 keep_predictions=3 if want_overlays else 0,
@@ -348,7 +347,7 @@ def train_one_epoch(
             if ema is not None:
                 ema.update(model)
         if step == 1:
-            _test_stall("train", epoch + 1)  # mid-epoch: after one optimiser step, before the next
+            fault_injection.stall("train", epoch + 1)  # mid-epoch: after one optimiser step, before the next
         total_loss += float(loss.detach())
         n_batches += 1
         n_images += images.shape[0]
@@ -415,30 +414,6 @@ def _truncate_history(path: Path, completed_epochs: int) -> None:
     kept = [line for line in lines if json.loads(line).get("epoch", 0) <= completed_epochs]
     if len(kept) != len(lines):
         path.write_text("".join(line + "\n" for line in kept))
-
-
-# ---- test-only fault injection (tests/training/test_faults.py, test_ddp.py); inert unless the env var is set ----
-
-
-def _test_stall(phase: str, epoch: int) -> None:
-    """``TPNET_TEST_STALL=<phase>:<epoch>[:<seconds>]`` (phase ``train`` = mid-epoch, ``validate``): on reaching
-    that point, touch ``$TPNET_TEST_STALL_FILE`` and sleep (default 300 s), so a test can SIGKILL the process
-    (or stop the MLflow server) at a known moment."""
-    spec = os.environ.get("TPNET_TEST_STALL", "").split(":")
-    if len(spec) >= 2 and spec[0] == phase and int(spec[1]) == epoch:
-        Path(os.environ["TPNET_TEST_STALL_FILE"]).touch()
-        time.sleep(float(spec[2]) if len(spec) > 2 else 300.0)
-
-
-def _test_kill_rank(info: DistInfo, epoch: int) -> None:
-    """``TPNET_TEST_KILL_RANK=r`` + ``TPNET_TEST_KILL_AT_EPOCH=e``: rank r dies (exit 1, no clean-up) at the start
-    of epoch index e, on the first torchrun attempt only (``TORCHELASTIC_RESTART_COUNT`` 0), to test that a lost
-    rank fails the job fast and that ``torchrun --max-restarts`` resumes it."""
-    rank, at = os.environ.get("TPNET_TEST_KILL_RANK"), os.environ.get("TPNET_TEST_KILL_AT_EPOCH")
-    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-    if rank is not None and at is not None and first_attempt and int(rank) == info.rank and int(at) == epoch:
-        log.error("TPNET_TEST_KILL_RANK: rank %d exits at epoch index %d", info.rank, epoch)
-        os._exit(1)
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:

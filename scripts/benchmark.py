@@ -1,0 +1,666 @@
+"""Throughput of every stage of tpnet, one JSON line per figure on stdout, a readable table on stderr.
+
+    python scripts/benchmark.py                   # full run, CPU (docs/benchmarks.md has the results)
+    python scripts/benchmark.py --quick           # small sizes, < 1 min: a smoke test, not a measurement
+    python scripts/benchmark.py --device cuda --amp --channels-last   # same figures on a GPU, + the GPU ladder
+
+Sections (``--sections``, default all that apply):
+  synth   synthetic generation: ``generate_frame`` loop, and ``write_synthetic_dataset`` with disk writes
+  loader  the training data pipeline alone (decode, resample, augment, collate) through the real DataLoader
+  train   training steps fed by the real loader / the same steps on batches already in memory (efficiency)
+  infer   eager vs TorchScript forward, end-to-end ``tpnet-infer`` on a folder, peak RSS for 10 vs N frames
+  gpu     (cuda only) fp32 vs bf16 AMP vs + channels_last vs + torch.compile, with peak GPU memory
+
+Every figure is the median of ``--repeats`` timed blocks after warm-up; each line carries the batch size,
+the frame size and the settings it was measured with. stdout holds only JSON lines (the first one,
+``"figure": "machine"``, describes the machine), so ``| jq`` or ``json.loads`` per line just works.
+The ``gpu`` and ``infer`` sections need torch, numpy, OpenCV, tifffile and PyYAML only; ``loader`` and
+``train`` also need albumentations and omegaconf (the training extras).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import itertools
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+CONFIG_DIR = Path(os.environ.get("TPNET_CONFIG_DIR") or Path(__file__).resolve().parents[1] / "configs")
+SECTIONS = ("synth", "loader", "train", "infer", "gpu")
+IN_CHANNELS, NUM_CLASSES = 3, 4  # encoding (bmode, elasto, elasto_valid) and the default classes
+
+
+# ----------------------------------------------------------------------------------------------- settings
+@dataclass
+class Settings:
+    """What every section reads; ``--quick`` shrinks sizes and counts, never the code path."""
+
+    device: torch.device
+    size: int
+    batch_size: int
+    threads: int
+    amp: bool
+    channels_last: bool
+    compile: bool
+    repeats: int
+    synth_frames: int
+    dataset_subjects: int
+    dataset_frames_per_subject: int
+    loader_batches: int
+    train_steps: int
+    infer_batches: int
+    infer_frames: int
+    train_workers: tuple[int, ...]
+    workdir: Path
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.amp else None
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def common(self) -> dict[str, Any]:
+        return {
+            "height": self.size,
+            "width": self.size,
+            "batch_size": self.batch_size,
+            "device": self.device.type,
+            "amp": "bf16" if self.amp else "fp32",
+            "channels_last": self.channels_last,
+            "compile": self.compile,
+        }
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# ----------------------------------------------------------------------------------------------- reporting
+class Report:
+    """Prints each figure as one JSON line the moment it is measured; keeps them for the final table."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def emit(self, figure: str, value: float, unit: str, **fields: Any) -> None:
+        row = {"figure": figure, "value": round(float(value), 4), "unit": unit, **fields}
+        self.rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    def table(self) -> str:
+        skip = {"figure", "value", "unit", "cpu_model", "python", "platform"}
+        lines = [f"{'figure':<34} {'value':>12}  {'unit':<14} settings", "-" * 100]
+        for row in self.rows:
+            details = " ".join(f"{k}={v}" for k, v in row.items() if k not in skip)
+            lines.append(f"{row['figure']:<34} {row['value']:>12.4g}  {row['unit']:<14} {details}")
+        return "\n".join(lines)
+
+
+def machine_info(settings: Settings) -> dict[str, Any]:
+    cpu_model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model,
+        "logical_cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": settings.threads,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+    }
+    if settings.device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(settings.device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+# ----------------------------------------------------------------------------------------------- timing
+def median_rate(run_block: Callable[[], int], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    """Items/s of ``run_block`` (which returns how many items it processed): median over ``repeats``."""
+    for _ in range(warmup):
+        run_block()
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        n = run_block()
+        rates.append(n / (time.perf_counter() - start))
+    return statistics.median(rates), rates
+
+
+def spread(rates: list[float]) -> dict[str, float]:
+    return {"min": round(min(rates), 4), "max": round(max(rates), 4), "repeats": len(rates)}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------------------------- model parts
+def _instantiate(cfg: Any) -> Any:
+    """Minimal Hydra-style ``_target_`` instantiation of a plain dict (Hydra itself is a training extra)."""
+    if isinstance(cfg, dict):
+        kwargs = {k: _instantiate(v) for k, v in cfg.items() if k not in ("_target_", "_partial_")}
+        if "_target_" not in cfg:
+            return kwargs
+        module, name = cfg["_target_"].rsplit(".", 1)
+        return getattr(importlib.import_module(module), name)(**kwargs)
+    return cfg
+
+
+def load_config(group: str, name: str) -> dict:
+    return yaml.safe_load((CONFIG_DIR / group / f"{name}.yaml").read_text())
+
+
+def build_model() -> torch.nn.Module:
+    """The ``unet`` model config: UNet(in_channels=3, num_classes=4, base_width=16, depth=4)."""
+    cfg = load_config("model", "unet")
+    torch.manual_seed(0)  # the same (untrained) weights every run: post-processing cost depends on them
+    return _instantiate({**cfg, "in_channels": IN_CHANNELS, "num_classes": NUM_CLASSES})
+
+
+@dataclass
+class Trainer:
+    """One real training step as in ``tpnet.training.train.train_one_epoch``: forward (autocast), ce_dice
+    loss in float32, backward, gradient clipping, AdamW step, and the per-step loss read-back."""
+
+    model: torch.nn.Module
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    settings: Settings
+    grad_clip_norm: float
+    wait_s: float = 0.0
+
+    @classmethod
+    def build(cls, settings: Settings, compile_model: bool | None = None) -> Trainer:
+        model = build_model().to(settings.device).to(memory_format=settings.memory_format).train()
+        optim_cfg = load_config("optim", "adamw")
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=float(optim_cfg["lr"]), weight_decay=float(optim_cfg["weight_decay"])
+        )
+        compile_model = settings.compile if compile_model is None else compile_model
+        forward = torch.compile(model) if compile_model else model
+        clip = load_config("trainer", "cpu").get("grad_clip_norm") or 0.0
+        return cls(model, forward, _instantiate(load_config("loss", "ce_dice")), optimizer, settings, clip)
+
+    def step(self, images: torch.Tensor, masks: torch.Tensor) -> float:
+        device = self.settings.device
+        images = images.to(device, non_blocking=True).contiguous(memory_format=self.settings.memory_format)
+        masks = masks.to(device, non_blocking=True)
+        amp_dtype = self.settings.amp_dtype
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = self.forward(images)
+        loss = self.loss_fn(logits.float(), masks)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
+        self.optimizer.step()
+        return float(loss.detach())  # the real loop reads the loss back every step (isfinite + logging)
+
+    def train_on(self, make_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> int:
+        """One step per batch of ``make_batches()``; returns the number of samples. ``wait_s`` keeps the time
+        spent waiting for batches (a loader that keeps up makes it ~0)."""
+        n, self.wait_s = 0, 0.0
+        batches = iter(make_batches())
+        while True:
+            start = time.perf_counter()
+            batch = next(batches, None)
+            self.wait_s += time.perf_counter() - start
+            if batch is None:
+                break
+            self.step(*batch)
+            n += batch[0].shape[0]
+        sync(self.settings.device)
+        return n
+
+
+def random_batch(settings: Settings) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    shape = (settings.batch_size, IN_CHANNELS, settings.size, settings.size)
+    images = torch.rand(shape, generator=gen).to(settings.device)
+    masks = torch.randint(0, NUM_CLASSES, (shape[0], *shape[2:]), generator=gen).to(settings.device)
+    return images, masks
+
+
+# ----------------------------------------------------------------------------------------------- synth
+def bench_synth(settings: Settings, report: Report) -> Path:
+    """Frame generation alone, then a whole dataset with PNG/TIFF writes; returns that dataset's root."""
+    from tpnet.data.synth import generate_frame, write_synthetic_dataset
+
+    size, n = settings.size, settings.synth_frames
+    counter = iter(range(10**9))  # fresh frame indices: no block re-uses an earlier frame
+
+    def generate() -> int:
+        for _ in range(n):
+            generate_frame(0, 0, next(counter), size, size)
+        return n
+
+    rate, rates = median_rate(generate, settings.repeats)
+    report.emit("synth_frames_per_s", rate, "frames/s", height=size, width=size, frames=n, **spread(rates))
+
+    subjects, per_subject = settings.dataset_subjects, settings.dataset_frames_per_subject
+    root = settings.workdir / "dataset"
+    rates = []
+    for seed in range(settings.repeats):
+        shutil.rmtree(root, ignore_errors=True)
+        start = time.perf_counter()
+        write_synthetic_dataset(root, subjects, per_subject, seed, size, size, workers=1)
+        rates.append(subjects * per_subject / (time.perf_counter() - start))
+    report.emit(
+        "synth_write_frames_per_s", statistics.median(rates), "frames/s", height=size, width=size,
+        frames=subjects * per_subject, workers=1, **spread(rates),
+    )  # fmt: skip
+    return root
+
+
+# ----------------------------------------------------------------------------------------------- loader
+@dataclass
+class LoaderParts:
+    setup: Any
+    data_cfg: Any
+    transform: Any
+
+
+def loader_parts(settings: Settings, dataset_root: Path) -> LoaderParts:
+    from omegaconf import OmegaConf
+
+    from tpnet.data.datamodule import setup_data
+    from tpnet.data.transforms import build_train_transform
+
+    data_cfg = OmegaConf.create(load_config("data", "synthetic"))
+    data_cfg.root = str(dataset_root)
+    data_cfg.patch_size = [settings.size, settings.size]
+    data_cfg.batch_size = settings.batch_size
+    setup = setup_data(data_cfg, seed=0, check=False)
+    augment = {k: v for k, v in load_config("augment", "default").items() if k != "_target_"}
+    return LoaderParts(setup, data_cfg, build_train_transform(**augment))
+
+
+def make_train_loader(parts: LoaderParts, settings: Settings, workers: int, batches: int):
+    """The training DataLoader exactly as ``tpnet-train`` builds it (datamodule.train_loader)."""
+    from tpnet.data.datamodule import train_loader
+    from tpnet.training.distributed import EpochSampler
+
+    parts.data_cfg.num_workers = workers
+    sampler = EpochSampler(len(parts.setup.splits["train"]), batches * settings.batch_size, seed=0)
+    loader, dataset = train_loader(parts.setup, parts.data_cfg, parts.transform, sampler, 0, settings.device)
+    epoch = iter(range(10**9))
+
+    def new_epoch():
+        e = next(epoch)
+        sampler.set_epoch(e)
+        dataset.set_epoch(e)
+        return loader
+
+    return new_epoch
+
+
+def count_samples(make_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> int:
+    return sum(images.shape[0] for images, _ in make_batches())
+
+
+def bench_loader(settings: Settings, report: Report, parts: LoaderParts) -> None:
+    for workers in (0, 1, 2):
+        epoch = make_train_loader(parts, settings, workers, settings.loader_batches)
+
+        rate, rates = median_rate(partial(count_samples, epoch), settings.repeats)
+        report.emit(
+            "loader_samples_per_s", rate, "samples/s", **settings.common(), num_workers=workers,
+            augment="default", **spread(rates),
+        )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- train
+def bench_train(settings: Settings, report: Report, parts: LoaderParts) -> None:
+    """Loader-fed epochs vs the same steps on batches already in memory, alternating block by block so a
+    change of machine load (other users, frequency scaling) hits both alike; efficiency = median of the
+    per-block ratios. Each fed block is a whole epoch of ``train_steps`` steps, its start-up included (the
+    first batch is built while the network waits). The workers are idle during the in-memory blocks, so
+    the CPU time they take shows up in the fed blocks only (alternating single steps would hide it: the
+    workers would refill their prefetch queue during the in-memory steps too)."""
+    cores = usable_cores()
+    for workers in settings.train_workers:
+        # The loader's worker processes need CPU time too: leave them the cores they use.
+        threads = max(1, min(settings.threads, cores - workers))
+        torch.set_num_threads(threads)
+        trainer = Trainer.build(settings)
+        epoch = make_train_loader(parts, settings, workers, settings.train_steps)
+        # Warm-up epoch: starts the workers, and its batches become the in-memory data (same content).
+        in_memory = []
+        for images, masks in epoch():
+            trainer.step(images, masks)
+            in_memory.append((images.to(settings.device), masks.to(settings.device)))
+
+        fed, memory = partial(trainer.train_on, epoch), partial(trainer.train_on, in_memory.__iter__)
+        fed_rates, memory_rates, wait_fractions = [], [], []
+        for _ in range(settings.repeats):
+            memory_rates.append(median_rate(memory, 1, warmup=0)[0])
+            fed_rates.append(median_rate(fed, 1, warmup=0)[0])
+            wait_fractions.append(trainer.wait_s * fed_rates[-1] / (len(in_memory) * settings.batch_size))
+        ratios = [f / m for f, m in zip(fed_rates, memory_rates, strict=True)]
+        fields = {
+            **settings.common(),
+            "num_workers": workers,
+            "torch_threads": threads,
+            "steps": len(in_memory),
+        }
+        report.emit("train_memory_samples_per_s", statistics.median(memory_rates), "samples/s",
+                    **fields, **spread(memory_rates))  # fmt: skip
+        report.emit("train_loader_samples_per_s", statistics.median(fed_rates), "samples/s",
+                    **fields, **spread(fed_rates))  # fmt: skip
+        report.emit("train_efficiency", statistics.median(ratios), "ratio", **fields, goal=0.95,
+                    data_wait_fraction=round(statistics.median(wait_fractions), 4), **spread(ratios))  # fmt: skip
+    torch.set_num_threads(settings.threads)
+
+
+# ----------------------------------------------------------------------------------------------- infer
+# Peak RSS: VmHWM of this process's own address space. (ru_maxrss would be wrong here: Linux carries the
+# parent's high-water mark across fork + exec, so the child would report the benchmark's own size.)
+_INFER_CHILD = r"""
+import json, re, resource, sys, time
+from tpnet.inference.cli import main
+start = time.perf_counter()
+rc = main(sys.argv[1:])
+wall_s = time.perf_counter() - start
+try:
+    with open("/proc/self/status") as fh:
+        peak_kb = int(re.search(r"VmHWM:\s+(\d+) kB", fh.read()).group(1))
+except (OSError, AttributeError):  # not Linux: the best the standard library offers
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print("BENCHMARK " + json.dumps({"rc": rc, "wall_s": wall_s, "peak_rss_kb": peak_kb}))
+"""
+
+
+def forward_rate(forward: Callable, images: torch.Tensor, settings: Settings, warmup: int = 2) -> tuple:
+    amp_dtype = settings.amp_dtype
+
+    def block() -> int:
+        ctx = torch.autocast(settings.device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+        with torch.inference_mode(), ctx:
+            for _ in range(settings.infer_batches):
+                forward(images)
+        sync(settings.device)
+        return settings.infer_batches * images.shape[0]
+
+    return median_rate(block, settings.repeats, warmup=warmup)
+
+
+def write_frames(folder: Path, count: int, size: int) -> None:
+    """``<stem>_bmode.png`` (+ ``<stem>_elasto.tif`` when the frame has SWE): tpnet-infer's folder input."""
+    from tpnet.data.io import write_png, write_tiff
+    from tpnet.data.synth import generate_frame
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        frame = generate_frame(1, i // 8, i % 8, size, size)
+        write_png(folder / f"f{i:04d}_bmode.png", frame["bmode"])
+        if frame["elasto"] is not None:
+            write_tiff(folder / f"f{i:04d}_elasto.tif", frame["elasto"])
+
+
+def run_infer_cli(
+    model_file: Path, frames: Path, output: Path, settings: Settings, spacing_mm: float
+) -> dict:
+    """``tpnet-infer`` in a fresh process (its own peak RSS); returns its summary.json plus the process figures."""
+    args = [
+        "--model", str(model_file), "--input", str(frames), "--output", str(output),
+        "--device", settings.device.type, "--batch-size", str(settings.batch_size),
+        "--spacing-mm", str(spacing_mm), "--overwrite",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(settings.threads), "TQDM_DISABLE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _INFER_CHILD, *args], capture_output=True, text=True, env=env, check=False
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("BENCHMARK ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"tpnet-infer on {frames} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    figures = json.loads(lines[-1].removeprefix("BENCHMARK "))
+    if figures["rc"] != 0:
+        raise RuntimeError(f"tpnet-infer on {frames} exited {figures['rc']}:\n{done.stdout[-3000:]}")
+    summary = json.loads((output / "summary.json").read_text())
+    return {**figures, "summary": summary}
+
+
+def bench_infer(settings: Settings, report: Report) -> None:
+    from tpnet.export.parity import export_model
+    from tpnet.inference.model_file import build_meta
+
+    torch.set_num_threads(settings.threads)
+    model = build_model().to(settings.device).eval()
+    images = random_batch(settings)[0]
+    common = settings.common()
+
+    eager = model.to(memory_format=settings.memory_format)
+    eager_fn = torch.compile(eager) if settings.compile else eager
+    rate, rates = forward_rate(eager_fn, images.contiguous(memory_format=settings.memory_format), settings)
+    report.emit("infer_eager_images_per_s", rate, "images/s", **common, **spread(rates))
+
+    # TorchScript runs as tpnet-infer runs it: fp32, default memory format, no torch.compile.
+    plain = {**common, "amp": "fp32", "channels_last": False, "compile": False}
+    model = model.to(memory_format=torch.contiguous_format)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
+        scripted = torch.jit.script(model)
+    script_rate, rates = forward_rate(scripted, images, settings, warmup=3)
+    report.emit("infer_torchscript_images_per_s", script_rate, "images/s", **plain, **spread(rates))
+
+    spacing_mm = 0.1
+    meta = build_meta(
+        model_name="UNet", classes=("background", "active_trp", "latent_trp", "vessel"),
+        encoding={"channels": ["bmode", "elasto", "elasto_valid"], "kpa_scale": 100.0, "kpa_clip": 300.0},
+        spacing_mm=spacing_mm, size_multiple=int(model.size_multiple),
+        postprocess={"threshold": 0.5, "min_area_mm2": 2.0, "match_mm": 5.0}, export_method="script",
+    )  # fmt: skip
+    model_file = settings.workdir / "unet.pt"
+    export_model(model.cpu(), meta, model_file, fmt="torchscript")
+
+    # Frames at the model's spacing (--spacing-mm), so the network sees exactly the benchmark size.
+    many = settings.workdir / "frames_many"
+    few = settings.workdir / "frames_10"
+    write_frames(many, settings.infer_frames, settings.size)
+    few.mkdir()
+    for path in sorted(many.iterdir()):
+        if int(path.name[1:5]) < 10:  # f0000..f0009
+            shutil.copy2(path, few / path.name)
+    results = {}
+    for name, folder in (("10", few), ("many", many)):
+        results[name] = run_infer_cli(
+            model_file, folder, settings.workdir / f"out_{name}", settings, spacing_mm
+        )
+    n_many = results["many"]["summary"]["counts"]["frames_processed"]
+    e2e = results["many"]["summary"]["timing"]["frames_per_s"]
+    e2e_fields = {**plain, "frames": n_many, "torch_threads": settings.threads, "reader_threads": 2}
+    n_trp = sum(results["many"]["summary"]["trp_by_class"].values())
+    report.emit("infer_e2e_frames_per_s", e2e, "frames/s", **e2e_fields, trigger_points=n_trp,
+                process_wall_s=round(results["many"]["wall_s"], 2))  # fmt: skip
+    report.emit("infer_e2e_over_model", e2e / script_rate, "ratio", **e2e_fields, goal=0.8)
+    rss = {name: r["peak_rss_kb"] / 1024 for name, r in results.items()}
+    report.emit("infer_peak_rss_mb", rss["10"], "MiB", **e2e_fields | {"frames": 10})
+    report.emit("infer_peak_rss_mb", rss["many"], "MiB", **e2e_fields,
+                growth_mb_vs_10=round(rss["many"] - rss["10"], 1))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- gpu ladder
+GPU_VARIANTS = (
+    ("fp32", False, False, False),
+    ("bf16", True, False, False),
+    ("bf16+channels_last", True, True, False),
+    ("bf16+channels_last+compile", True, True, True),
+)
+
+
+def bench_gpu(settings: Settings, report: Report) -> None:
+    """Training (in-memory batches) and inference throughput for each precision/layout/compile variant."""
+    images, masks = random_batch(settings)
+    for name, amp, channels_last, compiled in GPU_VARIANTS:
+        variant = Settings(
+            **{**settings.__dict__, "amp": amp, "channels_last": channels_last, "compile": compiled}
+        )
+        fields = {**variant.common(), "variant": name}
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(settings.device)
+        trainer = Trainer.build(variant)
+        same_batch = partial(itertools.repeat, (images, masks), variant.train_steps)
+        # torch.compile compiles on the first calls: two warm-up blocks keep that out of the timing.
+        rate, rates = median_rate(
+            partial(trainer.train_on, same_batch), variant.repeats, warmup=2 if compiled else 1
+        )
+        report.emit("gpu_train_samples_per_s", rate, "samples/s", **fields, **spread(rates))
+        report.emit("gpu_train_peak_mem_mb", torch.cuda.max_memory_allocated(settings.device) / 2**20, "MiB",
+                    **fields)  # fmt: skip
+
+        trainer.model.eval()
+        torch.cuda.reset_peak_memory_stats(settings.device)
+        x = images.contiguous(memory_format=variant.memory_format)
+        rate, rates = forward_rate(trainer.forward, x, variant, warmup=3)
+        report.emit("gpu_infer_images_per_s", rate, "images/s", **fields, **spread(rates))
+        report.emit("gpu_infer_peak_mem_mb", torch.cuda.max_memory_allocated(settings.device) / 2**20, "MiB",
+                    **fields)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--quick", action="store_true", help="64x64 frames, few repeats: a smoke test (< 1 min)"
+    )
+    parser.add_argument("--size", type=int, help="frame/patch height = width (default 256; quick 64)")
+    parser.add_argument("--batch-size", type=int, help="default 8 (quick 2)")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (default: torch's own, i.e. OMP_NUM_THREADS or the cores)"
+    )
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast for training and eager inference")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--repeats", type=int, help="timed blocks per figure (median; default 3, quick 1)")
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        help="train: timed in-memory/loader-fed step pairs (default 6; cuda 20); gpu: steps per timed block",
+    )
+    parser.add_argument("--infer-frames", type=int, help="frames in the large tpnet-infer run (default 100)")
+    parser.add_argument(
+        "--train-workers", default="1,2", help="DataLoader workers for the train section, comma-separated"
+    )
+    parser.add_argument(
+        "--sections", help=f"comma-separated subset of {','.join(SECTIONS)} (default: all; gpu only on cuda)"
+    )
+    parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temp folder, removed after)")
+    return parser
+
+
+def make_settings(args: argparse.Namespace, workdir: Path) -> Settings:
+    quick, cuda = args.quick, args.device == "cuda"
+
+    def pick(value: int | None, full: int, small: int) -> int:
+        return value if value is not None else (small if quick else full)
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("benchmark: --device cuda requested but torch sees no CUDA device")
+    return Settings(
+        device=torch.device(args.device),
+        size=pick(args.size, 256, 64),
+        batch_size=pick(args.batch_size, 8, 2),
+        threads=args.threads or torch.get_num_threads(),
+        amp=args.amp,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        repeats=pick(args.repeats, 3, 1),
+        synth_frames=pick(None, 12, 3),
+        dataset_subjects=pick(None, 8, 4),
+        dataset_frames_per_subject=pick(None, 4, 2),
+        loader_batches=pick(None, 12, 2),
+        # A GPU step takes milliseconds: time longer blocks there so launch jitter averages out.
+        train_steps=pick(args.train_steps, 20 if cuda else 4, 1),
+        infer_batches=pick(None, 20 if cuda else 2, 1),
+        infer_frames=pick(args.infer_frames, 100, 12),
+        train_workers=tuple(int(w) for w in args.train_workers.split(",") if w.strip()),
+        workdir=workdir,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    sections = (
+        args.sections.split(",")
+        if args.sections
+        else [s for s in SECTIONS if s != "gpu" or args.device == "cuda"]
+    )
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"benchmark: unknown section(s) {sorted(unknown)}; choose from {list(SECTIONS)}")
+    if "gpu" in sections and args.device != "cuda":
+        raise SystemExit("benchmark: the gpu section needs --device cuda")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tpnet-benchmark-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    settings = make_settings(args, workdir)
+    torch.set_num_threads(settings.threads)
+    torch.backends.cudnn.benchmark = True  # as trainer=gpu (deterministic: false): fastest conv kernels
+    report = Report()
+    report.emit("machine", usable_cores(), "cores", **machine_info(settings), quick=args.quick)
+    started = time.perf_counter()
+    try:
+        dataset_root = None
+        if {"synth", "loader", "train"} & set(sections):
+            dataset_root = bench_synth(settings, report) if "synth" in sections else None
+            if dataset_root is None:  # loader/train without the synth figures still need a dataset
+                from tpnet.data.synth import write_synthetic_dataset
+
+                dataset_root = write_synthetic_dataset(
+                    workdir / "dataset", settings.dataset_subjects, settings.dataset_frames_per_subject,
+                    0, settings.size, settings.size,
+                )  # fmt: skip
+        if {"loader", "train"} & set(sections):
+            parts = loader_parts(settings, dataset_root)
+            if "loader" in sections:
+                bench_loader(settings, report, parts)
+            if "train" in sections:
+                bench_train(settings, report, parts)
+        if "infer" in sections:
+            bench_infer(settings, report)
+        if "gpu" in sections:
+            bench_gpu(settings, report)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report.emit(
+        "benchmark_wall_s", time.perf_counter() - started, "s", load_avg_1min=round(os.getloadavg()[0], 2)
+    )
+    print("\n" + report.table(), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

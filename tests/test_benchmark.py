@@ -1,0 +1,69 @@
+"""Smoke test of scripts/benchmark.py: ``--quick`` runs every CPU section and prints parseable figures.
+
+Timings are not asserted (a shared CI machine makes them meaningless); that every figure is present,
+positive and labelled with its settings is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+
+EXPECTED = {
+    "machine",
+    "synth_frames_per_s",
+    "synth_write_frames_per_s",
+    "loader_samples_per_s",
+    "train_memory_samples_per_s",
+    "train_loader_samples_per_s",
+    "train_efficiency",
+    "infer_eager_images_per_s",
+    "infer_torchscript_images_per_s",
+    "infer_e2e_frames_per_s",
+    "infer_e2e_over_model",
+    "infer_peak_rss_mb",
+    "benchmark_wall_s",
+}
+
+
+@pytest.mark.slow  # ~18 s here: four subprocesses (benchmark, export parity, two tpnet-infer runs)
+def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--workdir", str(tmp_path / "work")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    rows = [json.loads(line) for line in done.stdout.splitlines()]  # stdout holds JSON lines only
+    by_figure: dict[str, list[dict]] = {}
+    for row in rows:
+        by_figure.setdefault(row["figure"], []).append(row)
+    missing = EXPECTED - set(by_figure)
+    assert not missing, f"missing figures: {sorted(missing)}"
+    for row in rows:
+        assert row["value"] > 0, row
+        assert row["unit"], row
+
+    # Settings travel with every figure; the loader runs with 0, 1 and 2 workers, training with 1 and 2.
+    for row in by_figure["train_efficiency"] + by_figure["infer_e2e_frames_per_s"]:
+        assert row["batch_size"] == 2 and row["height"] == row["width"] == 64
+    assert sorted(r["num_workers"] for r in by_figure["loader_samples_per_s"]) == [0, 1, 2]
+    assert sorted(r["num_workers"] for r in by_figure["train_efficiency"]) == [1, 2]
+    assert sorted(r["frames"] for r in by_figure["infer_peak_rss_mb"]) == [10, 12]
+    assert by_figure["infer_e2e_frames_per_s"][0]["frames"] == 12
+    # The readable table goes to stderr, one line per figure.
+    assert "train_efficiency" in done.stderr and "infer_e2e_over_model" in done.stderr
+    # A workdir given on the command line is kept (the default temp folder is removed).
+    assert (tmp_path / "work" / "unet.pt").is_file()
