@@ -17,6 +17,7 @@ from tpnet.evaluation.metrics import FrameRecord, aggregate, bootstrap_ci, frame
 from tpnet.inference.padding import predict_probs
 from tpnet.inference.postprocess import (
     PostprocessParams,
+    TriggerPoint,
     find_trigger_points,
     frame_trp_score,
     labels_from_probs,
@@ -55,6 +56,37 @@ def _check_frame(frame: dict) -> tuple[torch.Tensor, np.ndarray, np.ndarray | No
     return image, mask.astype(np.int64), elasto, spacing_mm
 
 
+def score_frame(
+    probs: np.ndarray,
+    gt_labels: np.ndarray,
+    elasto_kpa: np.ndarray | None,
+    spacing_mm: float,
+    frame: dict,
+    classes: Sequence[str],
+    params: PostprocessParams,
+    gt_points: list[TriggerPoint] | None = None,
+) -> tuple[FrameRecord, np.ndarray, list[TriggerPoint]]:
+    """Post-process one frame's (K, H, W) probabilities and score them against its label map: the one path
+    shared by evaluation, validation during training and post-processing calibration.
+    Returns the record, the predicted label map and the predicted trigger points."""
+    pred_labels = labels_from_probs(probs, classes, params, spacing_mm)
+    pred_points = find_trigger_points(pred_labels, spacing_mm, classes, probs=probs, elasto_kpa=elasto_kpa)
+    if gt_points is None:
+        gt_points = find_trigger_points(gt_labels, spacing_mm, classes, elasto_kpa=elasto_kpa)
+    record = frame_record(
+        pred_labels,
+        gt_labels,
+        pred_points,
+        gt_points,
+        sample_id=frame["sample_id"],
+        subject_id=frame["subject_id"],
+        num_classes=len(classes),
+        match_mm=params.match_mm,
+        frame_score=frame_trp_score(probs, classes),
+    )
+    return record, pred_labels, pred_points
+
+
 def evaluate(
     model: Callable[[torch.Tensor], torch.Tensor],
     frames: Iterable[dict],
@@ -85,20 +117,8 @@ def evaluate(
                 raise ValueError(
                     f"{frame['sample_id']}: model gives {probs.shape[0]} classes, expected {len(classes)}"
                 )
-            pred_labels = labels_from_probs(probs, classes, params, spacing_mm)
-            records.append(
-                frame_record(
-                    pred_labels,
-                    gt_labels,
-                    find_trigger_points(pred_labels, spacing_mm, classes, probs=probs, elasto_kpa=elasto),
-                    find_trigger_points(gt_labels, spacing_mm, classes, elasto_kpa=elasto),
-                    sample_id=frame["sample_id"],
-                    subject_id=frame["subject_id"],
-                    num_classes=len(classes),
-                    match_mm=params.match_mm,
-                    frame_score=frame_trp_score(probs, classes),
-                )
-            )
+            record, _, _ = score_frame(probs, gt_labels, elasto, spacing_mm, frame, classes, params)
+            records.append(record)
     finally:
         if isinstance(model, torch.nn.Module) and was_training is not None:
             model.train(was_training)

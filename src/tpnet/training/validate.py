@@ -10,14 +10,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from tpnet.evaluation.metrics import FrameRecord, frame_record
+from tpnet.evaluation.evaluate import score_frame
+from tpnet.evaluation.metrics import FrameRecord
 from tpnet.inference.padding import predict_probs
-from tpnet.inference.postprocess import (
-    PostprocessParams,
-    find_trigger_points,
-    frame_trp_score,
-    labels_from_probs,
-)
+from tpnet.inference.postprocess import PostprocessParams
 
 
 def validate_frames(
@@ -47,25 +43,16 @@ def validate_frames(
             # log-probabilities are valid logits (softmax(log p) = p): no second forward pass for the loss.
             losses.append(float(loss_fn(torch.log(probs.clamp_min(1e-8)), mask)))
             probs_np = probs[0].cpu().numpy()
-            gt = frame["mask"].numpy()
-            spacing = float(frame["spacing_mm"])
-            pred = labels_from_probs(probs_np, classes, params, spacing)
-            pred_points = find_trigger_points(
-                pred, spacing, classes, probs=probs_np, elasto_kpa=frame["elasto_kpa"]
+            record, pred, pred_points = score_frame(
+                probs_np,
+                frame["mask"].numpy(),
+                frame["elasto_kpa"],
+                float(frame["spacing_mm"]),
+                frame,
+                classes,
+                params,
             )
-            records.append(
-                frame_record(
-                    pred,
-                    gt,
-                    pred_points,
-                    find_trigger_points(gt, spacing, classes, elasto_kpa=frame["elasto_kpa"]),
-                    sample_id=frame["sample_id"],
-                    subject_id=frame["subject_id"],
-                    num_classes=len(classes),
-                    match_mm=params.match_mm,
-                    frame_score=frame_trp_score(probs_np, classes),
-                )
-            )
+            records.append(record)
             if len(kept) < keep_predictions:
                 kept.append({**frame, "pred": pred.astype(np.uint8), "points": pred_points})
     finally:

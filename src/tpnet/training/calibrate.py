@@ -1,0 +1,68 @@
+"""Choose the detection threshold and minimum trigger-point area on the validation split.
+
+nnU-Net likewise decides its post-processing on validation data. The probabilities are computed once; each
+(threshold, min_area_mm2) pair only re-runs the cheap post-processing. The winner maximises validation TrP
+detection F1 (ties: the setting closest to the configured one), is stored in the checkpoint's metadata and so
+travels into metrics.json, exported models and tpnet-infer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+import torch
+
+from tpnet.evaluation.evaluate import score_frame
+from tpnet.evaluation.metrics import aggregate
+from tpnet.inference.padding import predict_probs
+from tpnet.inference.postprocess import PostprocessParams, find_trigger_points
+
+
+@torch.no_grad()
+def calibrate_postprocess(
+    model: torch.nn.Module,
+    frames: Iterable[dict],
+    classes: Sequence[str],
+    base: PostprocessParams,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    thresholds: Sequence[float],
+    min_areas_mm2: Sequence[float],
+) -> tuple[PostprocessParams, list[dict]]:
+    """Returns the best parameters and the whole grid (one dict per setting) for the record."""
+    model.eval()
+    cached = []
+    for frame in frames:
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            probs = predict_probs(model, frame["image"][None].to(device), int(model.size_multiple))
+        gt = frame["mask"].numpy()
+        spacing = float(frame["spacing_mm"])
+        gt_points = find_trigger_points(gt, spacing, classes, elasto_kpa=frame["elasto_kpa"])
+        cached.append((probs[0].cpu().numpy(), gt, spacing, gt_points, frame))
+    if not cached:
+        return base, []
+
+    grid = []
+    for threshold in thresholds:
+        for min_area in min_areas_mm2:
+            params = replace(base, threshold=float(threshold), min_area_mm2=float(min_area))
+            records = [
+                score_frame(probs, gt, frame["elasto_kpa"], spacing, frame, classes, params, gt_points)[0]
+                for probs, gt, spacing, gt_points, frame in cached
+            ]
+            metrics = aggregate(records, classes)
+            grid.append(
+                {
+                    "threshold": params.threshold,
+                    "min_area_mm2": params.min_area_mm2,
+                    **{k: metrics[k] for k in ("det_f1", "det_precision", "det_recall", "dice_mean")},
+                }
+            )
+
+    def rank(row: dict) -> tuple[float, float]:
+        distance = abs(row["threshold"] - base.threshold) + abs(row["min_area_mm2"] - base.min_area_mm2) / 10
+        return (row["det_f1"], -distance)
+
+    best = max(grid, key=rank)
+    return replace(base, threshold=best["threshold"], min_area_mm2=best["min_area_mm2"]), grid
