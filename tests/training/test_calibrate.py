@@ -1,0 +1,60 @@
+"""Post-processing calibration on validation frames picks the setting with the best TrP detection F1."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tpnet.inference.postprocess import PostprocessParams
+from tpnet.training.calibrate import calibrate_postprocess
+
+CLASSES = ("background", "active_trp", "latent_trp", "vessel")
+
+
+class ProbabilityPassThrough(nn.Module):
+    """Channel 0 of the input is the summed TrP probability the 'network' should output."""
+
+    size_multiple = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = x[:, :1].clamp(1e-4, 1 - 1e-4)
+        return torch.cat(
+            [torch.log(1 - p), torch.log(p / 2), torch.log(p / 2), torch.full_like(p, -20.0)], dim=1
+        )
+
+
+def _frame(index: int) -> dict:
+    prob = torch.full((1, 60, 60), 0.01)
+    mask = torch.zeros(60, 60, dtype=torch.long)
+    prob[0, 10:25, 10:30] = 0.45  # a true TrP the model is unsure about
+    mask[10:25, 10:30] = 1
+    prob[0, 40:52, 35:55] = 0.35  # a look-alike with a little less probability
+    return {"image": prob, "mask": mask, "elasto_kpa": None, "spacing_mm": 0.2,
+            "sample_id": f"f{index}", "subject_id": f"s{index}"}  # fmt: skip
+
+
+def test_calibration_picks_the_threshold_between_truth_and_look_alike():
+    frames = [_frame(i) for i in range(3)]
+    base = PostprocessParams(threshold=0.5, min_area_mm2=2.0, match_mm=5.0)
+    best, grid = calibrate_postprocess(
+        ProbabilityPassThrough(), frames, CLASSES, base, torch.device("cpu"), None,
+        thresholds=[0.3, 0.4, 0.5], min_areas_mm2=[2.0],
+    )  # fmt: skip
+    by_threshold = {row["threshold"]: row for row in grid}
+    assert by_threshold[0.5]["det_recall"] == 0.0  # the configured value misses every TrP
+    assert by_threshold[0.3]["det_precision"] == 0.5  # too low: the look-alike is found too
+    assert by_threshold[0.4]["det_f1"] == 1.0
+    assert best.threshold == 0.4 and best.min_area_mm2 == 2.0 and best.match_mm == 5.0
+
+
+def test_minimum_area_removes_small_false_blobs():
+    frames = [_frame(i) for i in range(2)]
+    for frame in frames:
+        frame["image"][0, 40:52, 35:55] = 0.01
+        frame["image"][0, 45:48, 5:8] = 0.9  # a 0.36 mm^2 speck
+    base = PostprocessParams(threshold=0.4, min_area_mm2=0.0, match_mm=5.0)
+    best, _ = calibrate_postprocess(
+        ProbabilityPassThrough(), frames, CLASSES, base, torch.device("cpu"), None,
+        thresholds=[0.4], min_areas_mm2=[0.0, 1.0],
+    )  # fmt: skip
+    assert best.min_area_mm2 == 1.0
