@@ -14,6 +14,7 @@ POINT_METRICS = ("det_f1", "det_precision", "det_recall", "loc_err_mm", "class_a
 
 def test_tpnet_eval_writes_metrics_with_confidence_intervals(tmp_path, reference_run):
     output = tmp_path / "metrics.json"
+    tracking_uri = f"sqlite:///{reference_run.parent / 'mlflow.db'}"
     result = subprocess.run(
         [
             sys.executable,
@@ -23,6 +24,7 @@ def test_tpnet_eval_writes_metrics_with_confidence_intervals(tmp_path, reference
             "n_boot=50",
             "device=cpu",
             f"output={output}",
+            f"tracking_uri={tracking_uri}",
             f"hydra.run.dir={tmp_path / 'hydra'}",
         ],
         cwd=REPO,
@@ -49,3 +51,13 @@ def test_tpnet_eval_writes_metrics_with_confidence_intervals(tmp_path, reference
     trained = json.loads((reference_run / "metrics.json").read_text())
     for key in ("det_f1", "dice_mean", "dice/background"):
         assert report[key] == trained[key], key
+    # ... and are attached to the checkpoint's own MLflow run.
+    import torch
+    from mlflow import MlflowClient
+
+    run_id = torch.load(reference_run / "checkpoints/best.pt", weights_only=True)["mlflow_run_id"]
+    client = MlflowClient(tracking_uri=tracking_uri)
+    logged = client.get_run(run_id).data.metrics
+    assert logged["test/dice/background"] == report["dice/background"]
+    assert logged.get("test/det_f1") == report["det_f1"]  # None on both sides when undefined
+    assert [a.path for a in client.list_artifacts(run_id, "eval")] == ["eval/metrics.json"]

@@ -65,6 +65,8 @@ def run_eval(cfg: DictConfig) -> dict:
         else ckpt_path.resolve().parent.parent / "eval" / f"metrics_{cfg.split}.json"
     )
     save_metrics_json(output, report)
+    if cfg.log_to_mlflow and state.get("mlflow_run_id"):
+        _log_to_run(cfg, state["mlflow_run_id"], report, output)
     summary = {
         k: report[k]
         for k in ("det_f1", "det_precision", "det_recall", "loc_err_mm", "dice_mean")
@@ -73,6 +75,26 @@ def run_eval(cfg: DictConfig) -> dict:
     log.info("%s split: %s", cfg.split, json.dumps(summary))
     log.info("wrote %s", output)
     return report
+
+
+def _log_to_run(cfg: DictConfig, run_id: str, report: dict, output: Path) -> None:
+    """Attach the metrics to the checkpoint's own MLflow run (never fatal: the JSON file is already written)."""
+    from tpnet.tracking.mlflow_logger import MlflowTracker
+
+    tracker = MlflowTracker(cfg.tracking_uri, "tpnet", run_id=run_id)
+    tracker.start()
+    prefix = f"{cfg.split}/" if not cfg.data.root else f"{cfg.split}_external/"
+    values = {
+        prefix + k: float(v)
+        for k, v in report.items()
+        if isinstance(v, int | float) and not k.startswith("n_")
+    }
+    tracker.log_metrics(values, step=0)
+    tracker.log_artifact(output, "eval")
+    tracker.end("FINISHED")
+    lost = tracker.summary_of_losses()
+    if lost:
+        log.warning(lost)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
