@@ -13,6 +13,19 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_default_mlflow_store(tmp_path_factory: pytest.TempPathFactory):
+    """MLflow 3's default tracking URI is ./mlflow.db in the working directory: any in-process call that
+    forgets its URI would write into the repository. Point the default at a throw-away store instead."""
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('default_mlflow') / 'mlflow.db'}"
+    yield
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
 @pytest.fixture(scope="session")
 def synthetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny synthetic dataset of ``train_helpers.SYNTH``, generated once per session."""

@@ -60,6 +60,7 @@ def test_logs_and_registers_under_source_run(store, model_file, tmp_path, monkey
     assert versions[0].tags["tpnet.export_method"] == "script"
     # The registered version resolves to the very same bytes.
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)  # models:/ URIs resolve through the registry
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # else MLflow 3 opens its default ./mlflow.db in the cwd
     mlflow.artifacts.download_artifacts(
         f"models:/tpnet-trp/{report['version']}", dst_path=str(tmp_path), tracking_uri=uri
     )
