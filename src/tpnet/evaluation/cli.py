@@ -19,12 +19,12 @@ def run_eval(cfg: DictConfig) -> dict:
     from tpnet.data.datamodule import frame_dataset, frame_loader, setup_data
     from tpnet.evaluation.evaluate import evaluate, evaluation_report, save_metrics_json
     from tpnet.inference.postprocess import PostprocessParams
-    from tpnet.models import build_model
-    from tpnet.training.checkpoint import inference_weights, load_checkpoint
+    from tpnet.training.checkpoint import load_deployable_model
     from tpnet.training.train import pick_device, val_loader_iter
 
     ckpt_path = Path(cfg.checkpoint)
-    state = load_checkpoint(ckpt_path)
+    device = pick_device(cfg.device)
+    model, state = load_deployable_model(ckpt_path, device)
     train_cfg = OmegaConf.create(state["config"])
     meta = state["meta"]
     data_cfg = train_cfg.data
@@ -36,9 +36,6 @@ def run_eval(cfg: DictConfig) -> dict:
         raise SystemExit(
             f"{ckpt_path}: model classes {meta['classes']} differ from the dataset's {list(data.spec.classes)}"
         )
-    device = pick_device(cfg.device)
-    model = build_model(train_cfg.model, data.encoding.in_channels, len(meta["classes"])).to(device)
-    model.load_state_dict(inference_weights(state))
     params = PostprocessParams.from_dict(
         OmegaConf.to_container(cfg.postprocess) if cfg.postprocess else meta["postprocess"]
     )

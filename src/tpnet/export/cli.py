@@ -20,17 +20,13 @@ def run_export(cfg: DictConfig) -> dict:
     from tpnet.export.parity import export_model
     from tpnet.export.registry import log_export_to_mlflow
     from tpnet.inference.model_file import build_meta
-    from tpnet.models import build_model
     from tpnet.tracking.mlflow_logger import resolve_tracking_uri
-    from tpnet.training.checkpoint import inference_weights, load_checkpoint
+    from tpnet.training.checkpoint import load_deployable_model
 
     checkpoint = Path(cfg.checkpoint)
-    state = load_checkpoint(checkpoint)
+    model, state = load_deployable_model(checkpoint)
     train_cfg = OmegaConf.create(state["config"])
     meta = state["meta"]
-    model = build_model(train_cfg.model, len(meta["encoding"]["channels"]), len(meta["classes"]))
-    model.load_state_dict(inference_weights(state))
-    model.eval()
 
     real_inputs = []
     if int(cfg.parity_frames) > 0:

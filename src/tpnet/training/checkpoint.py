@@ -64,6 +64,20 @@ def inference_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return state["ema"] if state.get("ema") is not None else state["model"]
 
 
+def load_deployable_model(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the checkpoint's network from its own config and load the deployable weights (EMA when kept).
+    Returns the model in eval mode on ``device`` and the checkpoint dict (config, meta, run id...)."""
+    from tpnet.models import build_model  # hydra is imported there, lazily
+
+    state = load_checkpoint(path, map_location=device)
+    meta = state["meta"]
+    model = build_model(state["config"]["model"], len(meta["encoding"]["channels"]), len(meta["classes"]))
+    model.load_state_dict(inference_weights(state))
+    return model.to(device).eval(), state
+
+
 def capture_rng_state() -> dict[str, Any]:
     """Python, NumPy and torch RNG states in a form ``weights_only`` loading accepts."""
     np_state = np.random.get_state()

@@ -34,8 +34,8 @@ from tpnet.training import distributed, fault_injection
 from tpnet.training.calibrate import calibrate_postprocess
 from tpnet.training.checkpoint import (
     capture_rng_state,
-    inference_weights,
     load_checkpoint,
+    load_deployable_model,
     restore_rng_state,
     save_checkpoint,
 )
@@ -366,14 +366,6 @@ def train_one_epoch(
     return mean_loss, n_images * info.world_size / max(elapsed, 1e-9), global_step
 
 
-def _deployable_model(path: Path, data, cfg, classes, device) -> tuple[torch.nn.Module, dict]:
-    """A checkpoint's deployable weights (EMA when kept) in a fresh model, plus the checkpoint itself."""
-    state = load_checkpoint(path, map_location=device)
-    model = build_model(cfg.model, data.encoding.in_channels, len(classes)).to(device)
-    model.load_state_dict(inference_weights(state))
-    return model.eval(), state
-
-
 def _split_frames(data, split: str, cfg):
     loader = frame_loader(
         frame_dataset(data, split), list(range(len(data.splits[split]))), cfg.data.num_workers
@@ -385,7 +377,7 @@ def calibrate_checkpoint(
     path, data, device, amp_dtype, cfg, classes, params, run_dir, tracker
 ) -> PostprocessParams:
     """Pick threshold and minimum area on the validation split and store them in the checkpoint's metadata."""
-    model, state = _deployable_model(path, data, cfg, classes, device)
+    model, state = load_deployable_model(path, device)
     best, grid = calibrate_postprocess(
         model, _split_frames(data, "val", cfg), classes, params, device, amp_dtype,
         cfg.calibration.thresholds, cfg.calibration.min_areas_mm2,
@@ -404,7 +396,7 @@ def calibrate_checkpoint(
 
 def evaluate_checkpoint_on(path, data, split, device, amp_dtype, cfg, classes) -> dict:
     """The metrics.json report of a checkpoint on one split, with the post-processing stored in it."""
-    model, state = _deployable_model(path, data, cfg, classes, device)
+    model, state = load_deployable_model(path, device)
     params = PostprocessParams.from_dict(state["meta"]["postprocess"])
     _, records = evaluate(
         model,
