@@ -416,6 +416,24 @@ def forward_rate(forward: Callable, images: torch.Tensor, settings: Settings, wa
     return median_rate(block, settings.repeats, warmup=warmup)
 
 
+def paired_ratio(
+    fast: Callable, base: Callable, images: torch.Tensor, settings: Settings, pairs: int = 5
+) -> list:
+    """Rate of ``fast`` / rate of ``base``, timed in alternating blocks (one ratio per pair), so that load
+    changes on a shared machine hit both sides alike; fp32, no autocast (as tpnet-infer runs)."""
+
+    def rate(forward: Callable) -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(settings.infer_batches):
+                forward(images)
+        sync(settings.device)
+        return settings.infer_batches * images.shape[0] / (time.perf_counter() - start)
+
+    rate(fast), rate(base)  # warm-up (TorchScript's profiling runs)
+    return [rate(fast) / rate(base) for _ in range(pairs)]
+
+
 def write_frames(folder: Path, count: int, size: int) -> None:
     """``<stem>_bmode.png`` (+ ``<stem>_elasto.tif`` when the frame has SWE): tpnet-infer's folder input."""
     from tpnet.data.io import write_png, write_tiff
@@ -474,6 +492,15 @@ def bench_infer(settings: Settings, report: Report) -> None:
         scripted = torch.jit.script(model)
     script_rate, rates = forward_rate(scripted, images, settings, warmup=3)
     report.emit("infer_torchscript_images_per_s", script_rate, "images/s", **plain, **spread(rates))
+    ratios = paired_ratio(scripted, model, images, settings, pairs=max(3, settings.repeats))
+    report.emit(
+        "infer_torchscript_over_eager",
+        statistics.median(ratios),
+        "ratio",
+        **plain,
+        goal=1.0,
+        **spread(ratios),
+    )
 
     spacing_mm = 0.1
     meta = build_meta(

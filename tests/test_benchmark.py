@@ -26,6 +26,7 @@ EXPECTED = {
     "train_efficiency",
     "infer_eager_images_per_s",
     "infer_torchscript_images_per_s",
+    "infer_torchscript_over_eager",
     "infer_e2e_frames_per_s",
     "infer_e2e_over_model",
     "infer_peak_rss_mb",
