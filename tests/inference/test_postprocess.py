@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -112,6 +113,18 @@ def test_confidence_from_probs(scene):
     ]
     assert active.confidence == pytest.approx(0.9)
     assert frame_trp_score(probs, CLASSES) == pytest.approx(0.9)
+
+
+def test_frame_that_is_all_trigger_point_gives_one_point_without_warnings():
+    # An untrained model can call every pixel TrP: the background component is then empty.
+    labels = np.full((32, 32), 1, np.uint8)
+    probs = np.zeros((4, 32, 32), np.float32)
+    probs[1] = 0.8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (point,) = find_trigger_points(labels, SPACING_MM, CLASSES, probs=probs)
+    assert point.confidence == pytest.approx(0.8)
+    assert point.area_mm2 == pytest.approx(32 * 32 * SPACING_MM**2)
 
 
 def test_labels_from_probs_keeps_nodule_single_class():

@@ -13,11 +13,16 @@ Rules that keep the data meaningful:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-import albumentations as A
-import cv2
-import numpy as np
+# On import albumentations asks PyPI for a newer release: a network call at run time (and a warning on offline
+# cluster nodes). tpnet never downloads anything while it runs, so the check is off unless a user turns it on.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 @dataclass

@@ -167,7 +167,14 @@ def find_trigger_points(
     area_px = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
 
     if probs is not None:
-        confidence = _per_component_sum(components, probs[trp].sum(axis=0), n) / area_px
+        # Component 0 (background) is empty when every pixel is TrP, e.g. an untrained model.
+        confidence = np.zeros(n)
+        np.divide(
+            _per_component_sum(components, probs[trp].sum(axis=0), n),
+            area_px,
+            out=confidence,
+            where=area_px > 0,
+        )
     else:
         confidence = np.ones(n)
 
