@@ -34,7 +34,7 @@ EXPECTED = {
 }
 
 
-@pytest.mark.slow  # ~18 s here: four subprocesses (benchmark, export parity, two tpnet-infer runs)
+@pytest.mark.slow  # ~30 s here: six subprocesses (benchmark, export parity, five tpnet-infer runs)
 def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
@@ -63,6 +63,11 @@ def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:
     assert sorted(r["num_workers"] for r in by_figure["loader_samples_per_s"]) == [0, 1, 2]
     assert sorted(r["num_workers"] for r in by_figure["train_efficiency"]) == [1, 2]
     assert sorted(r["frames"] for r in by_figure["infer_peak_rss_mb"]) == [10, 12]
+    # Peak RSS: tpnet-infer's default batch size, two runs each, the highest reported.
+    for row in by_figure["infer_peak_rss_mb"]:
+        assert row["batch_size"] == 4 and len(row["runs"]) == 2
+        assert row["value"] == pytest.approx(max(row["runs"]), abs=0.05)
+    assert "THP_MEM_ALLOC_ENABLE" in by_figure["machine"][0]["cpu_allocator"]
     assert by_figure["infer_e2e_frames_per_s"][0]["frames"] == 12
     # The readable table goes to stderr, one line per figure.
     assert "train_efficiency" in done.stderr and "infer_e2e_over_model" in done.stderr

@@ -7,9 +7,7 @@ Exit codes: 0 every input analysed; 3 some inputs rejected (all others still ana
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import ctypes
 import json
 import math
 import os
@@ -29,10 +27,11 @@ from tpnet import __version__
 from tpnet.atomic import atomic_write_text
 from tpnet.data.io import write_png
 from tpnet.inference.inputs import FrameInput, InputError, Rejection, SpacingAssumedWarning, discover_inputs
+from tpnet.inference.memory import bound_cpu_memory, release_freed_memory
 from tpnet.inference.model_file import LoadedModel, ModelFileError, load_model_file
 from tpnet.inference.overlay import render_overlay
 from tpnet.inference.postprocess import TriggerPoint, trp_class_indices
-from tpnet.inference.predictor import FrameFailure, Predictor
+from tpnet.inference.predictor import FrameFailure, FramePrediction, Predictor
 from tpnet.inference.report import HtmlReport
 
 EXIT_OK, EXIT_USAGE, EXIT_REJECTED = 0, 2, 3
@@ -72,7 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace earlier results (masks/, overlays/, csv, json, html) in OUTPUT",
     )
-    parser.add_argument("--workers", type=_positive_int, default=2, help="threads reading frames (default 2)")
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=2,
+        help="threads reading frames and writing results while the network runs (default 2; more on a GPU)",
+    )
     return parser
 
 
@@ -144,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         input_dir, output_dir = _check_paths(args.input, args.output, args.overwrite)
     except UsageError as exc:
         return _error(str(exc))
+    bound_cpu_memory()  # before the model's first tensor: peak memory must not grow with the frame count
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         return _error("--device cuda requested but no CUDA GPU is available; use --device cpu")
@@ -246,7 +251,16 @@ def _run(
     with (output_dir / "detections.csv").open("w", newline="", encoding="utf-8") as csv_file:
         writer = csv.writer(csv_file)
         writer.writerow(CSV_COLUMNS)
-        results = predictor.run(frames, workers=args.workers)
+
+        def write_images(result: FramePrediction) -> None:  # runs in the predictor's worker threads
+            stem = result.frame.stem
+            write_png(output_dir / "masks" / f"{stem}.png", result.label_map)
+            overlay = render_overlay(
+                result.bmode, result.label_map, model.classes, result.trigger_points, result.elasto_kpa
+            )
+            write_png(output_dir / "overlays" / f"{stem}.png", overlay)
+
+        results = predictor.run(frames, workers=args.workers, finish=write_images)
         for result in tqdm(results, total=len(frames), unit="frame", desc="tpnet-infer", dynamic_ncols=True):
             if isinstance(result, FrameFailure):
                 reason = result.reason.replace(f"{input_dir}{os.sep}", "")  # short names read better
@@ -255,27 +269,17 @@ def _run(
                 tqdm.write(f"REJECTED {result.frame.name}: {reason}")
                 continue
             stem = result.frame.stem
-            write_png(output_dir / "masks" / f"{stem}.png", result.label_map)
-            overlay = render_overlay(
-                result.bmode, result.label_map, model.classes, result.trigger_points, result.elasto_kpa
-            )
-            write_png(output_dir / "overlays" / f"{stem}.png", overlay)
             writer.writerows(_csv_row(stem, p) for p in result.trigger_points)
             csv_file.flush()  # a crash or Ctrl-C still leaves every finished frame's rows on disk
-            if processed % 32 == 0:
+            if (
+                processed % args.batch_size == 0
+            ):  # once per batch: ~1 ms, and each batch starts from the same heap
                 release_freed_memory()
             report.add_frame(result.frame, f"overlays/{stem}.png", result.trigger_points, result.bmode.shape)
             for p in result.trigger_points:
                 trp_counts[p.class_name] = trp_counts.get(p.class_name, 0) + 1
             processed += 1
     return RunStats(processed, trp_counts, time.perf_counter() - started)
-
-
-def release_freed_memory() -> None:
-    """Return freed heap pages to the OS. Reader threads allocate frames that the main thread frees; glibc keeps
-    such memory in per-thread arenas, so without this the peak RSS creeps up over thousands of frames."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _write_json(path: Path, data: dict) -> None:

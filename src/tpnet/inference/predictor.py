@@ -1,13 +1,14 @@
 """Streaming prediction: read -> encode -> resample -> batch -> network -> back to the frame's size -> TrPs.
 
-Reader threads decode the next frames while the network runs; results come out in input order and
-only ``batch_size`` + a small read-ahead of frames are ever in memory, however long the run.
+Worker threads decode the next frames and post-process (and write) the previous batch while the network
+runs; results come out in input order and about three batches of frames are ever in memory, however long
+the run.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -50,7 +51,10 @@ class _Prepared:
     frame: FrameInput
     bmode: np.ndarray
     elasto_kpa: np.ndarray | None
-    image: np.ndarray  # (C, h, w) encoded at the model's spacing
+    # At the model's spacing; the same arrays as above when the spacings agree. Encoded into network channels
+    # only when its batch runs: read-ahead frames then hold 2 planes instead of 2 + 3 (memory per frame in flight).
+    model_bmode: np.ndarray
+    model_elasto_kpa: np.ndarray | None
 
 
 class Predictor:
@@ -70,70 +74,107 @@ class Predictor:
     def prepare(self, frame: FrameInput) -> _Prepared:
         """Read, encode and resample one frame (runs in a reader thread)."""
         bmode, elasto_kpa = load_frame(frame)
-        small_bmode, small_elasto, _ = resample_frame(
+        model_bmode, model_elasto, _ = resample_frame(
             bmode, elasto_kpa, None, frame.spacing_mm, self.model.spacing_mm
         )
-        return _Prepared(frame, bmode, elasto_kpa, self.encoding.encode(small_bmode, small_elasto))
+        return _Prepared(frame, bmode, elasto_kpa, model_bmode, model_elasto)
 
-    def run(self, frames: Iterable[FrameInput], workers: int = 1) -> Iterator[FramePrediction | FrameFailure]:
-        """Yield one result per frame, in input order; a frame that cannot be read yields a FrameFailure."""
-        read_ahead = max(2 * self.batch_size, workers)
-        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="tpnet-read") as pool:
-            pending: deque[tuple[FrameInput, Future[_Prepared]]] = deque()
-            batch: list[_Prepared | FrameFailure] = []
-            for frame in frames:
-                pending.append((frame, pool.submit(self.prepare, frame)))
-                if len(pending) >= read_ahead:
-                    yield from self._collect(pending.popleft(), batch)
-            while pending:
-                yield from self._collect(pending.popleft(), batch)
-            yield from self._flush(batch)
-
-    def _collect(
-        self, item: tuple[FrameInput, Future[_Prepared]], batch: list[_Prepared | FrameFailure]
+    def run(
+        self,
+        frames: Iterable[FrameInput],
+        workers: int = 1,
+        finish: Callable[[FramePrediction], None] | None = None,
     ) -> Iterator[FramePrediction | FrameFailure]:
-        frame, future = item
-        try:
-            batch.append(future.result())
-        except FrameReadError as exc:
-            batch.append(FrameFailure(frame, str(exc)))
-        except Exception as exc:  # a decoder bug on one odd file must not stop the run
-            batch.append(
-                FrameFailure(frame, f"{frame.bmode_path}: cannot read ({type(exc).__name__}: {exc})")
-            )
-        if sum(isinstance(b, _Prepared) for b in batch) >= self.batch_size:
-            yield from self._flush(batch)
+        """Yield one result per frame, in input order; a frame that cannot be read yields a FrameFailure.
 
-    def _flush(self, batch: list[_Prepared | FrameFailure]) -> Iterator[FramePrediction | FrameFailure]:
-        """Predict the collected frames, one network call per distinct shape (no cross-frame padding,
-        so a frame's result never depends on its batch-mates), and yield results in order."""
-        results: dict[int, FramePrediction | FrameFailure] = {
+        ``workers`` threads read the next frames and post-process the last batch (and run ``finish`` on each
+        prediction, e.g. writing its files) while the network runs on the current batch: the network never
+        waits for disk or OpenCV. An exception from ``finish`` is raised here, at that frame.
+        """
+        # One batch ahead (+ one frame per reader) keeps the readers busy while the network runs, and bounds
+        # the frames in memory at about three batches (reading, in the network, post-processing).
+        read_ahead = self.batch_size + max(1, workers)
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="tpnet-io") as pool:
+            reads: deque[tuple[FrameInput, Future[_Prepared]]] = deque()
+            results: deque[Future[FramePrediction | FrameFailure]] = deque()  # in input order
+            batch: list[_Prepared | FrameFailure] = []
+
+            def collect() -> Iterator[FramePrediction | FrameFailure]:
+                batch.append(self._read_result(*reads.popleft()))
+                if sum(isinstance(b, _Prepared) for b in batch) >= self.batch_size:
+                    previous = len(results)
+                    self._flush(batch, results, pool, finish)
+                    # Hand out the batch before this one: it was post-processed while this one ran.
+                    for _ in range(previous):
+                        yield results.popleft().result()
+
+            for frame in frames:
+                reads.append((frame, pool.submit(self.prepare, frame)))
+                if len(reads) >= read_ahead:
+                    yield from collect()
+            while reads:
+                yield from collect()
+            self._flush(batch, results, pool, finish)
+            while results:
+                yield results.popleft().result()
+
+    @staticmethod
+    def _read_result(frame: FrameInput, future: Future[_Prepared]) -> _Prepared | FrameFailure:
+        try:
+            return future.result()
+        except FrameReadError as exc:
+            return FrameFailure(frame, str(exc))
+        except Exception as exc:  # a decoder bug on one odd file must not stop the run
+            return FrameFailure(frame, f"{frame.bmode_path}: cannot read ({type(exc).__name__}: {exc})")
+
+    def _flush(
+        self,
+        batch: list[_Prepared | FrameFailure],
+        results: deque[Future[FramePrediction | FrameFailure]],
+        pool: ThreadPoolExecutor,
+        finish: Callable[[FramePrediction], None] | None,
+    ) -> None:
+        """Run the network on the collected frames, one call per distinct shape (no cross-frame padding, so
+        a frame's result never depends on its batch-mates); queue their post-processing, in input order."""
+        out: dict[int, FrameFailure | tuple[_Prepared, np.ndarray]] = {
             i: b for i, b in enumerate(batch) if isinstance(b, FrameFailure)
         }
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, b in enumerate(batch):
             if isinstance(b, _Prepared):
-                by_shape.setdefault(b.image.shape, []).append(i)
+                by_shape.setdefault(b.model_bmode.shape, []).append(i)
         for indices in by_shape.values():
-            images = torch.from_numpy(np.stack([batch[i].image for i in indices])).to(self.device)
+            encoded = [self.encoding.encode(batch[i].model_bmode, batch[i].model_elasto_kpa) for i in indices]
+            images = torch.from_numpy(np.stack(encoded)).to(self.device)
+            del encoded
             try:
                 probs = predict_probs(self.model.module, images, self.model.size_multiple, tta=self.tta)
                 probs = probs.float().cpu().numpy()
             except Exception as exc:  # e.g. a frame too small for the network, or out of memory
                 for i in indices:
                     reason = f"{batch[i].frame.name}: the network failed on this frame ({type(exc).__name__}: {exc})"
-                    results[i] = FrameFailure(batch[i].frame, reason)
+                    out[i] = FrameFailure(batch[i].frame, reason)
                 continue
             for i, frame_probs in zip(indices, probs, strict=True):
-                try:
-                    results[i] = self._postprocess(batch[i], frame_probs)
-                except Exception as exc:
-                    results[i] = FrameFailure(
-                        batch[i].frame, f"{batch[i].frame.name}: post-processing failed ({exc})"
-                    )
+                out[i] = (batch[i], frame_probs)
         batch.clear()
-        for i in sorted(results):
-            yield results[i]
+        for i in sorted(out):
+            item = out[i]
+            if isinstance(item, FrameFailure):
+                results.append(_done(item))
+            else:
+                results.append(pool.submit(self._postprocess_and_finish, *item, finish))
+
+    def _postprocess_and_finish(
+        self, item: _Prepared, probs: np.ndarray, finish: Callable[[FramePrediction], None] | None
+    ) -> FramePrediction | FrameFailure:
+        try:
+            prediction = self._postprocess(item, probs)
+        except Exception as exc:
+            return FrameFailure(item.frame, f"{item.frame.name}: post-processing failed ({exc})")
+        if finish is not None:
+            finish(prediction)
+        return prediction
 
     def _postprocess(self, item: _Prepared, probs: np.ndarray) -> FramePrediction:
         # Back to the frame's own pixels before thresholding: masks come out at the input's size and
@@ -146,6 +187,12 @@ class Predictor:
             min_area_mm2=self.params.min_area_mm2,
         )  # fmt: skip
         return FramePrediction(item.frame, item.bmode, item.elasto_kpa, label_map, points)
+
+
+def _done(value: FrameFailure) -> Future[FramePrediction | FrameFailure]:
+    future: Future[FramePrediction | FrameFailure] = Future()
+    future.set_result(value)
+    return future
 
 
 def resize_probs(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
