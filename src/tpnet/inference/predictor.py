@@ -72,7 +72,7 @@ class Predictor:
         self.params = PostprocessParams(**{k: float(v) for k, v in model.meta["postprocess"].items()})
 
     def prepare(self, frame: FrameInput) -> _Prepared:
-        """Read, encode and resample one frame (runs in a reader thread)."""
+        """Read one frame and resample it to the model's spacing (runs in a worker thread)."""
         bmode, elasto_kpa = load_frame(frame)
         model_bmode, model_elasto, _ = resample_frame(
             bmode, elasto_kpa, None, frame.spacing_mm, self.model.spacing_mm
