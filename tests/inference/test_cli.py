@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 
 from model_files import CLASSES, blob_frame, make_model_file
 from tpnet.data.io import read_array, write_npy, write_png, write_tiff
-from tpnet.inference.cli import CSV_COLUMNS, main
+from tpnet.inference.cli import CSV_COLUMNS, LOCK_NAME, main
 
 ACTIVE, LATENT, VESSEL = (CLASSES.index(n) for n in ("active_trp", "latent_trp", "vessel"))
 BROKEN = {"trunc_bmode.png", "zero_bmode.png", "text_bmode.png", "mismatch_bmode.png", "orphan_elasto.tif"}
@@ -195,6 +197,31 @@ def test_refuses_unsafe_or_non_empty_output(tmp_path, model_path, capsys):
     assert main([*args, str(out_dir), "--overwrite"]) == 0
     assert sorted(p.name for p in (out_dir / "masks").iterdir()) == ["one.png"]
     assert (out_dir / "keep.txt").exists()  # only our own outputs are replaced
+
+
+def test_one_run_per_output_folder_and_stale_locks_are_taken_over(tmp_path, model_path, capsys):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    _write_pair(in_dir, "one", blob_frame((6.4, 6.4), 0.2, nodules=[(3.0, 3.0, 1.2)])[0], spacing_mm=0.2)
+    args = ["--model", str(model_path), "--input", str(in_dir), "--output", str(out_dir), "--overwrite"]
+    assert main(args) == 0
+    assert not (out_dir / LOCK_NAME).exists()  # released at the end
+    first_csv = (out_dir / "detections.csv").read_text()
+
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out_dir / LOCK_NAME).write_text(f"{running.pid}\n")  # another run is writing here
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"process {running.pid}" in err and "another tpnet-infer" in err
+        assert (out_dir / "detections.csv").read_text() == first_csv  # its files were left alone
+    finally:
+        running.kill()
+        running.wait()
+
+    # The owner is gone (killed run): the lock is stale and the next run takes over.
+    assert main(args) == 0
+    assert not (out_dir / LOCK_NAME).exists()
 
 
 def test_unusable_model_or_empty_input_exits_2(tmp_path, model_path, capsys):

@@ -111,6 +111,49 @@ def _check_paths(input_dir: Path, output_dir: Path, overwrite: bool) -> tuple[Pa
     return input_dir, output_dir
 
 
+LOCK_NAME = ".tpnet-infer.lock"
+
+
+def _lock_output(output_dir: Path) -> Path:
+    """One tpnet-infer per output folder: a second run would delete or mix the first one's files. The lock
+    holds the owner's PID; one left by a killed run (its process gone) is taken over."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    lock = output_dir / LOCK_NAME
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is not None and owner != os.getpid() and _process_alive(owner):
+                raise UsageError(
+                    f"{output_dir}: another tpnet-infer (process {owner}) is writing to this folder; "
+                    f"wait for it or choose another --output"
+                ) from None
+            lock.unlink(missing_ok=True)  # stale: left by a run that was killed
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+        return lock
+    raise UsageError(f"{output_dir}: cannot lock the output folder ({lock})")
+
+
+def _lock_owner(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().strip())
+    except (OSError, ValueError):  # vanished meanwhile, or half-written: treat as stale
+        return None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
 def _prepare_output(output_dir: Path) -> None:
     """Remove only what an earlier run wrote, so stale masks never mix with new ones."""
     for name in OUTPUT_DIRS:
@@ -168,6 +211,28 @@ def main(argv: list[str] | None = None) -> int:
             f"{input_dir}: no frames found (expected <name>_bmode.<png|tif|tiff|npy> files or a dataset root)"
         )
 
+    try:
+        lock = _lock_output(output_dir)
+    except UsageError as exc:
+        return _error(str(exc))
+    try:
+        return _analyse(model, frames, rejected, run_warnings, input_dir, output_dir, device, args, started)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _analyse(
+    model: LoadedModel,
+    frames: list[FrameInput],
+    rejected: list[Rejection],
+    run_warnings: list[str],
+    input_dir: Path,
+    output_dir: Path,
+    device: str,
+    args: argparse.Namespace,
+    started: float,
+) -> int:
+    """Analyse every frame and write all outputs; the exit code."""
     _prepare_output(output_dir)
     for message in run_warnings:
         print(f"WARNING: {message}", file=sys.stderr)
