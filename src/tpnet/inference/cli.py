@@ -336,9 +336,8 @@ def _run(
             stem = result.frame.stem
             writer.writerows(_csv_row(stem, p) for p in result.trigger_points)
             csv_file.flush()  # a crash or Ctrl-C still leaves every finished frame's rows on disk
-            if (
-                processed % args.batch_size == 0
-            ):  # once per batch: ~1 ms, and each batch starts from the same heap
+            # Once per batch (~1 ms): each batch starts from the same heap.
+            if processed % args.batch_size == 0:
                 release_freed_memory()
             report.add_frame(result.frame, f"overlays/{stem}.png", result.trigger_points, result.bmode.shape)
             for p in result.trigger_points:
