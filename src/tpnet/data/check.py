@@ -30,8 +30,14 @@ from tpnet.data.contract import (
     row_spacing_mm,
 )
 from tpnet.data.encoding import elasto_to_kpa
+from tpnet.data.plausibility import (
+    STIFFNESS_KPA_RANGE,
+    spacing_warnings,
+    stiffness_problem,
+    training_spacing_warning,
+)
 
-MAX_STIFFNESS_KPA = 1000.0  # muscle is 5-100 kPa; anything past 1000 kPa is a unit or export bug
+MAX_STIFFNESS_KPA = STIFFNESS_KPA_RANGE[1]  # the summary's histogram covers every stiffness the check accepts
 STIFFNESS_BIN_KPA = 0.5  # percentiles come from a fixed histogram, so memory does not grow with the data
 STIFFNESS_BINS = int(MAX_STIFFNESS_KPA / STIFFNESS_BIN_KPA)
 DEFAULT_WORKERS = 4  # decoding is C code that releases the GIL; a few threads hide file latency
@@ -77,6 +83,7 @@ class _FrameResult:
 
     problems: list[Problem] = field(default_factory=list)
     missing_spacing: bool = False  # parsed fine, but neither the row nor dataset.yaml gives spacing_mm
+    spacing_mm: float | None = None  # the row's pixel size, when it parsed
     has_swe: bool = False
     labelled: bool = False
     class_pixels: np.ndarray | None = None  # (num_classes,) pixel counts
@@ -155,7 +162,8 @@ def _check_row(root: Path, raw: dict[str, str], line: int, spec: DatasetSpec | N
 
     try:
         row = parse_row(raw, line)  # field checks: ids, spacing, split value
-        result.missing_spacing = spec is not None and row_spacing_mm(row, spec) is None
+        result.spacing_mm = row_spacing_mm(row, spec) if spec is not None else row.spacing_mm
+        result.missing_spacing = spec is not None and result.spacing_mm is None
     except ContractError as exc:
         error(_strip_prefix(str(exc), sample_id))
 
@@ -184,25 +192,24 @@ def _check_row(root: Path, raw: dict[str, str], line: int, spec: DatasetSpec | N
         listed = ", ".join(f"{column} {s[0]}x{s[1]}" for column, s in shapes.items())
         error(f"shape mismatch: {listed} (bmode, elasto and mask of one row must have equal H x W)")
 
-    elasto_kpa = frames.get("elasto")
+    elasto_kpa = frames.get("elasto")  # as stored until converted below
     if elasto_kpa is not None:
-        if np.isinf(elasto_kpa).any():
-            error("absurd stiffness: elastography contains Inf (use NaN for 'no signal')")
+        # The rule tpnet-infer and the training loader apply too. Without a readable dataset.yaml the values
+        # are judged as kPa: the sign needs no unit, and a stored value past the kPa limit is absurd in m/s too.
+        problem = stiffness_problem(elasto_kpa, unit or "kPa")
+        if problem is not None:
+            error(problem)
             elasto_kpa = None
         elif not np.isfinite(elasto_kpa).any():
             warning("elastography is all NaN (no valid SWE pixel); the row is used as B-mode only")
         elif unit is not None:
-            # The sign is checked before conversion: squaring a negative speed would hide it.
-            lowest = float(np.nanmin(elasto_kpa))
             elasto_kpa = elasto_to_kpa(elasto_kpa, unit)
-            highest = float(np.nanmax(elasto_kpa))
-            if lowest < 0:
-                error(f"absurd stiffness: negative values (min {lowest:.4g} {unit})")
-            elif highest > MAX_STIFFNESS_KPA:
-                error(
-                    f"absurd stiffness: up to {highest:.4g} kPa (from {unit}); expected at most "
-                    f"{MAX_STIFFNESS_KPA:g} kPa (wrong elasto_unit in dataset.yaml?)"
-                )
+
+    bmode = frames.get("bmode")
+    if bmode is not None and result.spacing_mm is not None:
+        # Field of view and pixel size; the distance to the dataset's median spacing is checked across rows.
+        for reason in spacing_warnings(result.spacing_mm, shape=bmode.shape):
+            warning(reason)
 
     mask = frames.get("mask")
     label_counts = None
@@ -277,7 +284,17 @@ def _check_across_rows(raw_rows: list[dict[str, str]], results: list[_FrameResul
 
 
 def _check_spacing(root: Path, raw_rows: list[dict[str, str]], results: list[_FrameResult]) -> list[Problem]:
-    """No spacing anywhere is one dataset-level warning; a few rows without it are one warning each."""
+    """No spacing anywhere is one dataset-level warning; a few rows without it are one warning each; a row far
+    from the median spacing (training's default target spacing) is one warning each."""
+    known = [result.spacing_mm for result in results if result.spacing_mm is not None]
+    if known:
+        median = float(np.median(known))
+        for raw, result in zip(raw_rows, results, strict=True):
+            if result.spacing_mm is None:
+                continue
+            far = training_spacing_warning(result.spacing_mm, median, "the dataset's median")
+            if far is not None:
+                result.problems.append(Problem("warning", raw["sample_id"], far))
     missing = [result for result in results if result.missing_spacing]
     if missing and len(missing) == len(results):
         reason = (

@@ -6,15 +6,19 @@ Only parsing and path safety live here; ``check.py`` validates content, ``datase
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from tpnet.data.plausibility import parse_spacing_mm
+
 CONTRACT_VERSION = 1
 DEFAULT_CLASSES: tuple[str, ...] = ("background", "active_trp", "latent_trp", "vessel")
 ELASTO_UNITS: tuple[str, ...] = ("kPa", "m/s")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+BACKGROUND = "background"  # the name index 0 must have, unless dataset.yaml's background_class names it
 REQUIRED_COLUMNS: tuple[str, ...] = ("sample_id", "subject_id", "bmode")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("elasto", "mask", "spacing_mm", "split")
 TISSUE_DENSITY_KG_M3 = 1000.0  # soft tissue, as used by every SWE scanner for E = 3 * rho * c^2
@@ -50,23 +54,19 @@ class ManifestRow:
 def load_spec(root: str | Path) -> DatasetSpec:
     root = Path(root)
     path = root / "dataset.yaml"
-    if not path.is_file():
-        raise ContractError(f"{path}: missing dataset.yaml")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(_read_text(path, "dataset.yaml")) or {}
     except yaml.YAMLError as exc:
         raise ContractError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict):
         raise ContractError(f"{path}: expected a mapping at top level")
-    classes = raw.get("classes", list(DEFAULT_CLASSES))
-    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
-        raise ContractError(f"{path}: 'classes' must be a list of at least two names (index 0 = background)")
+    classes = _check_classes(raw.get("classes", list(DEFAULT_CLASSES)), raw.get("background_class"), path)
     unit = str(raw.get("elasto_unit", "kPa"))
     if unit not in ELASTO_UNITS:
         raise ContractError(f"{path}: unknown elasto_unit {unit!r}; expected one of {list(ELASTO_UNITS)}")
     spacing = raw.get("spacing_mm")
     if spacing is not None:
-        spacing = _positive_float(spacing, f"{path}: spacing_mm")
+        spacing = _spacing_mm(spacing, f"{path}: spacing_mm")
     return DatasetSpec(
         root=root,
         name=str(raw.get("name", root.name)),
@@ -79,16 +79,20 @@ def load_spec(root: str | Path) -> DatasetSpec:
 def read_manifest_raw(root: str | Path) -> list[dict[str, str]]:
     """Rows as dicts of stripped strings (extra columns kept); raises on a missing file or header."""
     path = Path(root) / "manifest.csv"
-    if not path.is_file():
-        raise ContractError(f"{path}: missing manifest.csv")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
+    reader = csv.DictReader(io.StringIO(_read_text(path, "manifest.csv"), newline=""))
+    try:
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing:
             raise ContractError(f"{path}: header lacks required column(s) {missing}")
+        # csv.DictReader would silently keep the last of two same-named columns.
+        repeated = sorted({h for h in header if h and header.count(h) > 1})
+        if repeated:
+            raise ContractError(f"{path}: header repeats column(s) {repeated}; each column may appear once")
         reader.fieldnames = header
         return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    except csv.Error as exc:  # NUL bytes, a field past the csv module's size limit
+        raise ContractError(f"{path}: not a readable CSV file (line {reader.line_num}: {exc})") from exc
 
 
 def parse_row(raw: dict[str, str], line: int) -> ManifestRow:
@@ -105,7 +109,7 @@ def parse_row(raw: dict[str, str], line: int) -> ManifestRow:
         raise ContractError(f"{name}: empty bmode path")
     spacing = raw.get("spacing_mm") or None
     if spacing is not None:
-        spacing = _positive_float(spacing, f"{name}: spacing_mm")
+        spacing = _spacing_mm(spacing, f"{name}: spacing_mm")
     split = raw.get("split") or None
     if split is not None and split not in SPLITS:
         raise ContractError(f"{name}: split {split!r} is not one of {list(SPLITS)}")
@@ -128,11 +132,17 @@ def load_manifest(root: str | Path) -> list[ManifestRow]:
 
 def resolve_path(root: str | Path, relative: str) -> Path:
     """Resolve a manifest path; refuse absolute paths and anything that escapes the root (symlinks too)."""
-    root_resolved = Path(root).resolve()
     rel = Path(relative)
     if rel.is_absolute():
         raise ContractError(f"{relative}: absolute path; manifest paths must be relative to the dataset root")
-    full = (root_resolved / rel).resolve()
+    try:
+        root_resolved = Path(root).resolve()
+        full = (root_resolved / rel).resolve()
+        full.exists()  # raises for a name too long for the file system (a missing file is reported on reading)
+    except RuntimeError:  # pathlib's report of a symlink loop
+        raise ContractError(f"{relative}: symbolic link loop") from None
+    except OSError as exc:
+        raise ContractError(f"{relative}: unusable path ({exc.strerror or exc})") from None
     if not full.is_relative_to(root_resolved):
         raise ContractError(f"{relative}: path escapes the dataset root {root_resolved}")
     return full
@@ -142,11 +152,49 @@ def row_spacing_mm(row: ManifestRow, spec: DatasetSpec) -> float | None:
     return row.spacing_mm if row.spacing_mm is not None else spec.spacing_mm
 
 
-def _positive_float(value: object, what: str) -> float:
+def _spacing_mm(value: object, what: str) -> float:
     try:
-        out = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise ContractError(f"{what}: {value!r} is not a number") from exc
-    if not out > 0 or out != out or out == float("inf"):
-        raise ContractError(f"{what}: {value!r} must be a positive finite number")
-    return out
+        return parse_spacing_mm(value)
+    except ValueError as exc:
+        raise ContractError(f"{what}: {exc}") from None
+
+
+def _check_classes(classes: object, background: object, path: Path) -> tuple[str, ...]:
+    """Mask value = list index, and every tool takes label 0 as background: a list that puts background
+    elsewhere would make every background pixel a lesion."""
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes):
+        raise ContractError(f"{path}: 'classes' must be a list of at least two names (index 0 = background)")
+    repeated = sorted({c for c in classes if classes.count(c) > 1})
+    if repeated:
+        raise ContractError(f"{path}: 'classes' names {repeated} more than once; class names must be unique")
+    if background is not None and not isinstance(background, str):
+        raise ContractError(f"{path}: 'background_class' must be a class name, got {background!r}")
+    expected = background or BACKGROUND
+    if classes[0] != expected:
+        where = f"at index {classes.index(expected)}" if expected in classes else "missing"
+        raise ContractError(
+            f"{path}: class index 0 must be the background ({expected!r}, {where}); got {classes[0]!r}. "
+            f"Put {expected!r} first (mask value 0), or name index 0 with 'background_class: <name>'"
+        )
+    if expected.endswith("_trp"):
+        raise ContractError(f"{path}: background class {expected!r} cannot be a trigger-point (_trp) class")
+    return tuple(classes)
+
+
+def _read_text(path: Path, what: str) -> str:
+    """A contract file's text; ContractError naming the file when it is missing, unreadable or not UTF-8."""
+    try:
+        if not path.is_file():
+            if path.is_symlink():
+                raise ContractError(f"{path}: {what} is a broken or looping symbolic link")
+            raise ContractError(f"{path}: missing {what}")
+        data = path.read_bytes()
+    except OSError as exc:  # a name too long, a symlink loop in a parent folder, no permission
+        raise ContractError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")  # a BOM, as Excel writes, is not part of the first column's name
+    except UnicodeDecodeError as exc:
+        raise ContractError(
+            f"{path}: {what} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8"
+        ) from None
