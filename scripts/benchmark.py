@@ -317,13 +317,11 @@ def make_train_loader(parts: LoaderParts, settings: Settings, workers: int, batc
 
     parts.data_cfg.num_workers = workers
     sampler = EpochSampler(len(parts.setup.splits["train"]), batches * settings.batch_size, seed=0)
-    loader, dataset = train_loader(parts.setup, parts.data_cfg, parts.transform, sampler, 0, settings.device)
+    loader = train_loader(parts.setup, parts.data_cfg, parts.transform, sampler, 0, settings.device)
     epoch = iter(range(10**9))
 
     def new_epoch():
-        e = next(epoch)
-        sampler.set_epoch(e)
-        dataset.set_epoch(e)
+        loader.sampler.set_epoch(next(epoch))
         return loader
 
     return new_epoch

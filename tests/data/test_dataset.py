@@ -128,7 +128,14 @@ def test_epoch_sampler_is_deterministic_and_ranks_get_disjoint_shards():
 
 def test_patch_sampler_forces_foreground_at_the_start_of_each_batch():
     items = list(PatchSampler(list(range(8)), batch_size=4, fg_fraction=0.33))
-    assert [index for index, _ in items] == list(range(8))
-    assert [forced for _, forced in items] == [True, True, False, False] * 2  # ceil(0.33 * 4) = 2
-    assert not any(forced for _, forced in PatchSampler(range(4), batch_size=4, fg_fraction=0.0))
+    assert [index for index, _, _ in items] == list(range(8))
+    assert [forced for _, forced, _ in items] == [True, True, False, False] * 2  # ceil(0.33 * 4) = 2
+    assert not any(forced for _, forced, _ in PatchSampler(range(4), batch_size=4, fg_fraction=0.0))
     assert math.ceil(0.33 * 4) == 2
+
+
+def test_patch_sampler_carries_its_epoch_with_every_index_and_reshuffles_the_base():
+    base = EpochSampler(6, None, seed=1)
+    sampler = PatchSampler(base, batch_size=2)
+    sampler.set_epoch(4)
+    assert base.epoch == 4 and {epoch for _, _, epoch in sampler} == {4}

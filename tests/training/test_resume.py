@@ -1,4 +1,5 @@
-"""A run SIGKILLed mid-epoch and restarted with ``trainer.resume=auto`` ends exactly like an uninterrupted one."""
+"""A run SIGKILLed mid-epoch and restarted with ``trainer.resume=auto`` ends exactly like an uninterrupted one,
+with or without DataLoader workers (the reference run uses none: the data never depend on the worker count)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ from train_helpers import (
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
 def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(
-    tmp_path, tiny_train_overrides, mlflow_uri, reference_run
+    tmp_path, tiny_train_overrides, mlflow_uri, reference_run, workers
 ):
     run_dir = tmp_path / "run"
     overrides = [
         *tiny_train_overrides,
+        f"data.num_workers={workers}",
         "trainer.max_epochs=3",
         f"logger.tracking_uri={mlflow_uri}",
         f"hydra.run.dir={run_dir}",

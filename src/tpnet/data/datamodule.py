@@ -106,7 +106,9 @@ def train_loader(
     sampler: Any,
     seed: int,
     device: torch.device,
-) -> tuple[DataLoader, TrainPatchDataset]:
+) -> DataLoader:
+    """Patches for one rank; call ``loader.sampler.set_epoch(epoch)`` before each epoch (the epoch then reaches
+    the workers with every index, see ``PatchSampler``)."""
     dataset = TrainPatchDataset(
         setup.spec,
         setup.splits["train"],
@@ -130,7 +132,7 @@ def train_loader(
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
     )
-    return loader, dataset
+    return loader
 
 
 def frame_dataset(setup: DataSetup, split: str) -> FullFrameDataset:

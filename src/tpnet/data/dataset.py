@@ -53,18 +53,29 @@ def load_frame(spec: DatasetSpec, row: ManifestRow, target_spacing_mm: float) ->
 
 
 class PatchSampler(Sampler):
-    """Yields ``(index, force_foreground)``: the first ``ceil(fg_fraction * batch_size)`` items of every batch
-    are forced to contain a trigger point, as nnU-Net forces a third of each batch to hold foreground, so rare,
-    small TrPs are seen often enough. Wraps any index sampler (random, distributed)."""
+    """Yields ``(index, force_foreground, epoch)``: the first ``ceil(fg_fraction * batch_size)`` items of every
+    batch are forced to contain a trigger point, as nnU-Net forces a third of each batch to hold foreground, so
+    rare, small TrPs are seen often enough. Wraps any index sampler (random, distributed).
+
+    The epoch travels with each index because the sampler runs in the main process while ``__getitem__`` runs in
+    DataLoader workers, whose copies of the dataset (persistent across epochs) never see a ``set_epoch`` call.
+    """
 
     def __init__(self, base: Sampler | Sequence[int], batch_size: int, fg_fraction: float = 0.33) -> None:
         self.base = base
         self.batch_size = batch_size
         self.n_forced = math.ceil(fg_fraction * batch_size) if fg_fraction > 0 else 0
+        self.epoch = 0
 
-    def __iter__(self) -> Iterator[tuple[int, bool]]:
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch here and on the wrapped sampler (a distributed one reshuffles by epoch)."""
+        self.epoch = epoch
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, bool, int]]:
         for position, index in enumerate(self.base):
-            yield int(index), (position % self.batch_size) < self.n_forced
+            yield int(index), (position % self.batch_size) < self.n_forced, self.epoch
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -75,6 +86,8 @@ class TrainPatchDataset(Dataset):
 
     All randomness of item ``i`` in epoch ``e`` comes from a generator seeded by (seed, e, i): the data are the
     same whatever the number of workers, and a resumed run sees exactly the batches an uninterrupted one saw.
+    Keys are ``index``, ``(index, force_fg)`` (epoch from ``set_epoch``) or ``(index, force_fg, epoch)`` (from
+    ``PatchSampler``: the only form that reaches DataLoader workers correctly).
     """
 
     def __init__(
@@ -101,9 +114,11 @@ class TrainPatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, key: int | tuple[int, bool]) -> tuple[torch.Tensor, torch.Tensor]:
-        index, force_fg = key if isinstance(key, tuple) else (key, False)
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+    def __getitem__(self, key: int | tuple[int, bool] | tuple[int, bool, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(key, tuple):
+            key = (key, False)
+        index, force_fg, epoch = key if len(key) == 3 else (*key, self.epoch)
+        rng = np.random.default_rng([self.seed, epoch, index])
         row = self.rows[index]
         try:
             frame = load_frame(self.spec, row, self.target_spacing_mm)

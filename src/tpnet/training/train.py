@@ -107,7 +107,7 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
     classes = list(data.spec.classes)
     transform = instantiate(cfg.augment)
     sampler = EpochSampler(len(data.splits["train"]), cfg.data.samples_per_epoch, seed, info)
-    loader, train_set = train_loader(data, cfg.data, transform, sampler, seed, device)
+    loader = train_loader(data, cfg.data, transform, sampler, seed, device)
     val_set = frame_dataset(data, "val")
     val_loader = frame_loader(
         val_set, list(range(info.rank, len(val_set), info.world_size)), cfg.data.num_workers
@@ -211,8 +211,7 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
     history_path = run_dir / "metrics.jsonl"
     for epoch in range(start_epoch, max_epochs):
         fault_injection.kill_rank(info.rank, epoch)
-        sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
+        loader.sampler.set_epoch(epoch)  # PatchSampler: reshuffles and carries the epoch to the workers
         train_loss, images_per_s, global_step = train_one_epoch(
             train_model, model, loader, loss_fn, optimizer, scheduler, scaler, ema, amp_dtype, memory_format,
             device, info, tcfg, epoch, global_step,
