@@ -7,6 +7,9 @@ Every error is a ``FrameReadError`` whose message starts with the file's path.
 from __future__ import annotations
 
 import io
+import math
+import os
+import warnings
 from pathlib import Path
 
 import cv2
@@ -14,11 +17,28 @@ import numpy as np
 import tifffile
 
 from tpnet.atomic import atomic_open, atomic_write_bytes
+from tpnet.data.image_header import DEFAULT_MAX_FRAME_PIXELS as DEFAULT_MAX_FRAME_PIXELS
+from tpnet.data.image_header import (
+    MAX_FRAME_PIXELS_ENV,
+    OPENCV_MAX_PIXELS_ENV,
+    ImageHeaderError,
+    read_png_header,
+)
+from tpnet.data.image_header import max_frame_pixels as max_frame_pixels
 
 PNG_SUFFIXES = (".png",)
 TIFF_SUFFIXES = (".tif", ".tiff")
 NPY_SUFFIXES = (".npy",)
 IMAGE_SUFFIXES = PNG_SUFFIXES + TIFF_SUFFIXES + NPY_SUFFIXES
+
+# Integer B-mode is scaled by the bit depth its values fit (8, 12 or 16 bits): 8- or 12-bit data stored
+# in 16-bit containers would otherwise read as a near-black image.
+INTEGER_DEPTHS = (8, 12, 16)
+FLOAT_UNIT_MAX = 2.0  # float B-mode up to this is taken as [0, 1] (overshoot from filtering is clipped)
+NEGATIVE_TOLERANCE = (
+    0.25  # of the full scale: more negative than this is signed data (dB, [-1, 1]), not B-mode
+)
+CLIP_WARN_FRACTION = 0.01  # float overshoot beyond 1 % of the scale is reported when clipped
 
 # OpenCV spawns its own thread pool per process; DataLoader workers already parallelise.
 cv2.setNumThreads(0)
@@ -28,29 +48,81 @@ class FrameReadError(ValueError):
     """A frame could not be used; ``str(err)`` names the file and the reason."""
 
 
+class FrameRescaledWarning(UserWarning):
+    """A B-mode frame's values were interpreted (bit depth guessed, values clipped); the message says how."""
+
+
+def _check_frame_size(path: Path, shape: tuple[int, ...]) -> None:
+    """Refuse a frame whose declared shape exceeds the pixel limit; ``shape`` is (H, W[, planes...])
+    with a trailing colour axis of at most 4 not counted."""
+    dims = tuple(int(d) for d in shape)
+    if len(dims) == 3 and dims[-1] <= 4:
+        dims = dims[:-1]
+    pixels = math.prod(dims)
+    try:
+        limit = max_frame_pixels()
+    except ValueError as exc:
+        raise FrameReadError(f"{path}: cannot check the frame size: {exc}") from exc
+    if pixels > limit:
+        size = f"{dims[1]}x{dims[0]} px" if len(dims) == 2 else f"shape {tuple(int(d) for d in shape)}"
+        raise FrameReadError(
+            f"{path}: declares {size} ({pixels / 1e6:.1f} megapixels), above the limit of "
+            f"{limit / 1e6:g} megapixels per frame (ultrasound frames are 0.3-2 MP; a small file declaring "
+            f"a huge image is a decompression bomb). If the frame is genuine, raise the limit with the "
+            f"environment variable {MAX_FRAME_PIXELS_ENV}=<pixels>"
+        )
+
+
 def read_array(path: str | Path) -> np.ndarray:
-    """Read a PNG/TIFF/.npy file as stored (dtype and channels untouched)."""
-    path = Path(path)
+    """Read a PNG/TIFF/.npy file as stored (dtype and channels untouched). The declared size is checked
+    against ``max_frame_pixels()`` before any pixel is decoded."""
+    return _read_stored(Path(path))[0]
+
+
+def _read_stored(path: Path) -> tuple[np.ndarray, int | None]:
+    """The stored array and, for PNG, its sBIT significant bits (None when not declared)."""
     if not path.is_file():
         raise FrameReadError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise FrameReadError(f"{path}: zero-byte file")
     suffix = path.suffix.lower()
+    significant_bits = None
     try:
         if suffix in PNG_SUFFIXES:
+            try:
+                header = read_png_header(path)
+            except ImageHeaderError as exc:
+                raise FrameReadError(f"{path}: {exc}") from exc
+            _check_frame_size(path, (header.height, header.width))
+            significant_bits = header.significant_bits if header.bit_depth == 16 else None
             data = np.fromfile(path, dtype=np.uint8)
-            if data[:8].tobytes() != b"\x89PNG\r\n\x1a\n":
-                raise FrameReadError(f"{path}: not a PNG file (bad signature)")
             # A truncated PNG makes imdecode return None (libpng reports a read error).
-            arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+            try:
+                arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+            except cv2.error as exc:
+                if "CV_IO_MAX_IMAGE_PIXELS" not in str(exc):
+                    raise
+                raise FrameReadError(
+                    f"{path}: {header.width}x{header.height} px is above OpenCV's own pixel limit "
+                    f"({OPENCV_MAX_PIXELS_ENV}={os.environ.get(OPENCV_MAX_PIXELS_ENV, 'default 2^30')}, read when "
+                    f"cv2 was first imported); raise it together with {MAX_FRAME_PIXELS_ENV}"
+                ) from exc
+            del data
             if arr is None:
                 raise FrameReadError(f"{path}: unreadable or truncated PNG")
             if arr.ndim == 3:
                 arr = arr[..., ::-1]  # BGR(A) -> RGB(A); only matters for the error message path
         elif suffix in TIFF_SUFFIXES:
-            arr = tifffile.imread(path)
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]  # what tifffile.imread reads
+                _check_frame_size(path, series.shape)
+                arr = series.asarray()
         elif suffix in NPY_SUFFIXES:
-            arr = np.load(path, allow_pickle=False)
+            # Memory-mapping parses only the header; pixels are copied in after the size check.
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+            _check_frame_size(path, mapped.shape)
+            arr = np.array(mapped)
+            del mapped
         else:
             raise FrameReadError(
                 f"{path}: unsupported file type {suffix!r}; use one of {list(IMAGE_SUFFIXES)}"
@@ -59,7 +131,7 @@ def read_array(path: str | Path) -> np.ndarray:
         raise
     except Exception as exc:  # tifffile/numpy raise many types for damaged files
         raise FrameReadError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
-    return np.asarray(arr)
+    return np.asarray(arr), significant_bits
 
 
 def _single_channel(arr: np.ndarray, path: Path, what: str) -> np.ndarray:
@@ -74,18 +146,84 @@ def _single_channel(arr: np.ndarray, path: Path, what: str) -> np.ndarray:
 
 
 def read_bmode(path: str | Path) -> np.ndarray:
-    """B-mode as float32 in [0, 1]: integers are divided by their dtype's maximum (8- and 16-bit alike);
-    float arrays are taken as already in [0, 1] and clipped."""
+    """B-mode as float32 in [0, 1].
+
+    Integers (any dtype) are divided by the full scale of the bit depth they were written with: uint8 by
+    255; otherwise a PNG's sBIT when its values fit it, else the smallest of 8, 12 and 16 bits that holds
+    the largest value (a 12-bit frame stored in 16 bits is divided by 4095, not 65535). Floats up to 2.0
+    are taken as [0, 1]; larger floats as 0..255, 0..4095 or 0..65535 the same way. Values a little
+    outside the scale are clipped. Refused: NaN/Inf, negative integers, floats below -25 % of the
+    scale (signed or log-compressed data), values above 16 bits. A guessed scale or a clip beyond 1 %
+    raises one ``FrameRescaledWarning`` naming the file.
+    """
     path = Path(path)
-    arr = _single_channel(read_array(path), path, "B-mode")
+    stored, significant_bits = _read_stored(path)
+    arr = _single_channel(stored, path, "B-mode")
     if np.issubdtype(arr.dtype, np.integer):
-        return arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+        return _integer_bmode(arr, path, significant_bits)
     if np.issubdtype(arr.dtype, np.floating):
-        arr = arr.astype(np.float32)
-        if not np.isfinite(arr).all():
-            raise FrameReadError(f"{path}: B-mode contains NaN or Inf")
-        return np.clip(arr, 0.0, 1.0)
+        return _float_bmode(arr, path)
     raise FrameReadError(f"{path}: unsupported B-mode dtype {arr.dtype}")
+
+
+def _depth_for(value: float) -> int | None:
+    """The smallest of INTEGER_DEPTHS whose full scale holds ``value``; None above 16 bits."""
+    return next((bits for bits in INTEGER_DEPTHS if value <= 2**bits - 1), None)
+
+
+def _integer_bmode(arr: np.ndarray, path: Path, significant_bits: int | None) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    lowest, highest = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+    if lowest < 0:
+        raise FrameReadError(
+            f"{path}: B-mode has negative values (min {lowest}, {arr.dtype}); B-mode is unsigned grey levels"
+        )
+    if significant_bits and 1 <= significant_bits <= 16 and highest <= 2**significant_bits - 1:
+        bits, how = significant_bits, f"the PNG declares {significant_bits} significant bits (sBIT)"
+    else:
+        # An sBIT whose values do not fit was shifted to the top bits as the PNG spec asks: full 16 bits.
+        bits = 16 if significant_bits else _depth_for(highest)
+        how = f"its largest value is {highest}"
+        if bits is None:
+            raise FrameReadError(
+                f"{path}: B-mode values up to {highest} ({arr.dtype}) exceed 16 bits; cannot tell its grey scale"
+            )
+    natural = arr.dtype == np.uint16 and bits == 16
+    if not natural:
+        _warn(f"{path}: {arr.dtype} B-mode read as {bits}-bit data (divided by {2**bits - 1}): {how}")
+    return (arr.astype(np.float32) / float(2**bits - 1)).astype(np.float32)
+
+
+def _float_bmode(arr: np.ndarray, path: Path) -> np.ndarray:
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise FrameReadError(f"{path}: B-mode contains NaN or Inf")
+    lowest, highest = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if highest <= FLOAT_UNIT_MAX:
+        full = 1.0
+    else:
+        bits = _depth_for(highest)
+        if bits is None:
+            raise FrameReadError(
+                f"{path}: float B-mode values up to {highest:.6g} exceed 0..65535; cannot tell its grey scale"
+            )
+        full = float(2**bits - 1)
+        _warn(f"{path}: float B-mode up to {highest:.6g} read as 0..{full:g} (divided by {full:g})")
+    if lowest < -NEGATIVE_TOLERANCE * full:
+        raise FrameReadError(
+            f"{path}: B-mode has negative values (min {lowest:.6g}, scale 0..{full:g}): signed or "
+            "log-compressed (dB) data cannot be read as grey levels; store 0..1 floats or 8/16-bit integers"
+        )
+    if lowest < -CLIP_WARN_FRACTION * full or highest > (1 + CLIP_WARN_FRACTION) * full:
+        _warn(f"{path}: float B-mode values {lowest:.4g}..{highest:.4g} clipped to 0..{full:g}")
+    if full != 1.0:
+        arr /= full
+    return np.clip(arr, 0.0, 1.0)
+
+
+def _warn(message: str) -> None:
+    warnings.warn(FrameRescaledWarning(message), stacklevel=4)
 
 
 def read_elasto(path: str | Path, unit: str = "kPa") -> np.ndarray:
