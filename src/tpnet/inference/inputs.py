@@ -7,15 +7,20 @@ at a time, by ``load_frame``, so a broken file rejects that frame and never the 
 from __future__ import annotations
 
 import json
+import os
 import re
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
 from tpnet.data import contract
+from tpnet.data.encoding import elasto_to_kpa
 from tpnet.data.io import FrameReadError, read_bmode, read_elasto
+from tpnet.data.plausibility import parse_spacing_mm, spacing_warnings, stiffness_problem
 
 BMODE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".npy")
 ELASTO_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".npy")  # kPa needs floats: no PNG
@@ -27,8 +32,20 @@ class InputError(ValueError):
     """The input as a whole is unusable (missing folder, broken dataset.yaml); names the path."""
 
 
-class SpacingAssumedWarning(UserWarning):
+class InputWarning(UserWarning):
+    """Something about the input the reader of the results must know; listed in the summary and report."""
+
+
+class SpacingAssumedWarning(InputWarning):
     """Some frames carry no pixel spacing: the model's training spacing is assumed for them."""
+
+
+class ImplausibleSpacingWarning(InputWarning):
+    """Some frames' pixel size or field of view looks wrong (a unit slip?); ``strict`` rejects them instead."""
+
+
+STRICT_NOTE = "rejected by --strict"
+_LISTED_NAMES = 5  # a warning about many frames names the first few
 
 
 @dataclass(frozen=True)
@@ -55,28 +72,43 @@ def load_frame(frame: FrameInput) -> tuple[np.ndarray, np.ndarray | None]:
     bmode = read_bmode(frame.bmode_path)
     if frame.elasto_path is None:
         return bmode, None
-    elasto_kpa = read_elasto(frame.elasto_path, frame.elasto_unit)
-    if elasto_kpa.shape != bmode.shape:
+    stored = read_elasto(frame.elasto_path, "kPa")  # as stored: the sign is checked before conversion
+    if stored.shape != bmode.shape:
         raise FrameReadError(
-            f"{frame.elasto_path}: elastography is {elasto_kpa.shape[1]}x{elasto_kpa.shape[0]} px but its "
+            f"{frame.elasto_path}: elastography is {stored.shape[1]}x{stored.shape[0]} px but its "
             f"B-mode {frame.bmode_path.name} is {bmode.shape[1]}x{bmode.shape[0]} px"
         )
-    return bmode, elasto_kpa
+    # The rule tpnet-data check and training apply: such a map would put -50 or 1e7 kPa in the report.
+    problem = stiffness_problem(stored, frame.elasto_unit)
+    if problem is not None:
+        raise FrameReadError(f"{frame.elasto_path}: {problem}")
+    return bmode, elasto_to_kpa(stored, frame.elasto_unit)
 
 
 def discover_inputs(
-    input_dir: str | Path, spacing_mm_cli: float | None, model_spacing_mm: float
+    input_dir: str | Path, spacing_mm_cli: float | None, model_spacing_mm: float, strict: bool = False
 ) -> tuple[list[FrameInput], list[Rejection]]:
     """Frames (sorted by stem) and rejected inputs. Spacing precedence: the input's own (manifest row,
     dataset.yaml or ``<stem>.json`` sidecar), then ``--spacing-mm``, then the model's training spacing,
-    which raises one ``SpacingAssumedWarning`` for the whole run."""
+    which raises one ``SpacingAssumedWarning`` for the whole run. A frame whose pixel size or field of view
+    is implausible, or far from the model's spacing, raises an ``ImplausibleSpacingWarning`` naming it, or
+    with ``strict`` is rejected."""
     input_dir = Path(input_dir)
-    if not input_dir.is_dir():
-        raise InputError(f"{input_dir}: input folder not found")
-    if (input_dir / "manifest.csv").is_file() and (input_dir / "dataset.yaml").is_file():
+    try:
+        if not input_dir.is_dir():
+            raise InputError(f"{input_dir}: input folder not found")
+        if spacing_mm_cli is not None:
+            spacing_mm_cli = parse_spacing_mm(spacing_mm_cli)
+    except OSError as exc:  # a name too long for the file system, a symlink loop above it
+        raise InputError(f"{input_dir}: unusable input folder ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise InputError(f"--spacing-mm: {exc}") from None
+    # lexists: a dataset root whose dataset.yaml is a broken link is reported as such, not read as a folder.
+    if os.path.lexists(input_dir / "manifest.csv") and os.path.lexists(input_dir / "dataset.yaml"):
         frames, rejected = _discover_contract(input_dir, spacing_mm_cli, model_spacing_mm)
     else:
         frames, rejected = _discover_folder(input_dir, spacing_mm_cli, model_spacing_mm)
+    frames = _check_spacing(frames, rejected, model_spacing_mm, strict)
     assumed = sum(f.spacing_source == "model" for f in frames)
     if assumed:
         warnings.warn(
@@ -87,6 +119,60 @@ def discover_inputs(
             stacklevel=2,
         )
     return frames, rejected
+
+
+def _check_spacing(
+    frames: list[FrameInput], rejected: list[Rejection], model_spacing_mm: float, strict: bool
+) -> list[FrameInput]:
+    """Apply the plausibility rules to each frame's pixel size and field of view: one warning per distinct
+    reason, naming its frames, or (strict) a rejection per frame. Returns the frames still to analyse."""
+    kept: list[FrameInput] = []
+    names_by_reason: dict[str, list[str]] = {}
+    for frame in frames:
+        # An assumed spacing is the model's own: only its field of view can be judged.
+        reference = None if frame.spacing_source == "model" else model_spacing_mm
+        reasons = spacing_warnings(frame.spacing_mm, _declared_shape(frame.bmode_path), reference)
+        if reasons and strict:
+            rejected.append(Rejection(frame.name, f"{'; '.join(reasons)} ({STRICT_NOTE})"))
+            continue
+        for reason in reasons:
+            names_by_reason.setdefault(reason, []).append(frame.name)
+        kept.append(frame)
+    for reason, names in names_by_reason.items():
+        more = len(names) - _LISTED_NAMES
+        shown = ", ".join(names[:_LISTED_NAMES]) + (f" and {more} more" if more > 0 else "")
+        warnings.warn(
+            ImplausibleSpacingWarning(
+                f"{shown}: {reason}; check the pixel size (sidecar, manifest or --spacing-mm), "
+                f"or run with --strict to reject such frames"
+            ),
+            stacklevel=3,
+        )
+    return kept
+
+
+def _declared_shape(path: Path) -> tuple[int, int] | None:
+    """(H, W) as the file's header declares it, without decoding pixels; None when the header cannot be read
+    (reading the frame later reports why)."""
+    try:
+        suffix = path.suffix.lower()
+        if suffix == ".png":
+            with path.open("rb") as fh:
+                head = fh.read(24)  # signature, IHDR length and type, width, height
+            if len(head) < 24 or head[12:16] != b"IHDR":
+                return None
+            width, height = struct.unpack(">II", head[16:24])
+            return height, width
+        if suffix in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.pages[0].shape
+        elif suffix == ".npy":
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        else:
+            return None
+    except Exception:  # any damage: the frame's own read names it
+        return None
+    return (int(shape[0]), int(shape[1])) if len(shape) >= 2 else None
 
 
 def _fallback_spacing(spacing_mm_cli: float | None, model_spacing_mm: float) -> tuple[float, str]:
@@ -142,8 +228,18 @@ def _discover_folder(
     bmodes: dict[str, list[Path]] = {}
     elastos: dict[str, list[Path]] = {}
     rejected: list[Rejection] = []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot list the input folder ({exc.strerror or exc})") from None
+    for path in entries:
+        if path.name.startswith("."):
+            continue
+        if path.is_symlink() and not path.exists():  # is_file() would silently skip it
+            if _NAME_RE.match(path.name) or path.suffix.lower() in IMAGE_LIKE_SUFFIXES:
+                rejected.append(Rejection(path.name, "broken or looping symbolic link"))
+            continue
+        if not path.is_file():
             continue
         suffix = path.suffix.lower()
         match = _NAME_RE.match(path.name)
@@ -193,12 +289,13 @@ def _sidecar_spacing(path: Path) -> tuple[float | None, str]:
     if not path.is_file():
         return None, ""
     try:
-        data = json.loads(path.read_text())
-        spacing = float(data["spacing_mm"])
+        data = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path.name}: unreadable sidecar ({exc})") from exc
-    except (KeyError, TypeError, ValueError):
-        raise InputError(f'{path.name}: sidecar must be {{"spacing_mm": <positive number>}}') from None
-    if not spacing > 0 or spacing == float("inf"):
-        raise InputError(f"{path.name}: spacing_mm must be a positive number; got {spacing!r}")
+    if not isinstance(data, dict) or "spacing_mm" not in data:
+        raise InputError(f'{path.name}: sidecar must be {{"spacing_mm": <positive number>}}')
+    try:
+        spacing = parse_spacing_mm(data["spacing_mm"])  # refuses true, "fine", -2, 1e9
+    except ValueError as exc:
+        raise InputError(f"{path.name}: spacing_mm {exc}") from None
     return spacing, "sidecar"
