@@ -16,8 +16,9 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from tpnet.data.contract import DatasetSpec, ManifestRow, resolve_path, row_spacing_mm
-from tpnet.data.encoding import Encoding, resample_frame
+from tpnet.data.encoding import Encoding, elasto_to_kpa, resample_frame
 from tpnet.data.io import read_bmode, read_elasto, read_mask
+from tpnet.data.plausibility import stiffness_problem
 from tpnet.data.transforms import Frame, TrainTransform
 
 
@@ -43,13 +44,23 @@ def median_spacing_mm(spec: DatasetSpec, rows: Sequence[ManifestRow]) -> float:
 def load_frame(spec: DatasetSpec, row: ManifestRow, target_spacing_mm: float) -> Frame:
     """Read one manifest row and resample it to ``target_spacing_mm``; unlabelled rows get an all-zero mask."""
     bmode = read_bmode(resolve_path(spec.root, row.bmode))
-    elasto = read_elasto(resolve_path(spec.root, row.elasto), spec.elasto_unit) if row.elasto else None
+    elasto = read_elasto_kpa(spec, row) if row.elasto else None
     mask = read_mask(resolve_path(spec.root, row.mask)) if row.mask else np.zeros(bmode.shape, np.uint8)
     for name, arr in (("elastography", elasto), ("mask", mask)):
         if arr is not None and arr.shape != bmode.shape:
             raise ValueError(f"{row.sample_id}: {name} shape {arr.shape} differs from B-mode {bmode.shape}")
     bmode, elasto, mask = resample_frame(bmode, elasto, mask, frame_spacing_mm(spec, row), target_spacing_mm)
     return Frame(bmode=bmode, elasto_kpa=elasto, mask=mask)
+
+
+def read_elasto_kpa(spec: DatasetSpec, row: ManifestRow) -> np.ndarray:
+    """The row's elastography in kPa, under the rule ``tpnet-data check`` and ``tpnet-infer`` apply: a map
+    with Inf, negative or absurd stiffness is refused (training workers and export skip the check)."""
+    stored = read_elasto(resolve_path(spec.root, row.elasto), "kPa")  # as stored: the sign comes first
+    problem = stiffness_problem(stored, spec.elasto_unit)
+    if problem is not None:
+        raise ValueError(f"{row.sample_id}: elasto {row.elasto}: {problem}")
+    return elasto_to_kpa(stored, spec.elasto_unit)
 
 
 class PatchSampler(Sampler):
