@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,7 +113,31 @@ _CHOICES = {
 
 
 class ConfigError(ValueError):
-    pass
+    """A configuration value that cannot work; ``str()`` is "<key>: <why>"."""
+
+    def __init__(self, key: str, why: str) -> None:
+        super().__init__(f"{key}: {why}")
+        self.key = key
+
+
+# What an epoch logs that ``trainer.monitor`` may name: the losses and tpnet.evaluation.metrics.aggregate's
+# metrics under val/ (tests/training/test_config_errors.py keeps this list in step with aggregate). Also
+# val/dice/<class>, val/iou/<class> (checked against the dataset's classes once it is loaded) and
+# val/det_f1@<r>mm for r in DETECTION_RADII_MM or postprocess.match_mm.
+MONITORS: tuple[str, ...] = (
+    "train/loss", "val/loss", "val/dice_mean", "val/det_f1", "val/det_precision", "val/det_recall",
+    "val/fp_per_frame", "val/loc_err_mm", "val/class_acc", "val/frame_auc",
+)  # fmt: skip
+PER_CLASS_MONITORS: tuple[str, ...] = ("val/dice/", "val/iou/")
+DETECTION_RADII_MM: tuple[float, ...] = (3.0, 5.0, 10.0)  # tpnet.evaluation.metrics.DEFAULT_RADII_MM
+
+# Files a run writes into its folder: one of them there means the folder already holds a (started) run.
+RUN_FOLDER_MARKERS: tuple[str, ...] = (
+    "checkpoints/last.pt",
+    "config.yaml",
+    "metrics.jsonl",
+    "mlflow_run_id.txt",
+)
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -123,13 +149,148 @@ def validate_train_config(cfg: DictConfig) -> None:
             # omegaconf names the key relative to the schema ("max_epochs"): give the full dotted name.
             where = f"{key}.{exc.full_key}" if getattr(exc, "full_key", None) else key
             reason = str(exc).splitlines()[0]
-            raise ConfigError(f"{where}: {reason}") from exc
+            raise ConfigError(where, reason) from exc
     for dotted, allowed in _CHOICES.items():
         value = OmegaConf.select(cfg, dotted)
         if value not in allowed:
-            raise ConfigError(f"{dotted}={value!r} is not one of {list(allowed)}")
+            raise ConfigError(dotted, f"{value!r} is not one of {list(allowed)}")
     fold = cfg.cv.fold
     if fold is not None and not 0 <= int(fold) < int(cfg.cv.folds):
-        raise ConfigError(f"cv.fold={fold} must be in [0, cv.folds={cfg.cv.folds})")
-    if int(cfg.trainer.max_epochs) < 1:
-        raise ConfigError("trainer.max_epochs must be >= 1")
+        raise ConfigError("cv.fold", f"{fold} must be in [0, cv.folds={cfg.cv.folds})")
+    for key, allowed, why in _RANGES:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None and key in _OPTIONAL:
+            continue
+        if not _is_number(value) or not allowed(value):
+            raise ConfigError(key, f"{value!r} is out of range: {why}")
+    _check_seed(cfg.get("seed"))
+    _check_patch_size(list(cfg.data.patch_size))
+    _check_channels(list(cfg.data.channels))
+    _check_fractions(float(cfg.data.val_fraction), float(cfg.data.test_fraction))
+    _check_device(str(cfg.trainer.device))
+    _check_resume_file(cfg.trainer.resume)
+    check_monitor_name(str(cfg.trainer.monitor), float(cfg.postprocess.match_mm))
+
+
+def check_run_folder(run_dir: Path, resume: Any) -> None:
+    """Without ``trainer.resume``, refuse a run folder that already holds a run: the new run would overwrite its
+    checkpoints and interleave its metrics.jsonl. ``trainer.resume=auto`` continues that run instead."""
+    if resume not in (None, "", False):
+        return
+    found = [name for name in RUN_FOLDER_MARKERS if (run_dir / name).exists()]
+    if found:
+        raise ConfigError(
+            "hydra.run.dir",
+            f"{run_dir} already holds a run ({', '.join(found)}); pass trainer.resume=auto to continue it, "
+            "or choose a new hydra.run.dir",
+        )
+
+
+def check_monitor_name(monitor: str, match_mm: float, classes: Sequence[str] | None = None) -> None:
+    """``trainer.monitor`` must name a metric the epochs log; per-class names are checked once ``classes``
+    (the dataset's) are known."""
+    radii = sorted({*DETECTION_RADII_MM, float(match_mm)})
+    at_radius = [f"val/det_f1@{r:g}mm" for r in radii]
+    if monitor in MONITORS or monitor in at_radius:
+        return
+    for prefix in PER_CLASS_MONITORS:
+        if monitor.startswith(prefix) and monitor != prefix:
+            if classes is None or monitor[len(prefix) :] in classes:
+                return
+            raise ConfigError(
+                "trainer.monitor",
+                f"{monitor!r} names no class of the dataset; classes: {list(classes)}",
+            )
+    valid = [*MONITORS, *at_radius, *(f"{p}<class>" for p in PER_CLASS_MONITORS)]
+    raise ConfigError("trainer.monitor", f"{monitor!r} is not a logged metric; valid: {', '.join(valid)}")
+
+
+# (key, test, why): numeric keys out of range. Keys in _OPTIONAL may also be null.
+_RANGES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
+    ("data.batch_size", lambda v: v >= 1, "must be at least 1"),
+    ("data.num_workers", lambda v: v >= 0, "must be 0 (load in the main process) or more"),
+    ("data.spacing_mm", lambda v: 0 < v < math.inf, "must be a positive pixel size in mm (or null)"),
+    ("data.kpa_scale", lambda v: 0 < v < math.inf, "must be positive"),
+    ("data.kpa_clip", lambda v: 0 < v < math.inf, "must be positive"),
+    ("data.fg_fraction", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    ("data.samples_per_epoch", lambda v: v >= 1, "must be at least 1 (or null: one pass over the frames)"),
+    ("optim.lr", lambda v: 0 < v < math.inf, "the learning rate must be positive"),
+    ("trainer.accumulate_grad_batches", lambda v: v >= 1, "must be at least 1 (1 = no accumulation)"),
+    ("trainer.max_epochs", lambda v: v >= 1, "must be at least 1"),
+    ("trainer.val_every_n_epochs", lambda v: v >= 1, "must be at least 1"),
+    ("trainer.grad_clip_norm", lambda v: 0 < v < math.inf, "must be positive (or null: no clipping)"),
+    ("trainer.ema_decay", lambda v: 0 < v < 1, "must be in (0, 1) (or null: no EMA)"),
+    ("trainer.early_stopping_patience", lambda v: v >= 1, "must be at least 1 (or null: no early stopping)"),
+    ("trainer.max_skipped_steps", lambda v: v >= 0, "must be 0 or more"),
+    ("trainer.ddp_timeout_s", lambda v: v > 0, "must be positive"),
+    ("cv.folds", lambda v: v >= 2, "k-fold needs at least 2 folds"),
+)
+_OPTIONAL = {
+    "data.spacing_mm", "data.samples_per_epoch", "trainer.grad_clip_norm", "trainer.ema_decay",
+    "trainer.early_stopping_patience",
+}  # fmt: skip
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _check_seed(seed: Any) -> None:
+    # numpy's legacy seeding takes 0 <= seed < 2**32
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ConfigError("seed", f"{seed!r} is not an integer in [0, 2**32)")
+
+
+def _check_patch_size(patch: list[Any]) -> None:
+    if len(patch) != 2 or not all(_is_number(v) and int(v) == v and v >= 1 for v in patch):
+        raise ConfigError(
+            "data.patch_size", f"{patch} must be two positive integers [height, width] in pixels"
+        )
+
+
+def _check_channels(channels: list[Any]) -> None:
+    from tpnet.data.encoding import CHANNEL_NAMES  # numpy + OpenCV: light next to the training imports
+
+    if not channels or channels[0] != "bmode":
+        raise ConfigError(
+            "data.channels",
+            f"{channels} has no B-mode first channel: the network always reads B-mode, so the list must start "
+            f"with 'bmode' (then optionally {list(CHANNEL_NAMES[1:])})",
+        )
+    unknown = [c for c in channels if c not in CHANNEL_NAMES]
+    if unknown or len(set(channels)) != len(channels):
+        raise ConfigError(
+            "data.channels",
+            f"{channels}: use each of {list(CHANNEL_NAMES)} at most once (unknown: {unknown})",
+        )
+
+
+def _check_fractions(val: float, test: float) -> None:
+    for key, value in (("data.val_fraction", val), ("data.test_fraction", test)):
+        if not 0 <= value < 1:
+            raise ConfigError(key, f"{value!r} is out of range: a share of the subjects must be in [0, 1)")
+    if val + test >= 1:
+        raise ConfigError(
+            "data.val_fraction", f"{val} + data.test_fraction {test} leave no subject for training"
+        )
+
+
+def _check_device(device: str) -> None:
+    if device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "trainer.device", "cuda but no CUDA device is available; use trainer.device=cpu or auto"
+        )
+
+
+def _check_resume_file(resume: Any) -> None:
+    if resume in (None, "", False, "auto"):
+        return
+    path = Path(str(resume)).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            "trainer.resume", f"{path}: no such checkpoint file (use auto, or the path of a last.pt)"
+        )
