@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -98,29 +99,38 @@ def test_opencv_limit_follows_tpnet_limit() -> None:
     assert done.stdout.split() == ["1000", "refused"]
 
 
-def _run_measuring_peak_rss(args: list[str], log: Path) -> tuple[int, float]:
-    """Exit code and peak resident memory (MiB) of this one child process."""
-    with log.open("w") as out:
-        child = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait again
-    return child.returncode, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+# Runs `tpnet-data` in this child and reports the child's own peak RSS (VmHWM: this process's memory since
+# exec; ru_maxrss would include the parent's memory at fork).
+_CHECK_WITH_PEAK = r"""
+import re, sys
+from tpnet.data.cli import main
+try:
+    code = main(sys.argv[1:])
+finally:
+    peak_kib = int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1))
+    print(f"PEAK_MIB {peak_kib / 1024:.1f}", file=sys.stderr)
+sys.exit(code)
+"""
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="os.wait4 peak RSS (Linux)")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS from /proc (Linux)")
 def test_check_reports_the_bomb_by_name_without_decoding_it(tmp_path: Path, bomb: Path) -> None:
     root = write_foreign_dataset(tmp_path / "ds")
     victim = next(row for row in load_manifest(root) if row.bmode.endswith(".png"))
     (root / victim.bmode).write_bytes(bomb.read_bytes())
 
-    code, peak_mib = _run_measuring_peak_rss(
-        [str(Path(sys.executable).with_name("tpnet-data")), "check", str(root)], tmp_path / "check.log"
+    done = subprocess.run(
+        [sys.executable, "-c", _CHECK_WITH_PEAK, "check", str(root)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    out = (tmp_path / "check.log").read_text()
-    assert code == 1, out
+    out = done.stdout
+    assert done.returncode == 1, out + done.stderr
+    peak_mib = float(re.search(r"PEAK_MIB (\S+)", done.stderr).group(1))
     lines = [line for line in out.splitlines() if line.startswith(f"ERROR {victim.sample_id}: ")]
     assert len(lines) == 1 and "30000x30000 px" in lines[0] and "TPNET_MAX_FRAME_PIXELS" in lines[0], out
-    assert "Traceback" not in out
+    assert "Traceback" not in out + done.stderr
     assert peak_mib < 400, f"tpnet-data check peaked at {peak_mib:.0f} MiB: the 900 MB frame was decoded"
 
     with pytest.raises(DatasetCheckError, match=f"{victim.sample_id}: bmode .*30000x30000 px"):
