@@ -11,7 +11,7 @@ import pytest
 
 from model_files import CLASSES, blob_frame, make_model_file
 from tpnet.data.io import read_array, write_npy, write_png, write_tiff
-from tpnet.inference.cli import CSV_COLUMNS, LOCK_NAME, main
+from tpnet.inference.cli import CSV_COLUMNS, LOCK_NAME, OUTPUT_MARKER, main
 
 ACTIVE, LATENT, VESSEL = (CLASSES.index(n) for n in ("active_trp", "latent_trp", "vessel"))
 BROKEN = {"trunc_bmode.png", "zero_bmode.png", "text_bmode.png", "mismatch_bmode.png", "orphan_elasto.tif"}
@@ -193,6 +193,7 @@ def test_refuses_unsafe_or_non_empty_output(tmp_path, model_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert sorted(p.name for p in out_dir.iterdir()) == ["keep.txt"]
 
+    (out_dir / OUTPUT_MARKER).write_text("{}")  # an earlier tpnet-infer run's folder: --overwrite may replace
     write_png(out_dir / "masks" / "stale.png", np.zeros((4, 4), np.uint8))  # from an earlier run
     assert main([*args, str(out_dir), "--overwrite"]) == 0
     assert sorted(p.name for p in (out_dir / "masks").iterdir()) == ["one.png"]

@@ -7,11 +7,13 @@ Exit codes: 0 every input analysed; 3 some inputs rejected (all others still ana
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import dataclasses
 import json
 import math
 import os
-import shutil
+import signal
 import sys
 import time
 import warnings
@@ -25,22 +27,36 @@ from tqdm import tqdm
 
 from tpnet import __version__
 from tpnet.atomic import atomic_write_text
+from tpnet.csv_safe import safe_row
 from tpnet.data.io import write_png
-from tpnet.inference.inputs import FrameInput, InputError, Rejection, SpacingAssumedWarning, discover_inputs
+from tpnet.inference import fault_injection
+from tpnet.inference.inputs import FrameInput, InputError, InputWarning, Rejection, discover_inputs
+from tpnet.inference.interrupt import Interrupted, StopRequests, exit_code
 from tpnet.inference.memory import bound_cpu_memory, release_freed_memory
 from tpnet.inference.model_file import LoadedModel, ModelFileError, load_model_file
+from tpnet.inference.output_folder import (
+    LOCK_NAME,
+    OUTPUT_DIRS,
+    OUTPUT_FILES,
+    OUTPUT_MARKER,
+    OutputFolderError,
+    check_output_folder,
+    mark_output_folder,
+    remove_earlier_results,
+)
+from tpnet.inference.output_names import bounded_stem
 from tpnet.inference.overlay import render_overlay
 from tpnet.inference.postprocess import TriggerPoint, trp_class_indices
 from tpnet.inference.predictor import FrameFailure, FramePrediction, Predictor
-from tpnet.inference.report import HtmlReport
+from tpnet.inference.progress import PROGRESS_NAME, FrameRecord, ProgressJournal, ResumeError, model_identity
+from tpnet.inference.report import HtmlReport, frame_section
 
 EXIT_OK, EXIT_USAGE, EXIT_REJECTED = 0, 2, 3
 CSV_COLUMNS: tuple[str, ...] = (
     "stem", "trp_id", "class", "x_px", "y_px", "x_mm", "y_mm", "area_mm2",
     "stiffness_kpa_mean", "confidence", "nearest_vessel_mm",
 )  # fmt: skip
-OUTPUT_FILES: tuple[str, ...] = ("detections.csv", "summary.json", "report.html")
-OUTPUT_DIRS: tuple[str, ...] = ("masks", "overlays")
+__all__ = ["CSV_COLUMNS", "LOCK_NAME", "OUTPUT_DIRS", "OUTPUT_FILES", "OUTPUT_MARKER", "main"]
 
 
 class UsageError(ValueError):
@@ -67,9 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tta", action="store_true", help="average with a left-right flipped pass (slower)")
     parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="reject frames whose pixel size or field of view is implausible for musculoskeletal ultrasound "
+        "or far from the model's training spacing (default: analyse them with a warning)",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace earlier results (masks/, overlays/, csv, json, html) in OUTPUT",
+        help=f"replace earlier results (masks/, overlays/, csv, json, html) in OUTPUT; only in a folder "
+        f"tpnet-infer wrote (it holds {OUTPUT_MARKER}), nothing else there is deleted",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in OUTPUT (same model, input and settings): frames already "
+        "finished are kept, the others analysed",
     )
     parser.add_argument(
         "--workers",
@@ -94,7 +123,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _check_paths(input_dir: Path, output_dir: Path, overwrite: bool) -> tuple[Path, Path]:
+def _check_paths(input_dir: Path, output_dir: Path, overwrite: bool, resume: bool) -> tuple[Path, Path]:
     input_dir, output_dir = input_dir.resolve(), output_dir.resolve()
     if not input_dir.is_dir():
         raise UsageError(f"{input_dir}: input folder not found")
@@ -102,16 +131,13 @@ def _check_paths(input_dir: Path, output_dir: Path, overwrite: bool) -> tuple[Pa
         raise UsageError(f"{output_dir}: output folder must not be the input folder or inside it")
     if input_dir.is_relative_to(output_dir):
         raise UsageError(f"{output_dir}: output folder must not contain the input folder")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UsageError(f"{output_dir}: output exists and is not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise UsageError(
-            f"{output_dir}: output folder is not empty; use --overwrite to replace earlier results"
-        )
+    if overwrite and resume:
+        raise UsageError("--overwrite starts again and --resume continues: give one of them")
+    try:
+        check_output_folder(output_dir, overwrite, resume)
+    except OutputFolderError as exc:
+        raise UsageError(str(exc)) from None
     return input_dir, output_dir
-
-
-LOCK_NAME = ".tpnet-infer.lock"
 
 
 def _lock_output(output_dir: Path) -> Path:
@@ -154,13 +180,42 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _prepare_output(output_dir: Path) -> None:
-    """Remove only what an earlier run wrote, so stale masks never mix with new ones."""
-    for name in OUTPUT_DIRS:
-        shutil.rmtree(output_dir / name, ignore_errors=True)
-        (output_dir / name).mkdir(parents=True)
-    for name in OUTPUT_FILES:
-        (output_dir / name).unlink(missing_ok=True)
+def _open_progress(output_dir: Path, run_key: dict[str, object], resume: bool) -> ProgressJournal:
+    """Continue the interrupted run's journal, or start afresh: mark the folder as tpnet's (first, before
+    anything is written or deleted), then remove only what an earlier run wrote, so stale masks never mix
+    with new ones."""
+    if resume and (output_dir / PROGRESS_NAME).is_file():
+        journal = ProgressJournal.resume(output_dir, run_key)
+        remove_earlier_results(output_dir, keep_results=True)
+        return journal
+    mark_output_folder(output_dir)
+    remove_earlier_results(output_dir)
+    return ProgressJournal.start(output_dir, run_key)
+
+
+def _run_key(input_dir: Path, args: argparse.Namespace) -> dict[str, object]:
+    """What a resumed run must share with the interrupted one for the results to be one run's."""
+    return {
+        "tpnet_version": __version__,
+        "input": str(input_dir),
+        **model_identity(Path(args.model)),
+        "tta": args.tta,
+        "spacing_mm": args.spacing_mm,
+        "strict": args.strict,
+    }
+
+
+def _finished_run_exit_code(output_dir: Path) -> int | None:
+    """--resume on a run that completed: its exit code (nothing to do); None when there is none."""
+    if (output_dir / PROGRESS_NAME).exists():
+        return None
+    try:
+        summary = json.loads((output_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("complete") is not True:
+        return None
+    return EXIT_REJECTED if summary.get("rejected") else EXIT_OK
 
 
 def _fmt(value: float, digits: int) -> str:
@@ -180,6 +235,17 @@ def _error(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stops = StopRequests()
+    with stops.installed():
+        try:
+            return _main(argv, stops)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM outside the frame loop: nothing half-written
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            print(f"tpnet-infer: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+            return exit_code(signum)
+
+
+def _main(argv: list[str] | None, stops: StopRequests) -> int:
     started = time.perf_counter()
     try:
         args = build_parser().parse_args(argv)
@@ -188,9 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     # Damaged PNGs are reported per frame; OpenCV's own C++ warnings would only add noise.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     try:
-        input_dir, output_dir = _check_paths(args.input, args.output, args.overwrite)
+        input_dir, output_dir = _check_paths(args.input, args.output, args.overwrite, args.resume)
     except UsageError as exc:
         return _error(str(exc))
+    if args.resume and (code := _finished_run_exit_code(output_dir)) is not None:
+        print(f"{output_dir}: that run is complete; nothing to resume")
+        return code
     bound_cpu_memory()  # before the model's first tensor: peak memory must not grow with the frame count
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -201,22 +270,42 @@ def main(argv: list[str] | None = None) -> int:
         return _error(f"unusable model: {exc}")
     try:
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", SpacingAssumedWarning)
-            frames, rejected = discover_inputs(input_dir, args.spacing_mm, model.spacing_mm)
+            warnings.simplefilter("always", InputWarning)
+            frames, rejected = discover_inputs(
+                input_dir, args.spacing_mm, model.spacing_mm, strict=args.strict
+            )
     except InputError as exc:
         return _error(str(exc))
-    run_warnings = [str(w.message) for w in caught if issubclass(w.category, SpacingAssumedWarning)]
+    run_warnings = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
     if not frames and not rejected:
         return _error(
             f"{input_dir}: no frames found (expected <name>_bmode.<png|tif|tiff|npy> files or a dataset root)"
         )
+
+    frames = [dataclasses.replace(f, stem=bounded_stem(f.stem)) for f in frames]  # names the disk accepts
 
     try:
         lock = _lock_output(output_dir)
     except UsageError as exc:
         return _error(str(exc))
     try:
-        return _analyse(model, frames, rejected, run_warnings, input_dir, output_dir, device, args, started)
+        try:
+            journal = _open_progress(output_dir, _run_key(input_dir, args), args.resume)
+        except (ResumeError, OSError) as exc:
+            return _error(str(exc))
+        return _analyse(
+            model,
+            frames,
+            rejected,
+            run_warnings,
+            input_dir,
+            output_dir,
+            device,
+            args,
+            started,
+            journal,
+            stops,
+        )
     finally:
         lock.unlink(missing_ok=True)
 
@@ -231,59 +320,93 @@ def _analyse(
     device: str,
     args: argparse.Namespace,
     started: float,
+    journal: ProgressJournal,
+    stops: StopRequests,
 ) -> int:
-    """Analyse every frame and write all outputs; the exit code."""
-    _prepare_output(output_dir)
+    """Analyse every frame not finished yet and write all outputs; the exit code."""
     for message in run_warnings:
         print(f"WARNING: {message}", file=sys.stderr)
     for r in rejected:
         print(f"REJECTED {r.name}: {r.reason}")
+    if journal.records:
+        print(f"resuming: {len(journal.records)} of {len(frames)} frame(s) already finished")
     frames_found = len(frames) + len(rejected)
+    rejected.extend(Rejection(r.name, r.rejected_reason) for r in journal.records if r.rejected_reason)
+    stats = RunStats(trp_counts={model.classes[i]: 0 for i in trp_class_indices(model.classes)})
+    for record in journal.records:
+        stats.add(record)
     report = HtmlReport(output_dir / "report.html")
+
+    def summary(complete: bool) -> dict:
+        counts = {
+            "frames_found": frames_found,
+            "frames_processed": stats.processed,
+            "frames_rejected": len(rejected),
+        }
+        data = {
+            "tool": "tpnet-infer",
+            "tpnet_version": __version__,
+            "complete": complete,
+            "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "input": str(input_dir),
+            "output": str(output_dir),
+            "settings": {
+                "device": device,
+                "batch_size": args.batch_size,
+                "tta": args.tta,
+                "spacing_mm": args.spacing_mm,
+                "strict": args.strict,
+            },
+            "counts": counts,
+            "trp_by_class": stats.trp_counts,
+            "timing": {
+                "total_s": round(time.perf_counter() - started, 3),  # model loading included
+                "frames_per_s": round(stats.new / stats.elapsed_s, 3) if stats.elapsed_s > 0 else None,
+            },
+            "model": {"file": str(Path(args.model).resolve()), "kind": model.kind, "meta": model.meta},
+            "rejected": [{"name": r.name, "reason": r.reason} for r in rejected],
+            "warnings": run_warnings,
+        }
+        if not complete:  # what was done, what is left, and how to continue
+            data["interrupted_by"] = signal.Signals(stats.stopped_by).name if stats.stopped_by else None
+            data["frames_finished"] = len(journal.records)
+            data["frames_remaining"] = len(frames) - len(journal.records)
+            data["resume_with"] = "the same tpnet-infer command with --resume"
+        return data
+
     try:
-        stats = _run(model, frames, rejected, input_dir, output_dir, report, device, args)
+        _write_json(output_dir / "summary.json", summary(complete=False))  # stays so if the run is killed
+        _run(model, frames, rejected, input_dir, output_dir, report, journal, stats, device, args, stops)
+    except Interrupted as exc:  # a second signal: stop now; the journal holds every finished frame
+        stats.stopped_by = exc.signum
     except BaseException:
         report.abort()
+        journal.close()
         raise
-    counts = {
-        "frames_found": frames_found,
-        "frames_processed": stats.processed,
-        "frames_rejected": len(rejected),
-    }
-    summary = {
-        "tool": "tpnet-infer",
-        "tpnet_version": __version__,
-        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "input": str(input_dir),
-        "output": str(output_dir),
-        "settings": {
-            "device": device,
-            "batch_size": args.batch_size,
-            "tta": args.tta,
-            "spacing_mm": args.spacing_mm,
-        },
-        "counts": counts,
-        "trp_by_class": stats.trp_counts,
-        "timing": {
-            "total_s": round(time.perf_counter() - started, 3),  # model loading included
-            "frames_per_s": round(stats.processed / stats.elapsed_s, 3) if stats.elapsed_s > 0 else None,
-        },
-        "model": {"file": str(Path(args.model).resolve()), "kind": model.kind, "meta": model.meta},
-        "rejected": [{"name": r.name, "reason": r.reason} for r in rejected],
-        "warnings": run_warnings,
-    }
-    _write_json(output_dir / "summary.json", summary)
+    if stats.stopped_by is not None:
+        report.abort()
+        journal.close()
+        _write_json(output_dir / "summary.json", summary(complete=False))
+        print(
+            f"tpnet-infer: interrupted ({signal.Signals(stats.stopped_by).name}): {len(journal.records)} of "
+            f"{len(frames)} frame(s) finished, results in {output_dir} are incomplete; "
+            f"run the same command with --resume to finish them",
+            file=sys.stderr,
+        )
+        return exit_code(stats.stopped_by)
+    _write_json(output_dir / "summary.json", summary(complete=True))
     report.finish(
         model_name=str(model.meta["model_name"]),
         model_file=Path(args.model).name,
         input_name=input_dir.name,
         created=datetime.now().strftime("%Y-%m-%d %H:%M"),
-        counts=counts,
+        counts=summary(complete=True)["counts"],
         trp_counts=stats.trp_counts,
         classes=model.classes,
         rejected=rejected,
         warnings=run_warnings,
     )
+    journal.remove()  # complete: nothing left to resume
     print(
         f"{stats.processed} frame(s) analysed, {len(rejected)} rejected, "
         f"{sum(stats.trp_counts.values())} trigger point(s) found; results in {output_dir}"
@@ -293,9 +416,17 @@ def _analyse(
 
 @dataclass
 class RunStats:
-    processed: int
     trp_counts: dict[str, int]
-    elapsed_s: float
+    processed: int = 0  # frames analysed, in this run and the interrupted one it continues
+    new: int = 0  # ... in this run
+    elapsed_s: float = 0.0
+    stopped_by: int | None = None  # the signal that stopped the run early
+
+    def add(self, record: FrameRecord) -> None:
+        if record.rejected_reason is None:
+            self.processed += 1
+            for name, n in record.trp_counts.items():
+                self.trp_counts[name] = self.trp_counts.get(name, 0) + n
 
 
 def _run(
@@ -305,45 +436,92 @@ def _run(
     input_dir: Path,
     output_dir: Path,
     report: HtmlReport,
+    journal: ProgressJournal,
+    stats: RunStats,
     device: str,
     args: argparse.Namespace,
-) -> RunStats:
-    """Predict and write every frame as it arrives; failures are appended to ``rejected``."""
+    stops: StopRequests,
+) -> None:
+    """Predict and write every frame not in the journal as it arrives, then record it there; failures are
+    appended to ``rejected``. A first SIGINT / SIGTERM stops after the frame in hand."""
     predictor = Predictor(model, device=device, batch_size=args.batch_size, tta=args.tta)
-    trp_counts = {model.classes[i]: 0 for i in trp_class_indices(model.classes)}
-    processed = 0
+    finished = journal.finished_stems
+    todo = [f for f in frames if f.stem not in finished]
+    write_failures: dict[str, str] = {}  # stem -> why its images could not be written
     started = time.perf_counter()
     with (output_dir / "detections.csv").open("w", newline="", encoding="utf-8") as csv_file:
         writer = csv.writer(csv_file)
         writer.writerow(CSV_COLUMNS)
+        for record in journal.records:  # an interrupted run's frames, from its journal: each exactly once
+            report.add_section(record.section)
+            writer.writerows(safe_row(row) for row in record.rows)
+        csv_file.flush()
 
         def write_images(result: FramePrediction) -> None:  # runs in the predictor's worker threads
             stem = result.frame.stem
-            write_png(output_dir / "masks" / f"{stem}.png", result.label_map)
-            overlay = render_overlay(
-                result.bmode, result.label_map, model.classes, result.trigger_points, result.elasto_kpa
-            )
-            write_png(output_dir / "overlays" / f"{stem}.png", overlay)
+            try:
+                write_png(output_dir / "masks" / f"{stem}.png", result.label_map)
+                overlay = render_overlay(
+                    result.bmode, result.label_map, model.classes, result.trigger_points, result.elasto_kpa
+                )
+                write_png(output_dir / "overlays" / f"{stem}.png", overlay)
+            except Exception as exc:  # a full disk, a name the file system refuses: this frame only
+                write_failures[stem] = f"cannot write its results ({exc})"
+                for name in OUTPUT_DIRS:  # no mask without its overlay
+                    with contextlib.suppress(OSError):
+                        (output_dir / name / f"{stem}.png").unlink(missing_ok=True)
 
-        results = predictor.run(frames, workers=args.workers, finish=write_images)
-        for result in tqdm(results, total=len(frames), unit="frame", desc="tpnet-infer", dynamic_ncols=True):
-            if isinstance(result, FrameFailure):
-                reason = result.reason.replace(f"{input_dir}{os.sep}", "")  # short names read better
-                reason = reason.removeprefix(f"{result.frame.name}: ")  # the name is printed already
-                rejected.append(Rejection(result.frame.name, reason))
-                tqdm.write(f"REJECTED {result.frame.name}: {reason}")
-                continue
-            stem = result.frame.stem
-            writer.writerows(_csv_row(stem, p) for p in result.trigger_points)
-            csv_file.flush()  # a crash or Ctrl-C still leaves every finished frame's rows on disk
-            # Once per batch (~1 ms): each batch starts from the same heap.
-            if processed % args.batch_size == 0:
-                release_freed_memory()
-            report.add_frame(result.frame, f"overlays/{stem}.png", result.trigger_points, result.bmode.shape)
-            for p in result.trigger_points:
-                trp_counts[p.class_name] = trp_counts.get(p.class_name, 0) + 1
-            processed += 1
-    return RunStats(processed, trp_counts, time.perf_counter() - started)
+        results = predictor.run(todo, workers=args.workers, finish=write_images)
+        progress = tqdm(results, total=len(todo), unit="frame", desc="tpnet-infer", dynamic_ncols=True)
+        try:
+            with stops.between_frames():
+                for result in progress:
+                    fault_injection.slow_frame()
+                    record = _record_frame(result, input_dir, write_failures)
+                    if record.rejected_reason is not None:
+                        rejected.append(Rejection(record.name, record.rejected_reason))
+                        tqdm.write(f"REJECTED {record.name}: {record.rejected_reason}")
+                    else:
+                        writer.writerows(safe_row(row) for row in record.rows)
+                        csv_file.flush()  # a crash or Ctrl-C still leaves every finished frame's rows on disk
+                        report.add_section(record.section)
+                        # Once per batch (~1 ms): each batch starts from the same heap.
+                        if stats.new % args.batch_size == 0:
+                            release_freed_memory()
+                        stats.new += 1
+                    stats.add(record)
+                    journal.add(record)  # last: the frame counts as finished only once all of it is written
+                    if stops.requested:
+                        stats.stopped_by = stops.signum
+                        break
+        finally:
+            progress.close()
+            results.close()  # stops the predictor's threads after the frames they are on
+            stats.elapsed_s = time.perf_counter() - started
+
+
+def _record_frame(
+    result: FramePrediction | FrameFailure, input_dir: Path, write_failures: dict[str, str]
+) -> FrameRecord:
+    """One finished frame as the journal keeps it: CSV rows and report section, or why it was rejected."""
+    frame = result.frame
+    if isinstance(result, FrameFailure):
+        reason = result.reason.replace(f"{input_dir}{os.sep}", "")  # short names read better
+        reason = reason.removeprefix(f"{frame.name}: ")  # the name is printed already
+        return FrameRecord(frame.stem, frame.name, rejected_reason=reason)
+    if frame.stem in write_failures:
+        return FrameRecord(frame.stem, frame.name, rejected_reason=write_failures[frame.stem])
+    points = result.trigger_points
+    counts: dict[str, int] = {}
+    for p in points:
+        counts[p.class_name] = counts.get(p.class_name, 0) + 1
+    return FrameRecord(
+        frame.stem,
+        frame.name,
+        rows=[_csv_row(frame.stem, p) for p in points],
+        section=frame_section(frame, f"overlays/{frame.stem}.png", points, result.bmode.shape),
+        trp_counts=counts,
+    )
 
 
 def _write_json(path: Path, data: dict) -> None:

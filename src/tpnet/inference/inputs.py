@@ -21,6 +21,7 @@ from tpnet.data import contract
 from tpnet.data.encoding import elasto_to_kpa
 from tpnet.data.io import FrameReadError, read_bmode, read_elasto
 from tpnet.data.plausibility import parse_spacing_mm, spacing_warnings, stiffness_problem
+from tpnet.inference.output_names import bounded_stem
 
 BMODE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".npy")
 ELASTO_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".npy")  # kPa needs floats: no PNG
@@ -182,8 +183,8 @@ def _fallback_spacing(spacing_mm_cli: float | None, model_spacing_mm: float) -> 
 
 
 def _safe_stem(name: str) -> str:
-    """Sample ids may hold '/' or spaces; output file names may not."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "frame"
+    """Sample ids may hold '/' or spaces and be any length; output file names may not."""
+    return bounded_stem(re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "frame")
 
 
 def _discover_contract(

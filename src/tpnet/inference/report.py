@@ -91,45 +91,11 @@ class HtmlReport:
         trigger_points: Sequence[TriggerPoint],
         shape: tuple[int, int],
     ) -> None:
-        href = quote(overlay_relpath)
-        spacing_note = SPACING_SOURCES.get(frame.spacing_source, frame.spacing_source)
-        parts = [
-            '<section class="frame">',
-            f'<a href="{href}"><img src="{href}" alt="Overlay for {_esc(frame.name)}" loading="lazy"></a>',
-            "<div>",
-            f"<h2>{_esc(frame.name)}</h2>",
-            f'<div class="meta">{shape[1]} &times; {shape[0]} pixels &middot; pixel size {frame.spacing_mm:.3g} mm '
-            f"({_esc(spacing_note)}) &middot; elastography: {'yes' if frame.elasto_path else 'none'}</div>",
-        ]
-        if not trigger_points:
-            parts.append('<p class="none">No trigger points detected.</p>')
-        else:
-            parts.append(
-                "<table><tr><th>No.</th><th class='text'>Finding</th><th>Lateral position (mm)</th>"
-                "<th>Depth (mm)</th><th>Area (mm&sup2;)</th><th>Mean stiffness (kPa)</th>"
-                "<th>Distance to nearest vessel (mm)</th><th>Model confidence (%)</th></tr>"
-            )
-            for p in trigger_points:
-                colour = _hex(class_colour(p.class_name, p.label))
-                parts.append(
-                    f"<tr><td>{p.trp_id}</td>"
-                    f"<td class='text'><span class='swatch' style='background:{colour}'></span>{_esc(class_label(p.class_name))}</td>"
-                    f"<td>{p.x_mm:.1f}</td><td>{p.y_mm:.1f}</td><td>{p.area_mm2:.1f}</td>"
-                    f"<td>{_num(p.stiffness_kpa_mean, 0, '&mdash;')}</td>"
-                    f"<td>{_num(p.nearest_vessel_mm, 1, '&mdash;')}</td>"
-                    f"<td>{_num(100.0 * p.confidence, 0, '')}</td></tr>"
-                )
-            parts.append("</table>")
-            if any(not math.isfinite(p.stiffness_kpa_mean) for p in trigger_points):
-                parts.append(
-                    "<p class='note'>&mdash; under mean stiffness: no elastography (SWE) signal over that trigger point.</p>"
-                )
-            if any(not math.isfinite(p.nearest_vessel_mm) for p in trigger_points):
-                parts.append(
-                    "<p class='note'>&mdash; under distance: no blood vessel detected in this image.</p>"
-                )
-        parts.append("</div></section>\n")
-        self._sections.write("".join(parts))
+        self.add_section(frame_section(frame, overlay_relpath, trigger_points, shape))
+
+    def add_section(self, section: str) -> None:
+        """One frame's section as made by ``frame_section`` (a resumed run re-adds the finished ones)."""
+        self._sections.write(section)
 
     def finish(
         self,
@@ -190,3 +156,51 @@ class HtmlReport:
     def abort(self) -> None:
         self._sections.close()
         self._sections_path.unlink(missing_ok=True)
+
+
+def frame_section(
+    frame: FrameInput,
+    overlay_relpath: str,
+    trigger_points: Sequence[TriggerPoint],
+    shape: tuple[int, int],
+) -> str:
+    """The report's HTML for one analysed frame."""
+    href = quote(overlay_relpath)
+    spacing_note = SPACING_SOURCES.get(frame.spacing_source, frame.spacing_source)
+    parts = [
+        '<section class="frame">',
+        f'<a href="{href}"><img src="{href}" alt="Overlay for {_esc(frame.name)}" loading="lazy"></a>',
+        "<div>",
+        f"<h2>{_esc(frame.name)}</h2>",
+        f'<div class="meta">{shape[1]} &times; {shape[0]} pixels &middot; pixel size {frame.spacing_mm:.3g} mm '
+        f"({_esc(spacing_note)}) &middot; elastography: {'yes' if frame.elasto_path else 'none'}</div>",
+    ]
+    if not trigger_points:
+        parts.append('<p class="none">No trigger points detected.</p>')
+    else:
+        parts.append(
+            "<table><tr><th>No.</th><th class='text'>Finding</th><th>Lateral position (mm)</th>"
+            "<th>Depth (mm)</th><th>Area (mm&sup2;)</th><th>Mean stiffness (kPa)</th>"
+            "<th>Distance to nearest vessel (mm)</th><th>Model confidence (%)</th></tr>"
+        )
+        for p in trigger_points:
+            colour = _hex(class_colour(p.class_name, p.label))
+            parts.append(
+                f"<tr><td>{p.trp_id}</td>"
+                f"<td class='text'><span class='swatch' style='background:{colour}'></span>{_esc(class_label(p.class_name))}</td>"
+                f"<td>{p.x_mm:.1f}</td><td>{p.y_mm:.1f}</td><td>{p.area_mm2:.1f}</td>"
+                f"<td>{_num(p.stiffness_kpa_mean, 0, '&mdash;')}</td>"
+                f"<td>{_num(p.nearest_vessel_mm, 1, '&mdash;')}</td>"
+                f"<td>{_num(100.0 * p.confidence, 0, '')}</td></tr>"
+            )
+        parts.append("</table>")
+        if any(not math.isfinite(p.stiffness_kpa_mean) for p in trigger_points):
+            parts.append(
+                "<p class='note'>&mdash; under mean stiffness: no elastography (SWE) signal over that trigger point.</p>"
+            )
+        if any(not math.isfinite(p.nearest_vessel_mm) for p in trigger_points):
+            parts.append(
+                "<p class='note'>&mdash; under distance: no blood vessel detected in this image.</p>"
+            )
+    parts.append("</div></section>\n")
+    return "".join(parts)
