@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from tpnet import __version__
 from tpnet.atomic import atomic_write_text
-from tpnet.configuration import config_fingerprint, run_dir_from_hydra
+from tpnet.configuration import ConfigError, check_monitor_name, config_fingerprint, run_dir_from_hydra
 from tpnet.data.datamodule import frame_dataset, frame_loader, setup_data, train_loader
 from tpnet.evaluation.evaluate import evaluate, evaluation_report, save_metrics_json
 from tpnet.evaluation.metrics import aggregate
@@ -41,6 +42,7 @@ from tpnet.training.checkpoint import (
 )
 from tpnet.training.distributed import DistInfo, EpochSampler
 from tpnet.training.ema import EMA
+from tpnet.training.label_set import choose_monitor, label_set_warnings, summarise_labels
 from tpnet.training.overlays import write_overlays
 from tpnet.training.validate import validate_frames
 
@@ -105,6 +107,7 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
     if not info.is_main:
         data = setup_data(cfg.data, seed, cfg.cv.fold, cfg.cv.folds, check=False)
     classes = list(data.spec.classes)
+    monitor, mode = _check_labels_and_pick_monitor(cfg, data, classes, info)
     transform = instantiate(cfg.augment)
     sampler = EpochSampler(len(data.splits["train"]), cfg.data.samples_per_epoch, seed, info)
     loader = train_loader(data, cfg.data, transform, sampler, seed, device)
@@ -207,7 +210,6 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
         restore_rng_state(rng_state)
 
     # ---- epochs ------------------------------------------------------------------------------------------------
-    monitor, mode = str(tcfg.monitor), str(tcfg.monitor_mode)
     history_path = run_dir / "metrics.jsonl"
     for epoch in range(start_epoch, max_epochs):
         fault_injection.kill_rank(info.rank, epoch)
@@ -416,19 +418,43 @@ def val_loader_iter(loader):
         yield from batch
 
 
+def _check_labels_and_pick_monitor(
+    cfg: DictConfig, data: Any, classes: list[str], info: DistInfo
+) -> tuple[str, str]:
+    """Warn about a degenerate label set; the monitor to use (``trainer.monitor``, or a fallback that can be
+    computed on these data). Rank 0 reads the masks and decides; every rank must monitor the same metric."""
+    check_monitor_name(str(cfg.trainer.monitor), float(cfg.postprocess.match_mm), classes)
+    choice = None
+    if info.is_main:
+        summary = summarise_labels(data)
+        for message in label_set_warnings(summary, classes, data.spacing_mm):
+            _warn(message)
+        choice = choose_monitor(str(cfg.trainer.monitor), str(cfg.trainer.monitor_mode), summary, classes)
+        if choice[2]:
+            _warn(choice[2])
+    monitor, mode, _ = distributed.broadcast_object(choice, info)
+    return monitor, mode
+
+
+def _warn(message: str) -> None:
+    """Logged (run folder's log) and printed: a warning about the data must not hide among the epoch lines."""
+    log.warning(message)
+    print(f"tpnet-train: WARNING: {message}", file=sys.stderr)
+
+
 def _resume_path(resume: Any, ckpt_dir: Path) -> Path | None:
     last = ckpt_dir / "last.pt"
     if resume in (None, "", False):
         if last.exists():
-            raise RuntimeError(
-                f"{last} already exists: pass trainer.resume=auto to continue that run, or choose a new hydra.run.dir"
+            raise ConfigError(
+                "trainer.resume", f"{last} already exists: pass trainer.resume=auto to continue that run"
             )
         return None
     if resume == "auto":
         return last if last.exists() else None
     path = Path(str(resume))
     if not path.exists():
-        raise FileNotFoundError(f"trainer.resume={resume}: no such checkpoint")
+        raise ConfigError("trainer.resume", f"{resume}: no such checkpoint")
     return path
 
 
