@@ -108,15 +108,19 @@ class Predictor:
                     for _ in range(previous):
                         yield results.popleft().result()
 
-            for frame in frames:
-                reads.append((frame, pool.submit(self.prepare, frame)))
-                if len(reads) >= read_ahead:
+            try:
+                for frame in frames:
+                    reads.append((frame, pool.submit(self.prepare, frame)))
+                    if len(reads) >= read_ahead:
+                        yield from collect()
+                while reads:
                     yield from collect()
-            while reads:
-                yield from collect()
-            self._flush(batch, results, pool, finish)
-            while results:
-                yield results.popleft().result()
+                self._flush(batch, results, pool, finish)
+                while results:
+                    yield results.popleft().result()
+            except BaseException:  # closed early (the caller stopped, Ctrl-C): drop the queued frames' work
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
 
     @staticmethod
     def _read_result(frame: FrameInput, future: Future[_Prepared]) -> _Prepared | FrameFailure:
