@@ -134,7 +134,9 @@ def test_boolean_spacing_in_dataset_yaml_is_refused(foreign_root: Path, tmp_path
     assert any("dataset.yaml" in line and "True is not a number" in line for line in lines), lines
 
 
-def test_check_warns_for_implausible_field_of_view_and_far_spacing(foreign_root: Path, tmp_path: Path) -> None:
+def test_check_warns_for_implausible_field_of_view_and_far_spacing(
+    foreign_root: Path, tmp_path: Path
+) -> None:
     root = _copy(foreign_root, tmp_path / "ds")
     _edit_manifest(root, "P01_f0", "spacing_mm", "0.8")  # 10x its neighbours: a unit slip
     _edit_manifest(root, "P03_f1", "spacing_mm", "4.0")  # 90 px * 4 mm = 360 mm across

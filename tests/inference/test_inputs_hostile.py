@@ -64,7 +64,9 @@ def test_a_tenfold_spacing_warns_naming_the_frame_or_with_strict_rejects_it(tmp_
         frames, rejected = discover_inputs(tmp_path, None, 0.2)
     assert sorted(f.stem for f in frames) == ["good", "slip", "tiny"] and not rejected
     messages = [str(w.message) for w in record if issubclass(w.category, ImplausibleSpacingWarning)]
-    assert any(m.startswith("slip_bmode.png: pixel size 2 mm is 10x the model's training spacing") for m in messages)
+    assert any(
+        m.startswith("slip_bmode.png: pixel size 2 mm is 10x the model's training spacing") for m in messages
+    )
     assert any(m.startswith("tiny_bmode.png: field of view") for m in messages)
 
     with warnings.catch_warnings():
@@ -73,7 +75,10 @@ def test_a_tenfold_spacing_warns_naming_the_frame_or_with_strict_rejects_it(tmp_
     assert [f.stem for f in frames] == ["good"]
     reasons = {r.name: r.reason for r in rejected}
     assert set(reasons) == {"slip_bmode.png", "tiny_bmode.png"}
-    assert "10x the model's training spacing" in reasons["slip_bmode.png"] and "--strict" in reasons["slip_bmode.png"]
+    assert (
+        "10x the model's training spacing" in reasons["slip_bmode.png"]
+        and "--strict" in reasons["slip_bmode.png"]
+    )
 
 
 def test_an_absurd_cli_spacing_is_a_usage_error(tmp_path):
@@ -126,7 +131,10 @@ def test_absurd_stiffness_never_reaches_the_csv(tmp_path, model_path, capsys):
     summary = json.loads((out_dir / "summary.json").read_text())
     reasons = {r["name"]: r["reason"] for r in summary["rejected"]}
     assert set(reasons) == {"negative_bmode.png", "huge_bmode.png"}
-    assert "absurd stiffness" in reasons["negative_bmode.png"] and "absurd stiffness" in reasons["huge_bmode.png"]
+    assert (
+        "absurd stiffness" in reasons["negative_bmode.png"]
+        and "absurd stiffness" in reasons["huge_bmode.png"]
+    )
     assert "Traceback" not in capsys.readouterr().err
 
 

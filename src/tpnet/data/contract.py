@@ -162,7 +162,11 @@ def _spacing_mm(value: object, what: str) -> float:
 def _check_classes(classes: object, background: object, path: Path) -> tuple[str, ...]:
     """Mask value = list index, and every tool takes label 0 as background: a list that puts background
     elsewhere would make every background pixel a lesion."""
-    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes):
+    if (
+        not isinstance(classes, list)
+        or len(classes) < 2
+        or not all(isinstance(c, str) and c for c in classes)
+    ):
         raise ContractError(f"{path}: 'classes' must be a list of at least two names (index 0 = background)")
     repeated = sorted({c for c in classes if classes.count(c) > 1})
     if repeated:
