@@ -32,12 +32,12 @@ SPACING_LIMITS_MM: tuple[float, float] = (0.001, 5.0)
 PLAUSIBLE_SPACING_MM: tuple[float, float] = (0.02, 1.0)
 
 # Plausible field of view: the longer side of the frame, in mm. A trapezius scan is 38-50 mm wide and 30-40 mm
-# deep (ultrasound-facts.md, "Geometry"); screen captures reach 163 and 210 mm (its DICOM examples). Below 3 mm a
-# frame is shorter than the long axis of even a small trigger point (3.6 mm at -1 SD of 16 +- 11 mm^2, Sikdar
-# 2009 via ultrasound-facts.md), so it cannot hold one; above 300 mm no probe images it (assumption: the deepest
-# abdominal presets are 24-30 cm). A 1000x slip always lands outside; a 10x slip on a 38-50 mm scan (3.8-5 mm
-# or 380-500 mm) is caught here or by the pixel-size rules.
-PLAUSIBLE_FIELD_MM: tuple[float, float] = (3.0, 300.0)
+# deep (ultrasound-facts.md, "Geometry"); screen captures reach 163 and 210 mm (its DICOM examples). Below 1 mm a
+# frame is narrower than the short axis of even a small trigger point (1.8 mm at -1 SD of 16 +- 11 mm^2, Sikdar
+# 2009 via ultrasound-facts.md), so it cannot hold one (crops for tests and review can be small: the bound is
+# deliberately loose); above 300 mm no probe images it (assumption: the deepest abdominal presets are 24-30 cm).
+# A 1000x slip always lands outside; a 10x slip is caught here (380-500 mm) or by the pixel-size rules.
+PLAUSIBLE_FIELD_MM: tuple[float, float] = (1.0, 300.0)
 
 # A frame whose pixel size differs from the model's (or the dataset's median) training spacing by more than this
 # factor is resampled so far that speckle grain (0.2-0.6 mm, ultrasound-facts.md) no longer looks like what the
