@@ -17,7 +17,7 @@ import tifffile
 from crafted_images import write_png16, write_png_bomb
 from foreign import write_foreign_dataset
 from tpnet.data import io
-from tpnet.data.check import DatasetCheckError, check_or_raise
+from tpnet.data.check import DatasetCheckError, check_dataset, check_or_raise
 from tpnet.data.contract import load_manifest
 from tpnet.data.encoding import Encoding
 from tpnet.data.image_header import read_png_header
@@ -179,6 +179,19 @@ def test_same_anatomy_at_8_and_12_bits_encodes_the_same(tmp_path: Path) -> None:
     with pytest.warns(io.FrameRescaledWarning):
         twelve = encoding.encode(io.read_bmode(tmp_path / "twelve.png"), None)[0]
     assert np.abs(eight - twelve).max() <= 0.5 / 255 + 0.5 / 4095 + 1e-6
+
+
+def test_check_reports_a_guessed_bit_depth_as_a_warning_of_its_row(tmp_path: Path) -> None:
+    root = write_foreign_dataset(tmp_path / "ds")
+    victim = next(row for row in load_manifest(root) if row.bmode.endswith(".png"))
+    shape = io.read_array(root / victim.bmode).shape
+    write_png16(root / victim.bmode, np.resize(_ramp(4095), shape))  # same size: only the depth changes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", io.FrameRescaledWarning)  # reported in the check, not as a warning
+        report = check_dataset(root)
+    assert report.ok, report.errors
+    (note,) = [p for p in report.warnings if p.where == victim.sample_id]
+    assert note.reason.startswith("bmode uint16 B-mode read as 12-bit data"), note
 
 
 @pytest.mark.parametrize(

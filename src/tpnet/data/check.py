@@ -170,7 +170,10 @@ def _check_row(root: Path, raw: dict[str, str], line: int, spec: DatasetSpec | N
     # Files are checked even when a field is bad, so one run lists everything wrong with the row.
     unit = spec.elasto_unit if spec is not None else None
     readers: dict[str, Callable[[Path], np.ndarray]] = {
-        "bmode": io.read_bmode,
+        # A guessed bit depth (12-bit data in a 16-bit PNG) is a warning line of this row, not stderr noise.
+        "bmode": lambda p: io.read_bmode(
+            p, on_rescale=lambda note: warning(f"bmode {_strip_prefix(note, str(p))}")
+        ),
         "elasto": lambda p: io.read_elasto(p, "kPa"),  # as stored; converted below, after the sign check
         "mask": io.read_mask,
     }

@@ -10,6 +10,7 @@ import io
 import math
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -145,7 +146,7 @@ def _single_channel(arr: np.ndarray, path: Path, what: str) -> np.ndarray:
     return arr
 
 
-def read_bmode(path: str | Path) -> np.ndarray:
+def read_bmode(path: str | Path, on_rescale: Callable[[str], None] | None = None) -> np.ndarray:
     """B-mode as float32 in [0, 1].
 
     Integers (any dtype) are divided by the full scale of the bit depth they were written with: uint8 by
@@ -154,15 +155,17 @@ def read_bmode(path: str | Path) -> np.ndarray:
     are taken as [0, 1]; larger floats as 0..255, 0..4095 or 0..65535 the same way. Values a little
     outside the scale are clipped. Refused: NaN/Inf, negative integers, floats below -25 % of the
     scale (signed or log-compressed data), values above 16 bits. A guessed scale or a clip beyond 1 %
-    raises one ``FrameRescaledWarning`` naming the file.
+    is reported, naming the file: to ``on_rescale`` if given (thread-safe, for ``tpnet-data check``),
+    else as a ``FrameRescaledWarning``.
     """
     path = Path(path)
     stored, significant_bits = _read_stored(path)
     arr = _single_channel(stored, path, "B-mode")
+    report = on_rescale or _warn
     if np.issubdtype(arr.dtype, np.integer):
-        return _integer_bmode(arr, path, significant_bits)
+        return _integer_bmode(arr, path, significant_bits, report)
     if np.issubdtype(arr.dtype, np.floating):
-        return _float_bmode(arr, path)
+        return _float_bmode(arr, path, report)
     raise FrameReadError(f"{path}: unsupported B-mode dtype {arr.dtype}")
 
 
@@ -171,7 +174,9 @@ def _depth_for(value: float) -> int | None:
     return next((bits for bits in INTEGER_DEPTHS if value <= 2**bits - 1), None)
 
 
-def _integer_bmode(arr: np.ndarray, path: Path, significant_bits: int | None) -> np.ndarray:
+def _integer_bmode(
+    arr: np.ndarray, path: Path, significant_bits: int | None, report: Callable[[str], None]
+) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0
     lowest, highest = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
@@ -191,11 +196,11 @@ def _integer_bmode(arr: np.ndarray, path: Path, significant_bits: int | None) ->
             )
     natural = arr.dtype == np.uint16 and bits == 16
     if not natural:
-        _warn(f"{path}: {arr.dtype} B-mode read as {bits}-bit data (divided by {2**bits - 1}): {how}")
+        report(f"{path}: {arr.dtype} B-mode read as {bits}-bit data (divided by {2**bits - 1}): {how}")
     return (arr.astype(np.float32) / float(2**bits - 1)).astype(np.float32)
 
 
-def _float_bmode(arr: np.ndarray, path: Path) -> np.ndarray:
+def _float_bmode(arr: np.ndarray, path: Path, report: Callable[[str], None]) -> np.ndarray:
     arr = arr.astype(np.float32)
     if not np.isfinite(arr).all():
         raise FrameReadError(f"{path}: B-mode contains NaN or Inf")
@@ -209,14 +214,14 @@ def _float_bmode(arr: np.ndarray, path: Path) -> np.ndarray:
                 f"{path}: float B-mode values up to {highest:.6g} exceed 0..65535; cannot tell its grey scale"
             )
         full = float(2**bits - 1)
-        _warn(f"{path}: float B-mode up to {highest:.6g} read as 0..{full:g} (divided by {full:g})")
+        report(f"{path}: float B-mode up to {highest:.6g} read as 0..{full:g} (divided by {full:g})")
     if lowest < -NEGATIVE_TOLERANCE * full:
         raise FrameReadError(
             f"{path}: B-mode has negative values (min {lowest:.6g}, scale 0..{full:g}): signed or "
             "log-compressed (dB) data cannot be read as grey levels; store 0..1 floats or 8/16-bit integers"
         )
     if lowest < -CLIP_WARN_FRACTION * full or highest > (1 + CLIP_WARN_FRACTION) * full:
-        _warn(f"{path}: float B-mode values {lowest:.4g}..{highest:.4g} clipped to 0..{full:g}")
+        report(f"{path}: float B-mode values {lowest:.4g}..{highest:.4g} clipped to 0..{full:g}")
     if full != 1.0:
         arr /= full
     return np.clip(arr, 0.0, 1.0)
