@@ -7,6 +7,7 @@ are defined once, in ``build_meta``; the exporter writes it and ``load_model_fil
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 import zipfile
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from tpnet.data.encoding import Encoding
+from tpnet.inference.archive_safety import UnsafeModelError, check_pt2_archive, check_torchscript_archive
 
 META_FILENAME = "tpnet_meta.json"
 FORMAT_NAME = "tpnet-model"
@@ -229,24 +231,41 @@ def read_meta(path: str | Path) -> tuple[dict, str]:
 
 
 def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load and check a model file; raise ModelFileError naming the file if it cannot be used."""
+    """Load and check a model file; raise ModelFileError naming the file if it cannot be used.
+
+    The archive is read once and inspected (``archive_safety``) before torch sees it, and torch loads those
+    same bytes: a crafted file is refused without running any of its code."""
     path = Path(path)
     meta, kind = read_meta(path)
     device = torch.device(device)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read the model file ({exc})") from exc
+    _refuse_unsafe_archive(path, data, kind)
     try:
         with warnings.catch_warnings():
             # torch.jit deprecation notices mean nothing to a clinician running the tool.
             warnings.simplefilter("ignore", FutureWarning)
             if kind == "torchscript":
-                module = torch.jit.load(str(path), map_location=device)
+                module = torch.jit.load(io.BytesIO(data), map_location=device)
                 module.eval()
             else:
-                # A file object: given a path, torch.export.load insists on a .pt2 suffix.
-                with path.open("rb") as fh:
-                    program = torch.export.load(fh)
+                program = torch.export.load(io.BytesIO(data))
                 module = program.module().to(device)  # exported graphs are already in eval mode
     except Exception as exc:  # torch raises RuntimeError and friends for damaged archives
         raise ModelFileError(
             f"{path}: could not load the {kind} network ({type(exc).__name__}: {exc})"
         ) from exc
     return LoadedModel(module=module, meta=meta, kind=kind, path=path)
+
+
+def _refuse_unsafe_archive(path: Path, data: bytes, kind: str) -> None:
+    check = check_torchscript_archive if kind == "torchscript" else check_pt2_archive
+    try:
+        check(data)
+    except UnsafeModelError as exc:
+        raise ModelFileError(f"{path}: refused, loading it could run code: {exc}") from None
+    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, KeyError, AttributeError) as exc:
+        # AttributeError/KeyError: JSON of the wrong shape (e.g. a list where torch writes an object).
+        raise ModelFileError(f"{path}: damaged {kind} archive ({type(exc).__name__}: {exc})") from None
