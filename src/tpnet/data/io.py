@@ -194,7 +194,7 @@ def _integer_bmode(
             raise FrameReadError(
                 f"{path}: B-mode values up to {highest} ({arr.dtype}) exceed 16 bits; cannot tell its grey scale"
             )
-    natural = arr.dtype == np.uint16 and bits == 16
+    natural = arr.dtype.kind == "u" and arr.dtype.itemsize == 2 and bits == 16  # any byte order
     if not natural:
         report(f"{path}: {arr.dtype} B-mode read as {bits}-bit data (divided by {2**bits - 1}): {how}")
     return (arr.astype(np.float32) / float(2**bits - 1)).astype(np.float32)
