@@ -198,3 +198,13 @@ def test_a_looping_link_in_a_plain_folder_is_rejected_not_skipped(tmp_path):
     frames, rejected = discover_inputs(tmp_path, None, 0.2)
     assert [f.stem for f in frames] == ["good"]
     assert [(r.name, r.reason) for r in rejected] == [("lost_bmode.png", "broken or looping symbolic link")]
+
+
+@pytest.mark.parametrize("make_input", [lambda d: os.symlink(d / "loop", d / "loop") or d / "loop",
+                                        lambda d: d / ("x" * 300)])  # fmt: skip
+def test_a_looping_or_too_long_input_folder_exits_2(tmp_path, model_path, capsys, make_input):
+    in_dir = make_input(tmp_path)
+    assert _infer(model_path, in_dir, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "unusable --input or --output" in err and str(in_dir)[:40] in err
+    assert "Traceback" not in err
