@@ -257,6 +257,10 @@ def _main(argv: list[str] | None, stops: StopRequests) -> int:
         input_dir, output_dir = _check_paths(args.input, args.output, args.overwrite, args.resume)
     except UsageError as exc:
         return _error(str(exc))
+    except RuntimeError as exc:  # pathlib's report of a symlink loop; it names the path
+        return _error(f"unusable --input or --output: {exc}")
+    except OSError as exc:  # e.g. a name too long for the file system
+        return _error(f"unusable --input or --output: {exc.filename}: {exc.strerror or exc}")
     if args.resume and (code := _finished_run_exit_code(output_dir)) is not None:
         print(f"{output_dir}: that run is complete; nothing to resume")
         return code
