@@ -2,7 +2,7 @@
 
 import sys
 
-from tpnet.inference.cli import main
+from tpnet.inference.entry import main
 
 if __name__ == "__main__":
     sys.exit(main())

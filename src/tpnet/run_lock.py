@@ -1,7 +1,8 @@
 """One writer per folder: a lock file holding the owner's PID. A second tool run into the same folder is refused
 while the owner lives; a lock left by a killed run (its process gone) is taken over.
 
-Used by ``tpnet-train`` for its run folder (``tpnet-infer`` has the same logic for its output folder)."""
+Used by ``tpnet-train`` for its run folder and ``tpnet-infer`` for its output folder (standard library only:
+the inference path stays light)."""
 
 from __future__ import annotations
 

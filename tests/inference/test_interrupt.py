@@ -118,3 +118,17 @@ def test_interrupted_run_is_marked_incomplete_and_resume_completes_it(tmp_path, 
 
     assert main([*_args(model_path, scans, out), "--resume"]) == 3  # complete: nothing to do
     assert "nothing to resume" in capsys.readouterr().out
+
+
+def test_ctrl_c_while_the_tool_is_still_importing_prints_no_traceback(tmp_path):
+    """The console script's entry imports torch inside its handler: a Ctrl-C in the first seconds is quiet."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tpnet.inference.entry", "--help"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    time.sleep(0.4)  # the interpreter is up; torch (several seconds) is still importing
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err)  # -2: before Python's handler

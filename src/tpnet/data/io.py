@@ -80,6 +80,27 @@ def read_array(path: str | Path) -> np.ndarray:
     return _read_stored(Path(path))[0]
 
 
+def declared_shape(path: str | Path) -> tuple[int, int] | None:
+    """(H, W) as the file's header declares it, without decoding pixels; None when the header cannot be read
+    (reading the frame later says why)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in PNG_SUFFIXES:
+            header = read_png_header(path)
+            return header.height, header.width
+        if suffix in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.series[0].shape
+        elif suffix in NPY_SUFFIXES:
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        else:
+            return None
+    except Exception:  # any damage: the frame's own read names it
+        return None
+    return (int(shape[0]), int(shape[1])) if len(shape) >= 2 else None
+
+
 def _read_stored(path: Path) -> tuple[np.ndarray, int | None]:
     """The stored array and, for PNG, its sBIT significant bits (None when not declared)."""
     if not path.is_file():

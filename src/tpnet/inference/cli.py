@@ -50,6 +50,7 @@ from tpnet.inference.postprocess import TriggerPoint, trp_class_indices
 from tpnet.inference.predictor import FrameFailure, FramePrediction, Predictor
 from tpnet.inference.progress import PROGRESS_NAME, FrameRecord, ProgressJournal, ResumeError, model_identity
 from tpnet.inference.report import HtmlReport, frame_section
+from tpnet.run_lock import FolderLockedError, lock_folder, unlock_folder
 
 EXIT_OK, EXIT_USAGE, EXIT_REJECTED = 0, 2, 3
 CSV_COLUMNS: tuple[str, ...] = (
@@ -138,46 +139,6 @@ def _check_paths(input_dir: Path, output_dir: Path, overwrite: bool, resume: boo
     except OutputFolderError as exc:
         raise UsageError(str(exc)) from None
     return input_dir, output_dir
-
-
-def _lock_output(output_dir: Path) -> Path:
-    """One tpnet-infer per output folder: a second run would delete or mix the first one's files. The lock
-    holds the owner's PID; one left by a killed run (its process gone) is taken over."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    lock = output_dir / LOCK_NAME
-    for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            owner = _lock_owner(lock)
-            if owner is not None and owner != os.getpid() and _process_alive(owner):
-                raise UsageError(
-                    f"{output_dir}: another tpnet-infer (process {owner}) is writing to this folder; "
-                    f"wait for it or choose another --output"
-                ) from None
-            lock.unlink(missing_ok=True)  # stale: left by a run that was killed
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{os.getpid()}\n")
-        return lock
-    raise UsageError(f"{output_dir}: cannot lock the output folder ({lock})")
-
-
-def _lock_owner(lock: Path) -> int | None:
-    try:
-        return int(lock.read_text().strip())
-    except (OSError, ValueError):  # vanished meanwhile, or half-written: treat as stale
-        return None
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
 
 
 def _open_progress(output_dir: Path, run_key: dict[str, object], resume: bool) -> ProgressJournal:
@@ -289,8 +250,9 @@ def _main(argv: list[str] | None, stops: StopRequests) -> int:
     frames = [dataclasses.replace(f, stem=bounded_stem(f.stem)) for f in frames]  # names the disk accepts
 
     try:
-        lock = _lock_output(output_dir)
-    except UsageError as exc:
+        # One tpnet-infer per output folder: a second run would delete or mix the first one's files.
+        lock = lock_folder(output_dir, LOCK_NAME, "tpnet-infer", "wait for it or choose another --output")
+    except FolderLockedError as exc:
         return _error(str(exc))
     try:
         try:
@@ -311,7 +273,7 @@ def _main(argv: list[str] | None, stops: StopRequests) -> int:
             stops,
         )
     finally:
-        lock.unlink(missing_ok=True)
+        unlock_folder(lock)
 
 
 def _analyse(

@@ -9,17 +9,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
 from tpnet.data import contract
 from tpnet.data.encoding import elasto_to_kpa
-from tpnet.data.io import FrameReadError, read_bmode, read_elasto
+from tpnet.data.io import FrameReadError, declared_shape, read_bmode, read_elasto
 from tpnet.data.plausibility import parse_spacing_mm, spacing_warnings, stiffness_problem
 from tpnet.inference.output_names import bounded_stem
 
@@ -132,7 +130,7 @@ def _check_spacing(
     for frame in frames:
         # An assumed spacing is the model's own: only its field of view can be judged.
         reference = None if frame.spacing_source == "model" else model_spacing_mm
-        reasons = spacing_warnings(frame.spacing_mm, _declared_shape(frame.bmode_path), reference)
+        reasons = spacing_warnings(frame.spacing_mm, declared_shape(frame.bmode_path), reference)
         if reasons and strict:
             rejected.append(Rejection(frame.name, f"{'; '.join(reasons)} ({STRICT_NOTE})"))
             continue
@@ -150,30 +148,6 @@ def _check_spacing(
             stacklevel=3,
         )
     return kept
-
-
-def _declared_shape(path: Path) -> tuple[int, int] | None:
-    """(H, W) as the file's header declares it, without decoding pixels; None when the header cannot be read
-    (reading the frame later reports why)."""
-    try:
-        suffix = path.suffix.lower()
-        if suffix == ".png":
-            with path.open("rb") as fh:
-                head = fh.read(24)  # signature, IHDR length and type, width, height
-            if len(head) < 24 or head[12:16] != b"IHDR":
-                return None
-            width, height = struct.unpack(">II", head[16:24])
-            return height, width
-        if suffix in (".tif", ".tiff"):
-            with tifffile.TiffFile(path) as tif:
-                shape = tif.pages[0].shape
-        elif suffix == ".npy":
-            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-        else:
-            return None
-    except Exception:  # any damage: the frame's own read names it
-        return None
-    return (int(shape[0]), int(shape[1])) if len(shape) >= 2 else None
 
 
 def _fallback_spacing(spacing_mm_cli: float | None, model_spacing_mm: float) -> tuple[float, str]:
