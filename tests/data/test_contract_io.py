@@ -107,3 +107,23 @@ def test_foreign_manifest_extra_and_reordered_columns(tmp_path: Path) -> None:
         if r.mask:
             mask = io.read_mask(resolve_path(root, r.mask))
             assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1, 2, 3}
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: the side effect a malicious ``.npy`` would have."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_pickled_npy_frame_is_refused_without_unpickling(tmp_path: Path) -> None:
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / "x_bmode.npy"
+    np.save(path, np.array([[_Payload(marker)]], dtype=object), allow_pickle=True)
+    for read in (io.read_bmode, io.read_elasto, io.read_mask):
+        with pytest.raises(io.FrameReadError, match="x_bmode.npy"):
+            read(path)
+    assert not marker.exists()
