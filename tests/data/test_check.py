@@ -16,16 +16,10 @@ from foreign import (
     FOREIGN_SPACING_MM,
     FOREIGN_SUBJECTS,
     write_faulty_dataset,
-    write_foreign_dataset,
 )
 from tpnet.data import io
 from tpnet.data.check import DatasetCheckError, check_dataset, check_or_raise, main_check
 from tpnet.data.contract import load_manifest, load_spec, resolve_path, row_spacing_mm
-
-
-@pytest.fixture(scope="module")
-def foreign_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_foreign_dataset(tmp_path_factory.mktemp("foreign") / "ds")
 
 
 @pytest.fixture(scope="module")

@@ -14,20 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from foreign import write_foreign_dataset
 from tpnet.data.check import main_check
 from tpnet.data.contract import ContractError, load_spec, read_manifest_raw
 from train_helpers import REPO, subprocess_env
-
-
-@pytest.fixture(scope="module")
-def foreign_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_foreign_dataset(tmp_path_factory.mktemp("foreign") / "ds")
-
-
-def _copy(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
 
 
 def _run_check(root: Path) -> tuple[int, str]:
@@ -114,7 +103,7 @@ HOSTILE: dict[str, tuple[Callable[[Path], None], str, str]] = {
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_check_names_the_file_and_exits_1(foreign_root: Path, tmp_path: Path, case: str) -> None:
     break_it, words, where = HOSTILE[case]
-    root = _copy(foreign_root, tmp_path / "ds")
+    root = shutil.copytree(foreign_root, tmp_path / "ds")
     break_it(root)
     code, output = _run_check(root)
     assert code == 1, output
@@ -125,20 +114,20 @@ def test_check_names_the_file_and_exits_1(foreign_root: Path, tmp_path: Path, ca
 
 
 def test_declared_background_under_another_name_is_accepted(foreign_root: Path, tmp_path: Path) -> None:
-    root = _copy(foreign_root, tmp_path / "ds")
+    root = shutil.copytree(foreign_root, tmp_path / "ds")
     _yaml("[bg, active_trp, latent_trp, vessel]", "background_class: bg\n")(root)
     assert load_spec(root).classes == ("bg", "active_trp", "latent_trp", "vessel")
     assert _run_check(root)[0] == 0
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_column(foreign_root: Path, tmp_path: Path) -> None:
-    root = _copy(foreign_root, tmp_path / "ds")
+    root = shutil.copytree(foreign_root, tmp_path / "ds")
     (root / "manifest.csv").write_bytes(b"\xef\xbb\xbf" + (root / "manifest.csv").read_bytes())
     assert read_manifest_raw(root)[0]["sample_id"] == "P01_f0"
 
 
 def test_a_cell_past_the_csv_field_limit_names_the_file(foreign_root: Path, tmp_path: Path) -> None:
-    root = _copy(foreign_root, tmp_path / "ds")
+    root = shutil.copytree(foreign_root, tmp_path / "ds")
     text = (root / "manifest.csv").read_text()
     (root / "manifest.csv").write_text(text.replace("P01_f1,", '"' + "x" * 200_000 + '",', 1))
     with pytest.raises(ContractError, match=r"manifest.csv: not a readable CSV file \(line \d+"):
@@ -153,7 +142,7 @@ def test_tpnet_train_refuses_each_hostile_dataset_with_exit_2(foreign_root: Path
     """The trainer runs the same check before any data set-up: exit 2, the message names the file."""
     for index, case in enumerate(TRAIN_CASES):
         break_it, words, _ = HOSTILE[case]
-        root = _copy(foreign_root, tmp_path / f"ds{index}")
+        root = shutil.copytree(foreign_root, tmp_path / f"ds{index}")
         break_it(root)
         result = subprocess.run(
             [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import warnings
@@ -16,6 +15,7 @@ import tifffile
 
 from crafted_images import write_png16, write_png_bomb
 from foreign import write_foreign_dataset
+from peak_rss import run_with_peak_rss
 from tpnet.data import io
 from tpnet.data.check import DatasetCheckError, check_dataset, check_or_raise
 from tpnet.data.contract import load_manifest
@@ -99,35 +99,15 @@ def test_opencv_limit_follows_tpnet_limit() -> None:
     assert done.stdout.split() == ["1000", "refused"]
 
 
-# Runs `tpnet-data` in this child and reports the child's own peak RSS (VmHWM: this process's memory since
-# exec; ru_maxrss would include the parent's memory at fork).
-_CHECK_WITH_PEAK = r"""
-import re, sys
-from tpnet.data.cli import main
-try:
-    code = main(sys.argv[1:])
-finally:
-    peak_kib = int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1))
-    print(f"PEAK_MIB {peak_kib / 1024:.1f}", file=sys.stderr)
-sys.exit(code)
-"""
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS from /proc (Linux)")
 def test_check_reports_the_bomb_by_name_without_decoding_it(tmp_path: Path, bomb: Path) -> None:
     root = write_foreign_dataset(tmp_path / "ds")
     victim = next(row for row in load_manifest(root) if row.bmode.endswith(".png"))
     (root / victim.bmode).write_bytes(bomb.read_bytes())
 
-    done = subprocess.run(
-        [sys.executable, "-c", _CHECK_WITH_PEAK, "check", str(root)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done, peak_mib = run_with_peak_rss("tpnet.data.cli", ["check", str(root)])
     out = done.stdout
     assert done.returncode == 1, out + done.stderr
-    peak_mib = float(re.search(r"PEAK_MIB (\S+)", done.stderr).group(1))
     lines = [line for line in out.splitlines() if line.startswith(f"ERROR {victim.sample_id}: ")]
     assert len(lines) == 1 and "30000x30000 px" in lines[0] and "TPNET_MAX_FRAME_PIXELS" in lines[0], out
     assert "Traceback" not in out + done.stderr

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from foreign import write_foreign_dataset
 from tpnet.data.check import DatasetCheckError, check_dataset, check_or_raise, main_check
 from tpnet.data.contract import ContractError, load_manifest, load_spec, parse_row
 from tpnet.data.dataset import load_frame
@@ -26,16 +25,6 @@ from tpnet.data.plausibility import (
     spacing_warnings,
     stiffness_problem,
 )
-
-
-@pytest.fixture(scope="module")
-def foreign_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_foreign_dataset(tmp_path_factory.mktemp("foreign") / "ds")
-
-
-def _copy(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
 
 
 def _edit_manifest(root: Path, sample_id: str, column: str, value: str) -> None:
@@ -114,7 +103,7 @@ def test_stiffness_rules() -> None:
 
 
 def test_manifest_spacing_1e9_is_refused_by_check_and_training(foreign_root: Path, tmp_path: Path) -> None:
-    root = _copy(foreign_root, tmp_path / "ds")
+    root = shutil.copytree(foreign_root, tmp_path / "ds")
     _edit_manifest(root, "P01_f0", "spacing_mm", "1e9")
 
     code, lines = _run_check(root)
@@ -127,7 +116,7 @@ def test_manifest_spacing_1e9_is_refused_by_check_and_training(foreign_root: Pat
 
 
 def test_boolean_spacing_in_dataset_yaml_is_refused(foreign_root: Path, tmp_path: Path) -> None:
-    root = _copy(foreign_root, tmp_path / "ds")
+    root = shutil.copytree(foreign_root, tmp_path / "ds")
     (root / "dataset.yaml").write_text("name: x\nelasto_unit: m/s\nspacing_mm: true\n")
     code, lines = _run_check(root)
     assert code == 1
@@ -137,7 +126,7 @@ def test_boolean_spacing_in_dataset_yaml_is_refused(foreign_root: Path, tmp_path
 def test_check_warns_for_implausible_field_of_view_and_far_spacing(
     foreign_root: Path, tmp_path: Path
 ) -> None:
-    root = _copy(foreign_root, tmp_path / "ds")
+    root = shutil.copytree(foreign_root, tmp_path / "ds")
     _edit_manifest(root, "P01_f0", "spacing_mm", "0.8")  # 10x its neighbours: a unit slip
     _edit_manifest(root, "P03_f1", "spacing_mm", "4.0")  # 90 px * 4 mm = 360 mm across
     code, lines = _run_check(root)
@@ -152,7 +141,7 @@ def test_check_warns_for_implausible_field_of_view_and_far_spacing(
 def test_absurd_kpa_is_refused_by_check_and_the_training_loader(
     foreign_root: Path, tmp_path: Path, stored: float, words: str
 ) -> None:
-    root = _copy(foreign_root, tmp_path / "ds")
+    root = shutil.copytree(foreign_root, tmp_path / "ds")
     (root / "dataset.yaml").write_text(
         (root / "dataset.yaml").read_text().replace("elasto_unit: m/s", "elasto_unit: kPa")
     )

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
-import subprocess
 import sys
 
 import numpy as np
@@ -14,20 +12,10 @@ import pytest
 
 from crafted_images import write_png16, write_png_bomb
 from model_files import blob_frame, make_model_file
+from peak_rss import run_with_peak_rss
 from tpnet.data.io import write_png
 from tpnet.inference.cli import EXIT_REJECTED, LOCK_NAME
 
-# Runs tpnet-infer's entry point in this child, then reports the child's own peak RSS (VmHWM).
-_INFER_WITH_PEAK = r"""
-import re, sys
-from tpnet.inference.cli import main
-try:
-    code = main(sys.argv[1:])
-finally:
-    peak_kib = int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1))
-    print(f"PEAK_MIB {peak_kib / 1024:.1f}", file=sys.stderr)
-sys.exit(code)
-"""
 PEAK_LIMIT_MIB = 1500  # torch and the model take a few hundred MB; decoding the bomb alone takes 900 MB
 
 
@@ -52,13 +40,9 @@ def test_bomb_is_rejected_by_name_and_the_run_completes(tmp_path):
     for stem in ("eight", "twelve", "bomb"):
         (in_dir / f"{stem}.json").write_text(json.dumps({"spacing_mm": 0.2}))
 
-    done = subprocess.run(
-        [sys.executable, "-c", _INFER_WITH_PEAK, "--model", str(model), "--input", str(in_dir)]
-        + ["--output", str(out_dir), "--device", "cpu"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    done, peak_mib = run_with_peak_rss(
+        "tpnet.inference.cli",
+        ["--model", str(model), "--input", str(in_dir), "--output", str(out_dir), "--device", "cpu"],
     )
 
     log = done.stdout + done.stderr
@@ -71,11 +55,13 @@ def test_bomb_is_rejected_by_name_and_the_run_completes(tmp_path):
     assert "30000x30000 px" in rejection["reason"] and "TPNET_MAX_FRAME_PIXELS" in rejection["reason"]
     assert "REJECTED bomb_bmode.png: declares 30000x30000 px" in done.stdout
     assert (out_dir / "report.html").is_file() and not (out_dir / LOCK_NAME).exists()
-    peak_mib = float(re.search(r"PEAK_MIB (\S+)", done.stderr).group(1))
     assert peak_mib < PEAK_LIMIT_MIB, f"tpnet-infer peaked at {peak_mib:.0f} MiB"
 
     # The 12-bit frame is read on its own scale (with a warning), so it finds what the 8-bit one finds.
     assert "twelve_bmode.png: uint16 B-mode read as 12-bit" in done.stderr
+    # ... and that warning reaches the clinician's summary and report, not only the console
+    assert any(w.startswith("twelve_bmode.png: uint16 B-mode read as 12-bit") for w in summary["warnings"])
+    assert "twelve_bmode.png: uint16 B-mode read as 12-bit" in (out_dir / "report.html").read_text()
     eight = _detections(out_dir / "detections.csv", "eight")
     assert eight == [("active_trp", 3.0, 3.0)]
     assert _detections(out_dir / "detections.csv", "twelve") == eight

@@ -303,6 +303,9 @@ def _analyse(
         stats.add(record)
     report = HtmlReport(output_dir / "report.html")
 
+    def all_warnings() -> list[str]:  # the run's, then each analysed frame's (journal order)
+        return run_warnings + [note for record in journal.records for note in record.notes]
+
     def summary(complete: bool) -> dict:
         counts = {
             "frames_found": frames_found,
@@ -331,7 +334,7 @@ def _analyse(
             },
             "model": {"file": str(Path(args.model).resolve()), "kind": model.kind, "meta": model.meta},
             "rejected": [{"name": r.name, "reason": r.reason} for r in rejected],
-            "warnings": run_warnings,
+            "warnings": all_warnings(),
         }
         if not complete:  # what was done, what is left, and how to continue
             data["interrupted_by"] = signal.Signals(stats.stopped_by).name if stats.stopped_by else None
@@ -370,7 +373,7 @@ def _analyse(
         trp_counts=stats.trp_counts,
         classes=model.classes,
         rejected=rejected,
-        warnings=run_warnings,
+        warnings=all_warnings(),
     )
     journal.remove()  # complete: nothing left to resume
     print(
@@ -444,6 +447,8 @@ def _run(
                 for result in progress:
                     fault_injection.slow_frame()
                     record = _record_frame(result, input_dir, write_failures)
+                    for note in record.notes:
+                        tqdm.write(f"WARNING: {note}", file=sys.stderr)
                     if record.rejected_reason is not None:
                         rejected.append(Rejection(record.name, record.rejected_reason))
                         tqdm.write(f"REJECTED {record.name}: {record.rejected_reason}")
@@ -487,6 +492,7 @@ def _record_frame(
         rows=[_csv_row(frame.stem, p) for p in points],
         section=frame_section(frame, f"overlays/{frame.stem}.png", points, result.bmode.shape),
         trp_counts=counts,
+        notes=[note.replace(f"{input_dir}{os.sep}", "") for note in result.notes],
     )
 
 

@@ -66,9 +66,13 @@ class Rejection:
     reason: str
 
 
-def load_frame(frame: FrameInput) -> tuple[np.ndarray, np.ndarray | None]:
-    """(B-mode float32 [0, 1], elastography kPa or None); FrameReadError names the file and the reason."""
-    bmode = read_bmode(frame.bmode_path)
+def load_frame(
+    frame: FrameInput, notes: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(B-mode float32 [0, 1], elastography kPa or None); FrameReadError names the file and the reason.
+    What was assumed while reading (a guessed bit depth, clipped values) is appended to ``notes`` when given
+    (thread-safe, unlike ``warnings``), else warned."""
+    bmode = read_bmode(frame.bmode_path, on_rescale=notes.append if notes is not None else None)
     if frame.elasto_path is None:
         return bmode, None
     stored = read_elasto(frame.elasto_path, "kPa")  # as stored: the sign is checked before conversion

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -38,6 +38,7 @@ class FramePrediction:
     elasto_kpa: np.ndarray | None
     label_map: np.ndarray
     trigger_points: list[TriggerPoint]
+    notes: list[str] = field(default_factory=list)  # what reading the frame assumed, for the summary
 
 
 @dataclass
@@ -55,6 +56,7 @@ class _Prepared:
     # only when its batch runs: read-ahead frames then hold 2 planes instead of 2 + 3 (memory per frame in flight).
     model_bmode: np.ndarray
     model_elasto_kpa: np.ndarray | None
+    notes: list[str]  # what reading assumed (bit depth, clipping): reported with the frame
 
 
 class Predictor:
@@ -73,11 +75,12 @@ class Predictor:
 
     def prepare(self, frame: FrameInput) -> _Prepared:
         """Read one frame and resample it to the model's spacing (runs in a worker thread)."""
-        bmode, elasto_kpa = load_frame(frame)
+        notes: list[str] = []
+        bmode, elasto_kpa = load_frame(frame, notes)
         model_bmode, model_elasto, _ = resample_frame(
             bmode, elasto_kpa, None, frame.spacing_mm, self.model.spacing_mm
         )
-        return _Prepared(frame, bmode, elasto_kpa, model_bmode, model_elasto)
+        return _Prepared(frame, bmode, elasto_kpa, model_bmode, model_elasto, notes)
 
     def run(
         self,
@@ -190,7 +193,7 @@ class Predictor:
             label_map, spacing_mm, self.classes, probs=probs, elasto_kpa=item.elasto_kpa,
             min_area_mm2=self.params.min_area_mm2,
         )  # fmt: skip
-        return FramePrediction(item.frame, item.bmode, item.elasto_kpa, label_map, points)
+        return FramePrediction(item.frame, item.bmode, item.elasto_kpa, label_map, points, item.notes)
 
 
 def _done(value: FrameFailure) -> Future[FramePrediction | FrameFailure]:

@@ -31,6 +31,7 @@ class FrameRecord:
     section: str = ""
     trp_counts: dict[str, int] = field(default_factory=dict)
     rejected_reason: str | None = None  # set: the frame was rejected while the run analysed it
+    notes: list[str] = field(default_factory=list)  # what reading it assumed (bit depth, clipping)
 
 
 class ProgressJournal:
