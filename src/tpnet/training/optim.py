@@ -25,10 +25,12 @@ def cosine_with_warmup(
 
 
 def one_cycle(
-    optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, div_factor: float = 25.0
+    optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.3, div_factor: float = 25.0
 ) -> LRScheduler:
+    """OneCycle up to the configured learning rate over ``warmup_fraction`` of the steps (the same key as
+    ``cosine_with_warmup``, so ``scheduler=onecycle`` and ``scheduler=cosine`` take one set of overrides)."""
     max_lrs = [g["lr"] for g in optimizer.param_groups]
-    pct = max(warmup_steps / max(total_steps, 1), 0.01)
+    pct = min(max(float(warmup_fraction), 0.01), 0.99)  # OneCycleLR needs 0 < pct_start < 1
     return OneCycleLR(
         optimizer, max_lr=max_lrs, total_steps=max(total_steps, 1), pct_start=pct, div_factor=div_factor
     )
