@@ -18,6 +18,7 @@ from foreign import (
     write_faulty_dataset,
 )
 from tpnet.data import io
+from tpnet.data import cli
 from tpnet.data.check import DatasetCheckError, check_dataset, check_or_raise, main_check
 from tpnet.data.contract import load_manifest, load_spec, resolve_path, row_spacing_mm
 
@@ -92,7 +93,6 @@ def test_every_planted_fault_is_named_once(faulty: tuple[Path, dict[str, str]]) 
 def test_planted_faults_through_cli(
     faulty: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture
 ) -> None:
-    cli = pytest.importorskip("tpnet.data.cli", reason="tpnet.data.cli not written yet")
     root, planted = faulty
     try:
         code = cli.main(["check", str(root)])
