@@ -1,4 +1,7 @@
-"""The clinicians' tool must run where only torch, numpy, OpenCV, tifffile and tqdm are installed."""
+"""The clinicians' tool must run where only torch, numpy, OpenCV, tifffile, tqdm and PyYAML are installed.
+
+PyYAML is a real inference dependency: tpnet-infer reads contract datasets, whose ``dataset.yaml`` the contract
+reader parses. SciPy is not: it serves the evaluation's detection matching only."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import numpy as np
 from model_files import blob_frame, make_model_file
 from tpnet.data.io import write_png
 
-TRAINING_ONLY = ("hydra", "omegaconf", "mlflow", "albumentations", "torchvision")
+TRAINING_ONLY = ("hydra", "omegaconf", "mlflow", "albumentations", "torchvision", "scipy")
 
 SCRIPT = textwrap.dedent(
     """
