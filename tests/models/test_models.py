@@ -16,7 +16,7 @@ from tpnet.models.resnet_unet import ResNetUNet
 from tpnet.models.summary import count_flops, count_parameters
 from tpnet.models.unet import UNet
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "src" / "tpnet" / "configs" / "model"
 NUM_CLASSES = 4
 
 # name -> (factory, in_channels); tiny widths keep the whole file fast on one CPU thread.

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from tpnet.models.unet import UNet
 from tpnet.training.losses import CompoundLoss, CrossEntropyLoss, DiceLoss, FocalLoss, TverskyLoss
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "loss"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "src" / "tpnet" / "configs" / "loss"
 NUM_CLASSES = 4
 ALL_LOSSES = [CrossEntropyLoss, DiceLoss, FocalLoss, TverskyLoss]
 
