@@ -14,21 +14,19 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The same install as scripts/setup_venv.sh, but non-editable and without the dev tools:
-# the package plus the SLURM launcher extra.
+# The same install as scripts/setup_venv.sh, but non-editable and without the dev tools: the package with
+# the training extra and the SLURM launcher. The Hydra configs ship inside the package (tpnet/configs/).
 WORKDIR /opt/tpnet
 COPY pyproject.toml README.md ./
 COPY src ./src
-COPY configs ./configs
 COPY scripts ./scripts
-RUN python -m pip install '.[slurm]' \
+RUN python -m pip install '.[train,slurm]' \
     && python -c "import tpnet, torch; print('tpnet', tpnet.__version__, 'torch', torch.__version__)"
 
-# Configs live at the repository root, outside the installed package: tell tpnet where (configuration.py).
 # The synthetic dataset cache goes to the data volume, MLflow to its own volume (a SQLite file by default;
-# point MLFLOW_TRACKING_URI at a tracking server for a team, see docs/scale-out.md).
-ENV TPNET_CONFIG_DIR=/opt/tpnet/configs \
-    TPNET_CACHE=/data/cache \
+# point MLFLOW_TRACKING_URI at a tracking server for a team, see docs/scale-out.md). Own configs instead of the
+# shipped ones: mount a folder with the same layout and set TPNET_CONFIG_DIR to it.
+ENV TPNET_CACHE=/data/cache \
     MLFLOW_TRACKING_URI=sqlite:////mlflow/mlflow.db
 
 # Run as an ordinary user; the volumes are created owned by it (bind mounts keep the host's ownership:

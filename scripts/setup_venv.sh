@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv in the repository root (if missing) and install tpnet with its dev extras into it.
+# Create .venv in the repository root (if missing) and install tpnet with everything into it: the training
+# extra, the dev tools and the SLURM launcher.
 # Re-runs are cheap: the install is skipped while pyproject.toml is unchanged. Sourced by demo.sh and test.sh.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,6 +20,6 @@ WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "==> installing tpnet into $VENV (first time: a few minutes, PyTorch is large)"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev,slurm]"
+  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[train,dev,slurm]"
   echo "$WANT" > "$STAMP"
 fi

@@ -1,0 +1,14 @@
+"""The ``tpnet-export`` command: checks the training extra is installed (one line and exit 2 if not, see
+``tpnet.extras``), then runs ``tpnet.export.cli``. ``python scripts/export.py`` runs the cli module directly."""
+
+from __future__ import annotations
+
+from tpnet.extras import run_tool
+
+
+def main() -> None:
+    run_tool("tpnet-export", "train", "tpnet.export.cli")
+
+
+if __name__ == "__main__":
+    main()
