@@ -1,0 +1,192 @@
+"""tpnet installs like a library: the wheel carries the Hydra configs, a non-editable install outside the
+repository composes tpnet-train's config with no environment variable, the base requirements are what
+tpnet-infer needs, and without the training extra tpnet-train/eval/export say in one line what to install.
+
+The wheel is built once per module from a copy of the sources (pyproject.toml, README.md, src/) and installed
+with ``pip install --no-deps --target``: the installed commands are run from a fresh folder, with
+``PYTHONPATH`` pointing at that target only, so ``import tpnet`` cannot fall back to the repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+from email.parser import Parser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from packaging.requirements import Requirement
+
+from model_files import blob_frame, make_model_file
+from tpnet.core.io import write_png
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "src" / "tpnet" / "configs"
+# The training stack's top-level modules (hydra-core, omegaconf, mlflow, albumentations, torchvision, scipy).
+TRAINING_ONLY = ("hydra", "omegaconf", "mlflow", "albumentations", "torchvision", "scipy")
+# What tpnet-infer needs, and so the base install (distribution names as the wheel's metadata writes them).
+BASE_REQUIREMENTS = {"torch", "numpy", "opencv-python-headless", "tifffile", "pyyaml", "tqdm"}
+
+# Runs an installed console script (argv[1]) in this process, after printing where tpnet was imported from;
+# with BLOCKED set, a meta-path finder makes those modules look not installed.
+RUNNER = textwrap.dedent(
+    """
+    import importlib.abc, runpy, sys
+
+    BLOCKED = set({blocked!r})
+
+    class NotInstalled(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"No module named {{name!r}} (blocked by test)")
+            return None
+
+    sys.meta_path.insert(0, NotInstalled())
+    import tpnet
+
+    print("TPNET_FILE " + tpnet.__file__, flush=True)
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+    """
+)
+
+
+def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    # Build from a copy: an in-tree build writes build/ and *.egg-info into the repository, and a stale build/
+    # would put files into the wheel that src/ no longer has.
+    work = tmp_path_factory.mktemp("wheel")
+    source = work / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    out = work / "dist"
+    # --no-build-isolation: the build backend (setuptools) is in this environment; no index needed.
+    proc = _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+         str(source)]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (built,) = out.glob("tpnet-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def site(wheel, tmp_path_factory) -> Path:
+    target = tmp_path_factory.mktemp("site")
+    proc = _run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)]
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return target
+
+
+def _installed_env(site: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"TPNET_CONFIG_DIR", "PYTHONPATH"}}
+    return {**env, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
+
+
+def _run_installed(
+    site: Path, command: str, args: list[str], cwd: Path, blocked=()
+) -> subprocess.CompletedProcess:
+    script = site / "bin" / command
+    assert script.is_file(), f"the wheel declares no {command} console script"
+    runner = RUNNER.format(blocked=tuple(blocked))
+    return _run([sys.executable, "-c", runner, str(script), *args], cwd=cwd, env=_installed_env(site))
+
+
+def _imported_from(proc: subprocess.CompletedProcess) -> Path:
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("TPNET_FILE "))
+    return Path(line.removeprefix("TPNET_FILE ")).resolve()
+
+
+def test_wheel_contains_every_config(wheel):
+    configs = {p.relative_to(CONFIGS.parents[1]).as_posix() for p in CONFIGS.rglob("*.yaml")}
+    assert "tpnet/configs/train.yaml" in configs and "tpnet/configs/hydra/launcher/slurm.yaml" in configs
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert sorted(configs - names) == []
+
+
+def test_base_requirements_are_what_inference_needs(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        (meta_name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        meta = Parser().parsestr(archive.read(meta_name).decode())
+    requirements = [Requirement(line) for line in meta.get_all("Requires-Dist")]
+    base = {r.name.lower() for r in requirements if r.marker is None}
+    assert base == BASE_REQUIREMENTS
+    train = {r.name.lower(): r for r in requirements if r.marker and r.marker.evaluate({"extra": "train"})}
+    assert {"torchvision", "albumentations", "hydra-core", "mlflow", "scipy"} <= set(train)
+    # hydra-core 1.3.4 is the first release that refuses dangerous _target_ values in instantiate.
+    assert not train["hydra-core"].specifier.contains("1.3.3")
+    assert train["hydra-core"].specifier.contains("1.3.4")
+
+
+def test_installed_wheel_composes_train_config_without_env(site, tmp_path):
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+
+    proc = _run_installed(site, "tpnet-train", ["--cfg", "job"], cwd)
+
+    assert proc.returncode == 0, proc.stderr
+    assert _imported_from(proc).is_relative_to(site.resolve())
+    assert "\nmodel:\n" in proc.stdout
+    assert "_target_: tpnet.models" in proc.stdout
+    assert list(cwd.iterdir()) == []  # --cfg job prints and writes nothing
+
+
+def test_config_dir_env_overrides_the_shipped_configs(site, tmp_path):
+    own = tmp_path / "own_configs"
+    shutil.copytree(site / "tpnet" / "configs", own)
+    train_yaml = own / "train.yaml"
+    text = train_yaml.read_text()
+    assert "\nseed: 0\n" in text
+    train_yaml.write_text(text.replace("\nseed: 0\n", "\nseed: 4711\n"))
+    env = {**_installed_env(site), "TPNET_CONFIG_DIR": str(own)}
+    runner = RUNNER.format(blocked=())
+
+    proc = _run(
+        [sys.executable, "-c", runner, str(site / "bin" / "tpnet-train"), "--cfg", "job"],
+        cwd=tmp_path,
+        env=env,
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    assert "\nseed: 4711\n" in proc.stdout
+
+
+@pytest.mark.parametrize("command", ["tpnet-train", "tpnet-eval", "tpnet-export"])
+def test_without_training_extra_one_line_and_exit_2(site, tmp_path, command):
+    proc = _run_installed(site, command, [], tmp_path, blocked=TRAINING_ONLY)
+
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert _imported_from(proc).is_relative_to(site.resolve())
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"{command}: ")
+    assert "tpnet[train]" in lines[0]
+    assert "hydra" in lines[0]  # names what is missing
+
+
+def test_installed_infer_runs_without_training_extra(site, tmp_path):
+    model = make_model_file(tmp_path / "model")
+    in_dir = tmp_path / "in"
+    bmode = blob_frame((6.4, 6.4), 0.2, nodules=[(3.0, 3.0, 1.2)])[0]
+    write_png(in_dir / "one_bmode.png", np.round(bmode * 255).astype(np.uint8))
+    out = tmp_path / "out"
+    args = ["--model", str(model), "--input", str(in_dir), "--output", str(out), "--spacing-mm", "0.2"]
+
+    proc = _run_installed(site, "tpnet-infer", args, tmp_path, blocked=TRAINING_ONLY)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _imported_from(proc).is_relative_to(site.resolve())
+    assert (out / "masks" / "one.png").is_file()
