@@ -3,16 +3,21 @@ turn a typo into a clear error at start, and the config fingerprint. Never impor
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import difflib
 import hashlib
+import io
 import json
 import math
 import os
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 def config_dir() -> str:
@@ -172,6 +177,155 @@ def validate_train_config(cfg: DictConfig) -> None:
     check_monitor_name(str(cfg.trainer.monitor), float(cfg.postprocess.match_mm))
 
 
+# ---- tpnet-eval and tpnet-export: the whole config is one schema ----------------------------------------------
+
+
+@dataclass
+class EvalDataSchema:
+    root: str | None = None
+
+
+@dataclass
+class PostprocessSchema:
+    threshold: float = 0.5
+    min_area_mm2: float = 2.0
+    match_mm: float = 5.0
+
+
+@dataclass
+class EvalSchema:
+    checkpoint: str = MISSING
+    split: str = "test"
+    data: EvalDataSchema = field(default_factory=EvalDataSchema)
+    output: str | None = None
+    device: str = "auto"
+    tta: bool = False
+    n_boot: int = 1000
+    log_to_mlflow: bool = True
+    tracking_uri: str | None = None
+    postprocess: PostprocessSchema | None = None
+
+
+@dataclass
+class ExportSchema:
+    checkpoint: str = MISSING
+    output: str = MISSING
+    format: str = "torchscript"
+    parity_frames: int = 4
+    atol: float = 1.0e-4
+    log_to_mlflow: bool = True
+    register_name: str | None = None
+    tracking_uri: str | None = None
+
+
+_POSTPROCESS_RANGES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
+    ("postprocess.threshold", lambda v: 0 < v <= 1, "a summed TrP probability must be in (0, 1]"),
+    ("postprocess.min_area_mm2", lambda v: 0 <= v < math.inf, "must be 0 or more (mm^2)"),
+    ("postprocess.match_mm", lambda v: 0 < v < math.inf, "must be a positive distance in mm"),
+)
+_EVAL_RANGES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
+    ("n_boot", lambda v: v >= 1, "at least 1 bootstrap resample"),
+)
+_EXPORT_RANGES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
+    ("parity_frames", lambda v: v >= 0, "must be 0 (random inputs only) or more"),
+    ("atol", lambda v: 0 < v < math.inf, "the allowed logit difference must be positive"),
+)
+
+
+def validate_eval_config(cfg: DictConfig) -> None:
+    """``tpnet-eval``'s config: unknown keys, wrong types, a missing checkpoint and values out of range fail at
+    start with the key's name (before torch, the checkpoint or the data are touched)."""
+    _check_schema(cfg, EvalSchema, "tpnet-eval")
+    _check_choice(cfg, "split", ("train", "val", "test"))
+    device = str(cfg.device)
+    if device not in ("auto", "cpu", "cuda") and not _is_cuda_index(device):
+        raise ConfigError("device", f"{device!r} is not one of ['auto', 'cpu', 'cuda', 'cuda:<index>']")
+    _check_device(device, "device")
+    _check_ranges(cfg, _EVAL_RANGES)
+    if cfg.postprocess is not None:
+        _check_ranges(cfg, [r for r in _POSTPROCESS_RANGES if r[0].split(".")[1] in cfg.postprocess])
+
+
+def validate_export_config(cfg: DictConfig) -> None:
+    """``tpnet-export``'s config, checked like :func:`validate_eval_config`."""
+    _check_schema(cfg, ExportSchema, "tpnet-export")
+    _check_choice(cfg, "format", ("torchscript", "pt2"))
+    _check_ranges(cfg, _EXPORT_RANGES)
+
+
+def check_command_line(argv: Sequence[str], schema: type, tool: str) -> None:
+    """An override of a key the tool's config does not have (``checkpint=...``, ``+n_bot=5``) is a
+    :class:`ConfigError` naming it (and the nearest key) before Hydra composes anything: Hydra itself would
+    refuse the first in its own words with exit 1, and append the second silently. Command lines Hydra
+    cannot parse are left for Hydra to report."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.main import get_args_parser  # hydra-core 1.3's own argument parser (re-exported there)
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            args = get_args_parser().parse_args(list(argv))
+        overrides = OverridesParser.create().parse_overrides(list(args.overrides))
+    except (SystemExit, Exception):  # argparse exits on a bad flag; Hydra reports both kinds itself
+        return
+    known = schema_keys(schema)
+    for override in overrides:
+        key = override.key_or_group
+        if key == "hydra" or key.startswith(("hydra.", "hydra/")) or override.is_delete():
+            continue
+        if key not in known:
+            raise ConfigError(key, _unknown_key_reason(key, known, tool))
+
+
+def schema_keys(schema: type, prefix: str = "") -> set[str]:
+    """Every dotted key of a (nested) dataclass schema, the nested sections included."""
+    keys = set()
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        name = prefix + f.name
+        keys.add(name)
+        for candidate in (hints[f.name], *typing.get_args(hints[f.name])):
+            if dataclasses.is_dataclass(candidate):
+                keys |= schema_keys(candidate, name + ".")
+    return keys
+
+
+def _unknown_key_reason(key: str, known: set[str], tool: str) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    top = sorted(k for k in known if "." not in k)
+    return f"not a key of {tool}'s config ({hint}keys: {', '.join(top)})"
+
+
+def _check_schema(cfg: DictConfig, schema: type, tool: str) -> None:
+    try:
+        OmegaConf.merge(OmegaConf.structured(schema), cfg)
+    except Exception as exc:  # omegaconf's ValidationError / ConfigKeyError
+        key = str(getattr(exc, "full_key", None) or "") or "config"
+        if type(exc).__name__ == "ConfigKeyError":
+            raise ConfigError(key, _unknown_key_reason(key, schema_keys(schema), tool)) from exc
+        raise ConfigError(key, str(exc).splitlines()[0]) from exc
+    for f in dataclasses.fields(schema):
+        if f.default is MISSING and (f.name not in cfg or OmegaConf.is_missing(cfg, f.name)):
+            raise ConfigError(f.name, f"is required: pass {f.name}=PATH")
+
+
+def _check_choice(cfg: DictConfig, key: str, allowed: Sequence[str]) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in allowed:
+        raise ConfigError(key, f"{value!r} is not one of {list(allowed)}")
+
+
+def _check_ranges(cfg: DictConfig, ranges: Sequence[tuple[str, Callable[[float], bool], str]]) -> None:
+    for key, allowed, why in ranges:
+        value = OmegaConf.select(cfg, key, default=None)
+        if not _is_number(value) or not allowed(value):
+            raise ConfigError(key, f"{value!r} is out of range: {why}")
+
+
+def _is_cuda_index(device: str) -> bool:
+    return device.startswith("cuda:") and device[5:].isdigit()
+
+
 def check_run_folder(run_dir: Path, resume: Any) -> None:
     """Without ``trainer.resume``, refuse a run folder that already holds a run: the new run would overwrite its
     checkpoints and interleave its metrics.jsonl. ``trainer.resume=auto`` continues that run instead."""
@@ -275,15 +429,13 @@ def _check_fractions(val: float, test: float) -> None:
         )
 
 
-def _check_device(device: str) -> None:
-    if device != "cuda":
+def _check_device(device: str, key: str = "trainer.device") -> None:
+    if device != "cuda" and not _is_cuda_index(device):
         return
     import torch
 
     if not torch.cuda.is_available():
-        raise ConfigError(
-            "trainer.device", "cuda but no CUDA device is available; use trainer.device=cpu or auto"
-        )
+        raise ConfigError(key, f"{device} but no CUDA device is available; use {key}=cpu or auto")
 
 
 def _check_resume_file(resume: Any) -> None:

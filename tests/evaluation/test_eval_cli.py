@@ -6,6 +6,9 @@ import json
 import math
 import subprocess
 import sys
+import time
+
+import pytest
 
 from train_helpers import REPO, subprocess_env
 
@@ -61,3 +64,48 @@ def test_tpnet_eval_writes_metrics_with_confidence_intervals(tmp_path, reference
     assert logged["test/dice/background"] == report["dice/background"]
     assert logged.get("test/det_f1") == report["det_f1"]  # None on both sides when undefined
     assert [a.path for a in client.list_artifacts(run_id, "eval")] == ["eval/metrics.json"]
+
+
+# ---- a typo fails at start: exit 2, the key named, no traceback, nothing heavy imported -----------------------
+
+# Runs tpnet-eval's real main() in a fresh interpreter and reports, at exit, which heavy modules it had imported.
+TYPO_RUNNER = """
+import atexit, sys
+HEAVY = ("torch", "mlflow", "albumentations", "tpnet.data.datamodule")
+atexit.register(lambda: print("HEAVY", [m for m in HEAVY if m in sys.modules], file=sys.stderr))
+sys.argv = ["tpnet-eval", *sys.argv[1:]]
+from tpnet.evaluation.cli import main
+main()
+"""
+
+EVAL_TYPOS = [
+    (["checkpint=/nowhere/best.pt"], "checkpint"),  # Hydra alone: "Could not override", exit 1
+    (["checkpoint=/nowhere/best.pt", "+n_bot=5"], "n_bot"),  # appended, then silently ignored
+    (["checkpoint=/nowhere/best.pt", "data.rot=/data"], "data.rot"),
+    (["checkpoint=/nowhere/best.pt", "n_boot=many"], "n_boot"),  # wrong type
+    (["checkpoint=/nowhere/best.pt", "tta=maybe"], "tta"),
+    (["checkpoint=/nowhere/best.pt", "split=tset"], "split"),  # not a split
+    (["checkpoint=/nowhere/best.pt", "n_boot=0"], "n_boot"),  # out of range
+    (["checkpoint=/nowhere/best.pt", "postprocess={threshold: 2.0}"], "postprocess.threshold"),
+    (["checkpoint=/nowhere/best.pt", "postprocess={treshold: 0.4}"], "postprocess.treshold"),
+    ([], "checkpoint"),  # required
+]
+
+
+@pytest.mark.parametrize(("overrides", "key"), EVAL_TYPOS, ids=[key for _, key in EVAL_TYPOS])
+def test_eval_config_typo_fails_at_start_naming_the_key(tmp_path, overrides, key):
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", TYPO_RUNNER, *overrides, f"hydra.run.dir={tmp_path / 'hydra'}"],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - start
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"tpnet-eval: configuration error: {key}: " in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "HEAVY []" in result.stderr, result.stderr[-2000:]  # before torch, MLflow or the data
+    assert elapsed < 15, elapsed  # about a second here; the bound only catches a run that got further

@@ -10,7 +10,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from tpnet.configuration import config_dir
+from tpnet.configuration import (
+    ConfigError,
+    EvalSchema,
+    check_command_line,
+    config_dir,
+    validate_eval_config,
+)
 
 log = logging.getLogger("tpnet")
 
@@ -96,6 +102,12 @@ def _log_to_run(cfg: DictConfig, run_id: str, report: dict, output: Path) -> Non
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
 def _main(cfg: DictConfig) -> None:
+    # Before any heavy import, the checkpoint or the data: a typo fails in about a second, naming the key.
+    try:
+        validate_eval_config(cfg)
+    except ConfigError as exc:
+        _config_error(exc)
+
     from tpnet.training.checkpoint import CheckpointError
 
     try:
@@ -105,7 +117,16 @@ def _main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def _config_error(exc: ConfigError) -> None:
+    print(f"tpnet-eval: configuration error: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
+    try:
+        check_command_line(sys.argv[1:], EvalSchema, "tpnet-eval")
+    except ConfigError as exc:
+        _config_error(exc)
     _main()
 
 

@@ -10,7 +10,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from tpnet.configuration import config_dir
+from tpnet.configuration import (
+    ConfigError,
+    ExportSchema,
+    check_command_line,
+    config_dir,
+    validate_export_config,
+)
 
 log = logging.getLogger("tpnet")
 
@@ -58,6 +64,12 @@ def run_export(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="export")
 def _main(cfg: DictConfig) -> None:
+    # Before any heavy import, the checkpoint or the data: a typo fails in about a second, naming the key.
+    try:
+        validate_export_config(cfg)
+    except ConfigError as exc:
+        _config_error(exc)
+
     from tpnet.export.export import ExportError
     from tpnet.export.parity import ParityError
     from tpnet.training.checkpoint import CheckpointError
@@ -69,7 +81,16 @@ def _main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def _config_error(exc: ConfigError) -> None:
+    print(f"tpnet-export: configuration error: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
+    try:
+        check_command_line(sys.argv[1:], ExportSchema, "tpnet-export")
+    except ConfigError as exc:
+        _config_error(exc)
     _main()
 
 
