@@ -45,7 +45,9 @@ import yaml
 
 from tpnet.inference.memory import MMAP_THRESHOLD_BYTES, bound_cpu_memory
 
-CONFIG_DIR = Path(os.environ.get("TPNET_CONFIG_DIR") or Path(__file__).resolve().parents[1] / "configs")
+CONFIG_DIR = Path(
+    os.environ.get("TPNET_CONFIG_DIR") or Path(__file__).resolve().parents[1] / "src" / "tpnet" / "configs"
+)
 SECTIONS = ("synth", "loader", "train", "infer", "gpu")
 RSS_REPEATS = 2  # tpnet-infer runs per frame count for the peak-RSS figures
 IN_CHANNELS, NUM_CLASSES = 3, 4  # encoding (bmode, elasto, elasto_valid) and the default classes
@@ -437,7 +439,7 @@ def paired_ratio(
 
 def write_frames(folder: Path, count: int, size: int) -> None:
     """``<stem>_bmode.png`` (+ ``<stem>_elasto.tif`` when the frame has SWE): tpnet-infer's folder input."""
-    from tpnet.data.io import write_png, write_tiff
+    from tpnet.core.io import write_png, write_tiff
     from tpnet.data.synth import generate_frame
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -472,8 +474,8 @@ def run_infer_cli(
 
 
 def bench_infer(settings: Settings, report: Report) -> None:
+    from tpnet.core.model_file import build_meta
     from tpnet.export.parity import export_model
-    from tpnet.inference.model_file import build_meta
 
     torch.set_num_threads(settings.threads)
     model = build_model().to(settings.device).eval()

@@ -19,10 +19,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from tpnet.configuration import config_dir
-from tpnet.data.contract import resolve_path
+from tpnet.core.checkpoint import load_checkpoint
+from tpnet.core.contract import resolve_path
 from tpnet.data.datamodule import dataset_root, setup_data
 from tpnet.tracking.mlflow_logger import resolve_tracking_uri
-from tpnet.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

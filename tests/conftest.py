@@ -1,4 +1,4 @@
-"""Shared fixtures. Tests mirror the package: tests/data, tests/models, tests/training, ..."""
+"""Shared fixtures. Tests mirror the package: tests/core, tests/data, tests/models, tests/training, ..."""
 
 from __future__ import annotations
 

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tpnet.data.encoding import Encoding
-from tpnet.inference.model_file import META_FILENAME, build_meta
+from tpnet.core.encoding import Encoding
+from tpnet.core.model_file import META_FILENAME, build_meta
 
 CLASSES = ("background", "active_trp", "latent_trp", "vessel")
 MODEL_SPACING_MM = 0.2

@@ -141,7 +141,7 @@ def stop_mlflow_server(proc: subprocess.Popen) -> None:
 
 def checkpoint_epoch(path: Path) -> int | None:
     """Completed epochs in a checkpoint, or None while it does not exist / is being replaced."""
-    from tpnet.training.checkpoint import CheckpointError, load_checkpoint
+    from tpnet.core.checkpoint import CheckpointError, load_checkpoint
 
     try:
         return int(load_checkpoint(path)["epoch"])
@@ -194,7 +194,7 @@ def assert_same_training(reference: Path, other: Path) -> None:
     """Two run folders trained the same epochs to the same weights and metrics (CPU: bitwise equal)."""
     import json
 
-    from tpnet.training.checkpoint import load_checkpoint
+    from tpnet.core.checkpoint import load_checkpoint
 
     ref_ckpt, ckpt = (
         load_checkpoint(reference / "checkpoints/last.pt"),

@@ -19,13 +19,17 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from tpnet.core.encoding import DEFAULT_KPA_CLIP, DEFAULT_KPA_SCALE
+
 
 def config_dir() -> str:
-    """``$TPNET_CONFIG_DIR``, else the repository's ``configs/`` (editable install or source checkout)."""
+    """``$TPNET_CONFIG_DIR`` when set (an override: a folder with the same layout), else the configs shipped
+    inside the package (``tpnet/configs/``, package data), so editable and wheel installs alike need no
+    environment variable."""
     env = os.environ.get("TPNET_CONFIG_DIR")
     if env:
         return str(Path(env).resolve())
-    return str(Path(__file__).resolve().parents[2] / "configs")
+    return str(Path(__file__).resolve().parent / "configs")
 
 
 def config_fingerprint(resolved: dict[str, Any]) -> str:
@@ -80,8 +84,8 @@ class DataSchema:
     root: str | None = None
     synthetic: SyntheticSchema = field(default_factory=SyntheticSchema)
     channels: list[str] = field(default_factory=lambda: ["bmode", "elasto", "elasto_valid"])
-    kpa_scale: float = 100.0
-    kpa_clip: float = 300.0
+    kpa_scale: float = DEFAULT_KPA_SCALE
+    kpa_clip: float = DEFAULT_KPA_CLIP
     spacing_mm: float | None = None
     patch_size: list[int] = field(default_factory=lambda: [128, 128])
     batch_size: int = 8
@@ -108,7 +112,32 @@ class LoggerSchema:
     log_checkpoint: bool = True
 
 
-_SCHEMAS = {"trainer": TrainerSchema, "data": DataSchema, "cv": CVSchema, "logger": LoggerSchema}
+@dataclass
+class PostprocessSchema:
+    threshold: float = 0.5
+    min_area_mm2: float = 2.0
+    match_mm: float = 5.0
+
+
+@dataclass
+class CalibrationSchema:
+    enabled: bool = True
+    thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
+    min_areas_mm2: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 6.0])
+
+
+@dataclass
+class EvaluationSchema:
+    n_boot: int = 1000
+
+
+_SCHEMAS = {
+    "trainer": TrainerSchema, "data": DataSchema, "cv": CVSchema, "logger": LoggerSchema,
+    "postprocess": PostprocessSchema, "calibration": CalibrationSchema, "evaluation": EvaluationSchema,
+}  # fmt: skip
+# The sections of tpnet-train's config: the schemas above, the seed, and the groups whose keys are the
+# arguments of their ``_target_`` (checked when they are built).
+TRAIN_KEYS: tuple[str, ...] = (*_SCHEMAS, "seed", "model", "loss", "optim", "scheduler", "augment")
 _CHOICES = {
     "trainer.device": ("auto", "cpu", "cuda"),
     "trainer.precision": ("auto", "fp32", "bf16", "fp16"),
@@ -147,6 +176,9 @@ RUN_FOLDER_MARKERS: tuple[str, ...] = (
 
 def validate_train_config(cfg: DictConfig) -> None:
     """Fail at start, with the key's name, on unknown keys, wrong types and values out of range."""
+    for key in cfg:
+        if key not in TRAIN_KEYS:
+            raise ConfigError(str(key), _unknown_key_reason(str(key), set(TRAIN_KEYS), "tpnet-train"))
     for key, schema in _SCHEMAS.items():
         try:
             OmegaConf.merge(OmegaConf.structured(schema), cfg[key])
@@ -154,6 +186,9 @@ def validate_train_config(cfg: DictConfig) -> None:
             # omegaconf names the key relative to the schema ("max_epochs"): give the full dotted name.
             where = f"{key}.{exc.full_key}" if getattr(exc, "full_key", None) else key
             reason = str(exc).splitlines()[0]
+            if type(exc).__name__ == "ConfigKeyError":
+                known = {f"{key}.{k}" for k in schema_keys(schema)}
+                reason = _unknown_key_reason(where, known, "tpnet-train")
             raise ConfigError(where, reason) from exc
     for dotted, allowed in _CHOICES.items():
         value = OmegaConf.select(cfg, dotted)
@@ -174,7 +209,20 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check_fractions(float(cfg.data.val_fraction), float(cfg.data.test_fraction))
     _check_device(str(cfg.trainer.device))
     _check_resume_file(cfg.trainer.resume)
+    _check_ranges(cfg, _POSTPROCESS_RANGES)
+    _check_ranges(cfg, [("evaluation.n_boot", lambda v: v >= 1, "at least 1 bootstrap resample")])
+    _check_calibration(cfg.calibration)
     check_monitor_name(str(cfg.trainer.monitor), float(cfg.postprocess.match_mm))
+
+
+def _check_calibration(calibration: DictConfig) -> None:
+    for key, allowed, why in (
+        ("thresholds", lambda v: 0 < v <= 1, "summed TrP probabilities in (0, 1]"),
+        ("min_areas_mm2", lambda v: 0 <= v < math.inf, "areas of 0 mm^2 or more"),
+    ):
+        values = list(calibration[key])
+        if not values or not all(_is_number(v) and allowed(v) for v in values):
+            raise ConfigError(f"calibration.{key}", f"{values} must be a non-empty list of {why}")
 
 
 # ---- tpnet-eval and tpnet-export: the whole config is one schema ----------------------------------------------
@@ -183,13 +231,6 @@ def validate_train_config(cfg: DictConfig) -> None:
 @dataclass
 class EvalDataSchema:
     root: str | None = None
-
-
-@dataclass
-class PostprocessSchema:
-    threshold: float = 0.5
-    min_area_mm2: float = 2.0
-    match_mm: float = 5.0
 
 
 @dataclass
@@ -290,10 +331,13 @@ def schema_keys(schema: type, prefix: str = "") -> set[str]:
 
 
 def _unknown_key_reason(key: str, known: set[str], tool: str) -> str:
+    """Why ``key`` is refused: not a key, the nearest known key, and the keys of its section."""
     close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
     hint = f"did you mean {close[0]}? " if close else ""
-    top = sorted(k for k in known if "." not in k)
-    return f"not a key of {tool}'s config ({hint}keys: {', '.join(top)})"
+    parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    siblings = sorted(k[len(parent) :] for k in known if k.startswith(parent) and "." not in k[len(parent) :])
+    where = f"{tool}'s {parent[:-1]} section" if parent and siblings else f"{tool}'s config"
+    return f"not a key of {where} ({hint}keys: {', '.join(siblings)})"
 
 
 def _check_schema(cfg: DictConfig, schema: type, tool: str) -> None:
@@ -403,7 +447,7 @@ def _check_patch_size(patch: list[Any]) -> None:
 
 
 def _check_channels(channels: list[Any]) -> None:
-    from tpnet.data.encoding import CHANNEL_NAMES  # numpy + OpenCV: light next to the training imports
+    from tpnet.core.encoding import CHANNEL_NAMES  # numpy + OpenCV: light next to the training imports
 
     if not channels or channels[0] != "bmode":
         raise ConfigError(

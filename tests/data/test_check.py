@@ -17,10 +17,10 @@ from foreign import (
     FOREIGN_SUBJECTS,
     write_faulty_dataset,
 )
-from tpnet.data import io
+from tpnet.core import io
+from tpnet.core.contract import load_manifest, load_spec, resolve_path, row_spacing_mm
 from tpnet.data import cli
 from tpnet.data.check import DatasetCheckError, check_dataset, check_or_raise, main_check
-from tpnet.data.contract import load_manifest, load_spec, resolve_path, row_spacing_mm
 
 
 @pytest.fixture(scope="module")

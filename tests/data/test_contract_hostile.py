@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tpnet.core.contract import ContractError, load_spec, read_manifest_raw
 from tpnet.data.check import main_check
-from tpnet.data.contract import ContractError, load_spec, read_manifest_raw
 from train_helpers import REPO, subprocess_env
 
 

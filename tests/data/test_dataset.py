@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from foreign import SPEED_RANGE_M_S, write_foreign_dataset
-from tpnet.data.contract import load_manifest, load_spec
+from tpnet.core.contract import load_manifest, load_spec
+from tpnet.core.encoding import Encoding
 from tpnet.data.dataset import FullFrameDataset, PatchSampler, TrainPatchDataset, load_frame
-from tpnet.data.encoding import Encoding
 from tpnet.data.transforms import TrainTransform
 from tpnet.training.distributed import DistInfo, EpochSampler
 

@@ -16,11 +16,11 @@ import tifffile
 from crafted_images import write_png16, write_png_bomb
 from foreign import write_foreign_dataset
 from peak_rss import run_with_peak_rss
-from tpnet.data import io
+from tpnet.core import io
+from tpnet.core.contract import load_manifest
+from tpnet.core.encoding import Encoding
+from tpnet.core.image_header import read_png_header
 from tpnet.data.check import DatasetCheckError, check_dataset, check_or_raise
-from tpnet.data.contract import load_manifest
-from tpnet.data.encoding import Encoding
-from tpnet.data.image_header import read_png_header
 
 BOMB_SIDE = 30_000  # 900 MP declared in a ~4 MB file
 

@@ -12,10 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tpnet.data.check import DatasetCheckError, check_dataset, check_or_raise, main_check
-from tpnet.data.contract import ContractError, load_manifest, load_spec, parse_row
-from tpnet.data.dataset import load_frame
-from tpnet.data.plausibility import (
+from tpnet.core.contract import ContractError, load_manifest, load_spec, parse_row
+from tpnet.core.plausibility import (
     FAR_FROM_TRAINING_FACTOR,
     PLAUSIBLE_FIELD_MM,
     PLAUSIBLE_SPACING_MM,
@@ -25,6 +23,8 @@ from tpnet.data.plausibility import (
     spacing_warnings,
     stiffness_problem,
 )
+from tpnet.data.check import DatasetCheckError, check_dataset, check_or_raise, main_check
+from tpnet.data.dataset import load_frame
 
 
 def _edit_manifest(root: Path, sample_id: str, column: str, value: str) -> None:

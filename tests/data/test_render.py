@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tpnet.core.io import read_array
 from tpnet.data.cli import main
-from tpnet.data.io import read_array
 from tpnet.data.render import COLOUR_BAR_PX, TITLE_PX, mask_panel, render_frame, render_samples
 from tpnet.data.synth import write_synthetic_dataset
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tpnet.data.contract import ManifestRow
+from tpnet.core.contract import ManifestRow
 from tpnet.data.splits import SplitError, kfold_subjects, split_rows
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tpnet.core.contract import load_manifest, load_spec, resolve_path
+from tpnet.core.io import read_elasto, read_mask
 from tpnet.data.cli import main
-from tpnet.data.contract import load_manifest, load_spec, resolve_path
-from tpnet.data.io import read_elasto, read_mask
 from tpnet.data.synth import (
     FIBROTIC,
     MUSCLE,

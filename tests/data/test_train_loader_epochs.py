@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from foreign import write_foreign_dataset
-from tpnet.data.contract import load_manifest, load_spec
+from tpnet.core.contract import load_manifest, load_spec
+from tpnet.core.encoding import Encoding
 from tpnet.data.datamodule import DataSetup, train_loader
-from tpnet.data.encoding import Encoding
 from tpnet.data.transforms import TrainTransform
 from tpnet.training.distributed import EpochSampler
 

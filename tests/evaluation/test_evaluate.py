@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from tpnet.core.postprocess import PostprocessParams
 from tpnet.evaluation.evaluate import evaluate, evaluation_report, save_metrics_json
-from tpnet.inference.postprocess import PostprocessParams
 
 CLASSES = ("background", "active_trp", "latent_trp", "vessel")
 SPACING_MM = 0.1

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from tpnet.core.postprocess import TriggerPoint
 from tpnet.evaluation.metrics import (
     aggregate,
     bootstrap_ci,
@@ -13,7 +14,6 @@ from tpnet.evaluation.metrics import (
     frame_record,
     match_points,
 )
-from tpnet.inference.postprocess import TriggerPoint
 
 CLASSES = ("background", "active_trp", "latent_trp", "vessel")
 

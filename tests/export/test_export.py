@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from tpnet.core.model_file import build_meta, load_model_file
 from tpnet.export.export import ExportError, export_torchscript
 from tpnet.export.parity import ParityError, check_parity, export_model
-from tpnet.inference.model_file import build_meta, load_model_file
 from tpnet.models.unet import UNet
 
 CLASSES = ["background", "active_trp", "latent_trp", "vessel"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tpnet.inference.model_file import load_model_file, read_meta
+from tpnet.core.model_file import load_model_file, read_meta
 from train_helpers import REPO, subprocess_env
 
 

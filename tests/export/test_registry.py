@@ -7,9 +7,9 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from tpnet.core.model_file import build_meta
 from tpnet.export.export import export_torchscript
 from tpnet.export.registry import log_export_to_mlflow
-from tpnet.inference.model_file import build_meta
 from tpnet.models.unet import UNet
 
 

@@ -13,7 +13,7 @@ import pytest
 from crafted_images import write_png16, write_png_bomb
 from model_files import blob_frame, make_model_file
 from peak_rss import run_with_peak_rss
-from tpnet.data.io import write_png
+from tpnet.core.io import write_png
 from tpnet.inference.cli import EXIT_REJECTED, LOCK_NAME
 
 PEAK_LIMIT_MIB = 1500  # torch and the model take a few hundred MB; decoding the bomb alone takes 900 MB

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from model_files import CLASSES, blob_frame, make_model_file
-from tpnet.data.io import read_array, write_npy, write_png, write_tiff
+from tpnet.core.io import read_array, write_npy, write_png, write_tiff
 from tpnet.inference.cli import CSV_COLUMNS, LOCK_NAME, OUTPUT_MARKER, main
 
 ACTIVE, LATENT, VESSEL = (CLASSES.index(n) for n in ("active_trp", "latent_trp", "vessel"))

@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 
 from model_files import blob_frame, make_model_file
-from tpnet.data.io import write_png
+from tpnet.core.io import write_png
 
 TRAINING_ONLY = ("hydra", "omegaconf", "mlflow", "albumentations", "torchvision", "scipy")
 

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from tpnet.data.io import FrameReadError, write_npy, write_png, write_tiff
+from tpnet.core.io import FrameReadError, write_npy, write_png, write_tiff
 from tpnet.inference.inputs import SpacingAssumedWarning, discover_inputs, load_frame
 
 MODEL_SPACING = 0.2

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from model_files import MODEL_SPACING_MM, blob_frame, make_model_file
-from tpnet.data.io import FrameReadError, write_png, write_tiff
+from tpnet.core.io import FrameReadError, write_png, write_tiff
 from tpnet.inference.cli import main
 from tpnet.inference.inputs import ImplausibleSpacingWarning, InputError, discover_inputs, load_frame
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from model_files import blob_frame, make_model_file
-from tpnet.data.io import write_png
+from tpnet.core.io import write_png
 from tpnet.inference.cli import main
 from tpnet.inference.progress import PROGRESS_NAME
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from model_files import blob_frame, make_model_file
-from tpnet.data.io import write_png
+from tpnet.core.io import write_png
 from tpnet.data.synth import write_synthetic_dataset
 from tpnet.inference.cli import main
 from tpnet.inference.output_names import MAX_STEM_BYTES, bounded_stem

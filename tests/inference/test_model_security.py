@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from model_files import blob_frame, make_model_file
-from tpnet.data.io import write_png
-from tpnet.inference.archive_safety import UnsafeModelError, check_pt2_archive, check_torchscript_archive
-from tpnet.inference.model_file import ModelFileError, load_model_file
+from tpnet.core.archive_safety import UnsafeModelError, check_pt2_archive, check_torchscript_archive
+from tpnet.core.io import write_png
+from tpnet.core.model_file import ModelFileError, load_model_file
 
 PREFIX = "model/"  # top-level folder of make_model_file's .pt2 archives
 

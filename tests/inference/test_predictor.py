@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from model_files import MODEL_SPACING_MM, blob_frame, make_model_file
-from tpnet.data.io import write_png
+from tpnet.core.io import write_png
+from tpnet.core.model_file import load_model_file
 from tpnet.inference.inputs import FrameInput
-from tpnet.inference.model_file import load_model_file
 from tpnet.inference.predictor import FrameFailure, FramePrediction, Predictor
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tpnet.inference.postprocess import PostprocessParams
+from tpnet.core.postprocess import PostprocessParams
 from tpnet.training.calibrate import calibrate_postprocess
 
 CLASSES = ("background", "active_trp", "latent_trp", "vessel")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tpnet.training.checkpoint import load_checkpoint
+from tpnet.core.checkpoint import load_checkpoint
 from train_helpers import REPO, metric_steps, mlflow_runs, subprocess_env
 
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tpnet.configuration import DETECTION_RADII_MM, MONITORS, ConfigError, check_monitor_name
-from tpnet.training.checkpoint import load_checkpoint
+from tpnet.core.checkpoint import load_checkpoint
 from tpnet.training.label_set import choose_monitor, label_set_warnings, summarise_labels
 from train_helpers import read_history, run_train, tiny_overrides
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from tpnet.training.checkpoint import load_checkpoint
+from tpnet.core.checkpoint import load_checkpoint
 from train_helpers import (
     REPO,
     assert_same_training,

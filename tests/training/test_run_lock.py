@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from tpnet.run_lock import FolderLockedError, lock_folder, unlock_folder
-from tpnet.training.checkpoint import load_checkpoint
+from tpnet.core.checkpoint import load_checkpoint
+from tpnet.core.run_lock import FolderLockedError, lock_folder, unlock_folder
 from tpnet.training.cli import RUN_LOCK_NAME
 from train_helpers import checkpoint_epoch, run_train, sigkill, start_train, subprocess_env, wait_for
 

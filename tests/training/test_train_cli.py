@@ -29,7 +29,7 @@ TINY_MODEL += ["model.base_width=4", "model.depth=2", "evaluation.n_boot=20"]
 def test_train_on_a_foreign_dataset_leaves_checkpoints_and_one_complete_mlflow_run(tmp_path, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
-    from tpnet.training.checkpoint import load_checkpoint
+    from tpnet.core.checkpoint import load_checkpoint
 
     data_root = write_foreign_dataset(tmp_path / "foreign")
     run_dir = tmp_path / "run"

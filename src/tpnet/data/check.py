@@ -18,19 +18,20 @@ from typing import TextIO
 import cv2
 import numpy as np
 
-from tpnet.data import io
-from tpnet.data.contract import (
+from tpnet.core import io
+from tpnet.core.contract import (
     SPLITS,
     ContractError,
     DatasetSpec,
+    is_trp_class,
     load_spec,
     parse_row,
     read_manifest_raw,
     resolve_path,
     row_spacing_mm,
 )
-from tpnet.data.encoding import elasto_to_kpa
-from tpnet.data.plausibility import (
+from tpnet.core.encoding import elasto_to_kpa
+from tpnet.core.plausibility import (
     STIFFNESS_KPA_RANGE,
     spacing_warnings,
     stiffness_problem,
@@ -233,7 +234,7 @@ def _check_row(root: Path, raw: dict[str, str], line: int, spec: DatasetSpec | N
     if mask is not None and label_counts is not None:
         result.class_pixels = label_counts[: len(spec.classes)]
         for index, name in enumerate(spec.classes):
-            if name.endswith("_trp") and result.class_pixels[index]:
+            if is_trp_class(name) and result.class_pixels[index]:
                 count, _ = cv2.connectedComponents((mask == index).astype(np.uint8), connectivity=8)
                 result.trp_components[name] = count - 1  # minus the background component
     if result.has_swe:
@@ -369,7 +370,7 @@ def _summarise(
         frames_per_split = UNASSIGNED
 
     class_pixels = np.zeros(len(classes), dtype=np.int64)
-    trp_counts = {name: 0 for name in classes if name.endswith("_trp")}
+    trp_counts = {name: 0 for name in classes if is_trp_class(name)}
     hists: dict[str, np.ndarray] = {}
     for result in results:
         if result.class_pixels is not None:

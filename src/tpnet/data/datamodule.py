@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from tpnet.data.contract import DatasetSpec, ManifestRow, load_manifest, load_spec
+from tpnet.core.contract import DatasetSpec, ManifestRow, load_manifest, load_spec
+from tpnet.core.encoding import Encoding
 from tpnet.data.dataset import (
     FullFrameDataset,
     PatchSampler,
@@ -20,7 +22,6 @@ from tpnet.data.dataset import (
     collate_frames,
     median_spacing_mm,
 )
-from tpnet.data.encoding import Encoding
 from tpnet.data.splits import split_rows
 from tpnet.data.transforms import TrainTransform
 
@@ -146,3 +147,15 @@ def frame_loader(dataset: FullFrameDataset, indices: list[int], workers: int) ->
         num_workers=min(workers, 2),
         collate_fn=collate_frames,
     )
+
+
+def iter_frames(loader: Iterable[list[dict]]) -> Iterator[dict]:
+    """One frame dict at a time from a ``frame_loader`` (its batches are lists of frames of any size)."""
+    for batch in loader:
+        yield from batch
+
+
+def split_frames(setup: DataSetup, split: str, workers: int) -> Iterator[dict]:
+    """Every full frame of one split, in manifest order (evaluation and calibration)."""
+    dataset = frame_dataset(setup, split)
+    return iter_frames(frame_loader(dataset, list(range(len(dataset))), workers))

@@ -15,15 +15,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from tpnet.data.contract import DatasetSpec, ManifestRow, resolve_path, row_spacing_mm
-from tpnet.data.encoding import Encoding, elasto_to_kpa, resample_frame
-from tpnet.data.io import read_bmode, read_elasto, read_mask
-from tpnet.data.plausibility import stiffness_problem
+from tpnet.core.contract import DatasetSpec, ManifestRow, resolve_path, row_spacing_mm, trp_class_indices
+from tpnet.core.encoding import Encoding, elasto_to_kpa, resample_frame
+from tpnet.core.io import read_bmode, read_elasto, read_mask
+from tpnet.core.plausibility import stiffness_problem
 from tpnet.data.transforms import Frame, TrainTransform
-
-
-def trp_labels(classes: Sequence[str]) -> list[int]:
-    return [i for i, name in enumerate(classes) if name.endswith("_trp")]
 
 
 def frame_spacing_mm(spec: DatasetSpec, row: ManifestRow) -> float:
@@ -117,7 +113,7 @@ class TrainPatchDataset(Dataset):
         self.transform = transform
         self.seed = seed
         self.epoch = 0
-        self.trp_labels = np.array(trp_labels(spec.classes), dtype=np.uint8)
+        self.trp_labels = np.array(trp_class_indices(spec.classes), dtype=np.uint8)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

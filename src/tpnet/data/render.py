@@ -11,8 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tpnet.data.contract import load_manifest, load_spec, resolve_path, row_spacing_mm
-from tpnet.data.io import read_bmode, read_elasto, read_mask, write_png
+from tpnet.core.contract import load_manifest, load_spec, resolve_path, row_spacing_mm, trp_class_indices
+from tpnet.core.io import read_bmode, read_elasto, read_mask, write_png
 
 SWE_RANGE_KPA = (0.0, 100.0)
 SWE_OPACITY = 0.5
@@ -131,7 +131,7 @@ def render_samples(root: Path, out_dir: Path, n: int = 3, seed: int = 0) -> list
     """Write ``n`` rendered frames of the dataset at ``root`` to ``out_dir``; returns their paths."""
     root, out_dir = Path(root), Path(out_dir)
     spec = load_spec(root)
-    trp_labels = [i for i, name in enumerate(spec.classes) if name.endswith("_trp")]
+    trp_labels = trp_class_indices(spec.classes)
     scored = []
     for row in load_manifest(root):
         score = int(row.elasto is not None)

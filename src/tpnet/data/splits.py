@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from tpnet.data.contract import SPLITS, ContractError, ManifestRow
+from tpnet.core.contract import SPLITS, ContractError, ManifestRow
 
 
 class SplitError(ContractError):

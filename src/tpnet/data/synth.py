@@ -26,8 +26,9 @@ import cv2
 import numpy as np
 import yaml
 
-from tpnet.data.contract import DEFAULT_CLASSES
-from tpnet.data.io import write_png, write_tiff
+from tpnet.core.contract import DEFAULT_CLASSES
+from tpnet.core.encoding import shear_speed_to_kpa
+from tpnet.core.io import write_png, write_tiff
 
 GENERATOR_VERSION = 1
 BACKGROUND, ACTIVE_TRP, LATENT_TRP, VESSEL = 0, 1, 2, 3
@@ -98,7 +99,7 @@ def sample_subject(seed: int, subject: int) -> Subject:
         alpha_db_cm_mhz=float(rng.uniform(0.5, 1.0)),
         tgc_fraction=float(rng.uniform(0.7, 0.9)),
         dynamic_range_db=float(rng.uniform(50.0, 60.0)),
-        muscle_kpa=3.0 * speed**2,
+        muscle_kpa=float(shear_speed_to_kpa(speed**2)),
         fat_kpa=float(rng.uniform(8.0, 18.0)),
         deep_kpa_ratio=float(rng.uniform(0.8, 1.2)),
     )

@@ -22,11 +22,11 @@ log = logging.getLogger("tpnet")
 
 
 def run_eval(cfg: DictConfig) -> dict:
-    from tpnet.data.datamodule import frame_dataset, frame_loader, setup_data
+    from tpnet.core.device import pick_device
+    from tpnet.core.postprocess import PostprocessParams
+    from tpnet.data.datamodule import frame_dataset, frame_loader, iter_frames, setup_data
     from tpnet.evaluation.evaluate import evaluate, evaluation_report, save_metrics_json
-    from tpnet.inference.postprocess import PostprocessParams
-    from tpnet.training.checkpoint import load_deployable_model
-    from tpnet.training.train import pick_device, val_loader_iter
+    from tpnet.models.from_checkpoint import load_deployable_model
 
     ckpt_path = Path(cfg.checkpoint)
     device = pick_device(cfg.device)
@@ -51,7 +51,7 @@ def run_eval(cfg: DictConfig) -> dict:
     frames = frame_loader(dataset, list(range(len(dataset))), int(data_cfg.num_workers))
     _, records = evaluate(
         model,
-        val_loader_iter(frames),
+        iter_frames(frames),
         meta["classes"],
         int(meta["size_multiple"]),
         params,
@@ -108,7 +108,7 @@ def _main(cfg: DictConfig) -> None:
     except ConfigError as exc:
         _config_error(exc)
 
-    from tpnet.training.checkpoint import CheckpointError
+    from tpnet.core.checkpoint import CheckpointError
 
     try:
         run_eval(cfg)

@@ -12,16 +12,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from tpnet.atomic import atomic_write_text
-from tpnet.evaluation.metrics import FrameRecord, aggregate, bootstrap_ci, frame_record
-from tpnet.inference.padding import predict_probs
-from tpnet.inference.postprocess import (
+from tpnet.core.atomic import atomic_write_text
+from tpnet.core.postprocess import (
     PostprocessParams,
     TriggerPoint,
     find_trigger_points,
     frame_trp_score,
     labels_from_probs,
 )
+from tpnet.core.predict import predict_probs
+from tpnet.evaluation.metrics import FrameRecord, aggregate, bootstrap_ci, frame_record
 
 FRAME_KEYS: tuple[str, ...] = ("image", "mask", "elasto_kpa", "spacing_mm", "sample_id", "subject_id")
 
@@ -110,8 +110,7 @@ def evaluate(
     try:
         for frame in frames:
             image, gt_labels, elasto, spacing_mm = _check_frame(frame)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                probs = predict_probs(model, image[None].to(device), size_multiple, tta=tta)
+            probs = predict_probs(model, image[None].to(device), size_multiple, tta=tta, amp_dtype=amp_dtype)
             probs = probs[0].cpu().numpy()
             if probs.shape[0] != len(classes):
                 raise ValueError(

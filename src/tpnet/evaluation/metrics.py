@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from tpnet.inference.postprocess import TriggerPoint
+from tpnet.core.postprocess import TriggerPoint
 
 DEFAULT_RADII_MM: tuple[float, ...] = (3.0, 5.0, 10.0)
 

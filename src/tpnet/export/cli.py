@@ -22,12 +22,12 @@ log = logging.getLogger("tpnet")
 
 
 def run_export(cfg: DictConfig) -> dict:
+    from tpnet.core.model_file import build_meta
     from tpnet.data.datamodule import frame_dataset, setup_data
     from tpnet.export.parity import export_model
     from tpnet.export.registry import log_export_to_mlflow
-    from tpnet.inference.model_file import build_meta
+    from tpnet.models.from_checkpoint import load_deployable_model
     from tpnet.tracking.mlflow_logger import resolve_tracking_uri
-    from tpnet.training.checkpoint import load_deployable_model
 
     checkpoint = Path(cfg.checkpoint)
     model, state = load_deployable_model(checkpoint)
@@ -70,9 +70,9 @@ def _main(cfg: DictConfig) -> None:
     except ConfigError as exc:
         _config_error(exc)
 
+    from tpnet.core.checkpoint import CheckpointError
     from tpnet.export.export import ExportError
     from tpnet.export.parity import ParityError
-    from tpnet.training.checkpoint import CheckpointError
 
     try:
         run_export(cfg)

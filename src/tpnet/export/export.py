@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from tpnet.atomic import atomic_write_bytes
-from tpnet.inference.model_file import META_FILENAME, ModelFileError, read_meta, validate_meta
+from tpnet.core.atomic import atomic_write_bytes
+from tpnet.core.model_file import META_FILENAME, ModelFileError, read_meta, validate_meta
 
 log = logging.getLogger(__name__)
 

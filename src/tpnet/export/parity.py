@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tpnet.data.encoding import pad_amounts
+from tpnet.core.encoding import pad_amounts
+from tpnet.core.model_file import read_meta
 from tpnet.export.export import (
     META_FILENAME,
     ExportError,
@@ -29,7 +30,6 @@ from tpnet.export.export import (
     export_pt2,
     export_torchscript,
 )
-from tpnet.inference.model_file import read_meta
 
 SUBPROCESS_TIMEOUT_S = 600
 _SUFFIX = {"torchscript": ".pt", "pt2": ".pt2"}

@@ -12,7 +12,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from tpnet.inference.model_file import read_meta
+from tpnet.core.model_file import read_meta
 
 log = logging.getLogger(__name__)
 

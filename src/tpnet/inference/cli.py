@@ -23,17 +23,22 @@ from pathlib import Path
 
 import cv2
 import torch
-from tqdm import tqdm
+from tqdm import tqdm  # tqdm.write: messages that do not break a drawn bar
 
 from tpnet import __version__
-from tpnet.atomic import atomic_write_text
-from tpnet.csv_safe import safe_row
-from tpnet.data.io import write_png
+from tpnet.core.atomic import atomic_write_text
+from tpnet.core.contract import trp_class_indices
+from tpnet.core.csv_safe import safe_row
+from tpnet.core.io import write_png
+from tpnet.core.model_file import LoadedModel, ModelFileError, load_model_file
+from tpnet.core.overlay import render_overlay
+from tpnet.core.postprocess import TriggerPoint
+from tpnet.core.run_lock import FolderLockedError, lock_folder, unlock_folder
+from tpnet.core.terminal import progress_bar
 from tpnet.inference import fault_injection
 from tpnet.inference.inputs import FrameInput, InputError, InputWarning, Rejection, discover_inputs
 from tpnet.inference.interrupt import Interrupted, StopRequests, exit_code
 from tpnet.inference.memory import bound_cpu_memory, release_freed_memory
-from tpnet.inference.model_file import LoadedModel, ModelFileError, load_model_file
 from tpnet.inference.output_folder import (
     LOCK_NAME,
     OUTPUT_DIRS,
@@ -45,12 +50,9 @@ from tpnet.inference.output_folder import (
     remove_earlier_results,
 )
 from tpnet.inference.output_names import bounded_stem
-from tpnet.inference.overlay import render_overlay
-from tpnet.inference.postprocess import TriggerPoint, trp_class_indices
 from tpnet.inference.predictor import FrameFailure, FramePrediction, Predictor
 from tpnet.inference.progress import PROGRESS_NAME, FrameRecord, ProgressJournal, ResumeError, model_identity
 from tpnet.inference.report import HtmlReport, frame_section
-from tpnet.run_lock import FolderLockedError, lock_folder, unlock_folder
 
 EXIT_OK, EXIT_USAGE, EXIT_REJECTED = 0, 2, 3
 CSV_COLUMNS: tuple[str, ...] = (
@@ -441,7 +443,7 @@ def _run(
                         (output_dir / name / f"{stem}.png").unlink(missing_ok=True)
 
         results = predictor.run(todo, workers=args.workers, finish=write_images)
-        progress = tqdm(results, total=len(todo), unit="frame", desc="tpnet-infer", dynamic_ncols=True)
+        progress = progress_bar(results, total=len(todo), unit="frame", desc="tpnet-infer", dynamic_ncols=True)
         try:
             with stops.between_frames():
                 for result in progress:

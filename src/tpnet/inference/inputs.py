@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tpnet.data import contract
-from tpnet.data.encoding import elasto_to_kpa
-from tpnet.data.io import FrameReadError, declared_shape, read_bmode, read_elasto
-from tpnet.data.plausibility import parse_spacing_mm, spacing_warnings, stiffness_problem
+from tpnet.core import contract
+from tpnet.core.encoding import elasto_to_kpa
+from tpnet.core.io import FrameReadError, declared_shape, read_bmode, read_elasto
+from tpnet.core.plausibility import parse_spacing_mm, spacing_warnings, stiffness_problem
 from tpnet.inference.output_names import bounded_stem
 
 BMODE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".npy")

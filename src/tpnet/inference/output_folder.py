@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from tpnet import __version__
-from tpnet.atomic import atomic_write_text
+from tpnet.core.atomic import atomic_write_text
 
 OUTPUT_MARKER = "tpnet-infer-output.json"
 OUTPUT_FILES: tuple[str, ...] = ("detections.csv", "summary.json", "report.html")

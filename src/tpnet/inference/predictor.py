@@ -16,17 +16,17 @@ import cv2
 import numpy as np
 import torch
 
-from tpnet.data.encoding import resample_frame
-from tpnet.data.io import FrameReadError
-from tpnet.inference.inputs import FrameInput, load_frame
-from tpnet.inference.model_file import LoadedModel
-from tpnet.inference.padding import predict_probs
-from tpnet.inference.postprocess import (
+from tpnet.core.encoding import resample_frame
+from tpnet.core.io import FrameReadError
+from tpnet.core.model_file import LoadedModel
+from tpnet.core.postprocess import (
     PostprocessParams,
     TriggerPoint,
     find_trigger_points,
     labels_from_probs,
 )
+from tpnet.core.predict import predict_probs
+from tpnet.inference.inputs import FrameInput, load_frame
 
 
 @dataclass

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
-from tpnet.atomic import atomic_open
+from tpnet.core.atomic import atomic_open
+from tpnet.core.overlay import class_colour
+from tpnet.core.postprocess import TriggerPoint
 from tpnet.inference.inputs import FrameInput, Rejection
-from tpnet.inference.overlay import class_colour
-from tpnet.inference.postprocess import TriggerPoint
 
 CLASS_LABELS = {
     "active_trp": "Active trigger point",

@@ -15,8 +15,8 @@ import torch
 
 from tpnet.evaluation.evaluate import score_frame
 from tpnet.evaluation.metrics import aggregate
-from tpnet.inference.padding import predict_probs
-from tpnet.inference.postprocess import PostprocessParams, find_trigger_points
+from tpnet.core.predict import predict_probs
+from tpnet.core.postprocess import PostprocessParams, find_trigger_points
 
 
 @torch.no_grad()
@@ -34,8 +34,8 @@ def calibrate_postprocess(
     model.eval()
     cached = []
     for frame in frames:
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            probs = predict_probs(model, frame["image"][None].to(device), int(model.size_multiple))
+        image = frame["image"][None].to(device)
+        probs = predict_probs(model, image, int(model.size_multiple), amp_dtype=amp_dtype)
         gt = frame["mask"].numpy()
         spacing = float(frame["spacing_mm"])
         gt_points = find_trigger_points(gt, spacing, classes, elasto_kpa=frame["elasto_kpa"])

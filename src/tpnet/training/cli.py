@@ -17,7 +17,7 @@ from tpnet.configuration import (
     run_dir_from_hydra,
     validate_train_config,
 )
-from tpnet.run_lock import FolderLockedError, lock_folder, unlock_folder
+from tpnet.core.run_lock import FolderLockedError, lock_folder, unlock_folder
 
 log = logging.getLogger("tpnet")
 
@@ -57,7 +57,7 @@ def _locked_main(cfg: DictConfig, run_dir: Path) -> float | None:
         _fail(f"configuration error: {exc}")
 
     from tpnet.data.check import DatasetCheckError
-    from tpnet.training.checkpoint import CheckpointError
+    from tpnet.core.checkpoint import CheckpointError
     from tpnet.training.train import NonFiniteLossError, train
 
     try:

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tpnet.data.contract import resolve_path
+from tpnet.core.contract import resolve_path, trp_class_indices
 from tpnet.data.datamodule import DataSetup
-from tpnet.data.dataset import frame_spacing_mm, trp_labels
-from tpnet.data.io import read_mask
+from tpnet.data.dataset import frame_spacing_mm
+from tpnet.core.io import read_mask
 
 # A frame whose shorter side (after resampling to the training spacing) is below this holds no usable
 # anatomy: the smallest trigger points are ~2 mm across, the network downsamples 8-16x.
@@ -59,7 +59,7 @@ def label_set_warnings(
 ) -> list[str]:
     """One line per degenerate property of the data, for the start of training."""
     warnings = []
-    trp = trp_labels(classes)
+    trp = trp_class_indices(classes)
     train = summary["train"]
     if not trp:
         warnings.append(
@@ -98,9 +98,9 @@ def choose_monitor(
     if monitor.startswith("val/") and val.n_frames == 0:
         why = "the validation split has no frame"
     elif monitor.startswith(_DETECTION_MONITORS):
-        if not trp_labels(classes):
+        if not trp_class_indices(classes):
             why = "the dataset has no trigger-point class"
-        elif not val.labels & set(trp_labels(classes)):
+        elif not val.labels & set(trp_class_indices(classes)):
             why = "no validation mask contains a trigger point"
     elif monitor == "val/dice_mean" and not val.labels - {0}:
         why = "every validation mask is empty"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tpnet.data.io import write_png
-from tpnet.inference.overlay import render_overlay
-from tpnet.inference.postprocess import find_trigger_points
+from tpnet.core.io import write_png
+from tpnet.core.overlay import render_overlay
+from tpnet.core.postprocess import find_trigger_points
 
 
 def write_overlays(frames: Sequence[dict], classes: Sequence[str], out_dir: Path) -> list[Path]:

@@ -1,6 +1,7 @@
 """The training loop, top to bottom: set up, (resume), then per epoch train -> validate -> log -> checkpoint.
 
-Launch with ``tpnet-train key=value ...`` (Hydra), alone or under ``torchrun`` for DDP.
+Launch with ``tpnet-train key=value ...`` (Hydra), alone or under ``torchrun`` for DDP. ``_train`` reads as the
+algorithm; each step is a small function below it, and ``train_one_epoch`` takes one typed ``TrainState``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,27 +22,32 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from tpnet import __version__
-from tpnet.atomic import atomic_write_text
 from tpnet.configuration import ConfigError, check_monitor_name, config_fingerprint, run_dir_from_hydra
-from tpnet.data.datamodule import frame_dataset, frame_loader, setup_data, train_loader
+from tpnet.core.atomic import atomic_write_text
+from tpnet.core.checkpoint import load_checkpoint
+from tpnet.core.device import amp_dtype_for, pick_device
+from tpnet.core.postprocess import PostprocessParams
+from tpnet.core.terminal import progress_bar
+from tpnet.data.datamodule import (
+    DataSetup,
+    frame_dataset,
+    frame_loader,
+    iter_frames,
+    setup_data,
+    split_frames,
+    train_loader,
+)
 from tpnet.evaluation.evaluate import evaluate, evaluation_report, save_metrics_json
 from tpnet.evaluation.metrics import aggregate
-from tpnet.inference.postprocess import PostprocessParams
 from tpnet.models import build_model
+from tpnet.models.from_checkpoint import load_deployable_model
 from tpnet.models.summary import count_flops, count_parameters
 from tpnet.tracking.mlflow_logger import MlflowTracker, default_tags, flatten
 from tpnet.training import distributed, fault_injection
 from tpnet.training.calibrate import calibrate_postprocess
-from tpnet.training.checkpoint import (
-    capture_rng_state,
-    load_checkpoint,
-    load_deployable_model,
-    restore_rng_state,
-    save_checkpoint,
-)
+from tpnet.training.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from tpnet.training.distributed import DistInfo, EpochSampler
 from tpnet.training.ema import EMA
 from tpnet.training.label_set import choose_monitor, label_set_warnings, summarise_labels
@@ -48,28 +56,19 @@ from tpnet.training.validate import validate_frames
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "TrainState",
+    "EpochStats",
+    "build_train_state",
+    "train",
+    "train_one_epoch",
+    "pick_device",
+    "amp_dtype_for",
+]
+
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            "trainer.device=cuda but no CUDA device is available; use trainer.device=cpu or auto"
-        )
-    return torch.device(name)
-
-
-def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
-    """None = full fp32. ``auto``: bf16 on GPUs that support it, else fp16 (with a grad scaler); fp32 on CPU."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def seed_everything(seed: int) -> None:
@@ -78,6 +77,79 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# ----------------------------------------------------------------------------------------------- state
+@dataclass
+class TrainState:
+    """Everything one optimiser step needs, and the step counter it advances.
+
+    ``model`` is the bare network (what checkpoints, EMA and gradient clipping see); ``forward`` is what runs
+    the batch: ``model`` itself, or its DDP / ``torch.compile`` wrapper.
+    """
+
+    model: torch.nn.Module
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # torch.optim.lr_scheduler.LRScheduler (LambdaLR / OneCycleLR / ...)
+    scaler: torch.amp.GradScaler
+    ema: EMA | None
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    memory_format: torch.memory_format
+    accumulate: int = 1
+    grad_clip_norm: float | None = None
+    nan_policy: str = "skip"  # or "stop"
+    max_skipped_steps: int = 10
+    global_step: int = 0
+
+    def state_dicts(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+        }
+
+    def load_state_dicts(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.global_step = int(state["global_step"])
+
+
+@dataclass
+class EpochStats:
+    loss: float  # mean over the epoch's finite steps and over ranks; NaN when every step was skipped
+    images_per_s: float  # all ranks together
+    data_wait_s: float  # this rank's time spent waiting for the next batch (a loader that keeps up: ~0)
+    n_images: int  # this rank's
+
+
+@dataclass
+class Progress:
+    """Where the run stands between epochs: saved in every checkpoint, restored on resume."""
+
+    epoch: int = 0  # epochs completed
+    best_metric: float | None = None
+    bad_epochs: int = 0  # validated epochs since the monitor last improved (early stopping)
+    mlflow_run_id: str | None = None
+
+    def record(self, value: float | None, mode: str) -> bool:
+        """Count one epoch's monitor value; True when it is the new best."""
+        if value is None:
+            return False  # not a validation epoch
+        if not math.isnan(value) and _better(value, self.best_metric, mode):
+            self.best_metric, self.bad_epochs = float(value), 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+
+# ----------------------------------------------------------------------------------------------- the job
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job; returns the final metrics (test split when evaluated, else best validation)."""
     device = pick_device(cfg.trainer.device)
@@ -96,46 +168,229 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
         log.info("distributed: rank %d of world size %d", info.rank, info.world_size)
     run_dir = Path(distributed.broadcast_object(str(run_dir_from_hydra()), info))
     ckpt_dir = run_dir / "checkpoints"
-    seed = int(cfg.seed)
-    seed_everything(seed)  # same seed on every rank: identical initial weights
+    seed_everything(int(cfg.seed))  # same seed on every rank: identical initial weights
     torch.backends.cudnn.benchmark = not tcfg.deterministic
 
-    # ---- data: rank 0 generates/checks first, the others then read the same files --------------------------
-    if info.is_main:
-        data = setup_data(cfg.data, seed, cfg.cv.fold, cfg.cv.folds, check=True)
-    distributed.barrier(info)
-    if not info.is_main:
-        data = setup_data(cfg.data, seed, cfg.cv.fold, cfg.cv.folds, check=False)
+    # ---- set-up: data, monitor, loaders, model and optimisation ---------------------------------------------
+    data = _set_up_data(cfg, info)
     classes = list(data.spec.classes)
     monitor, mode = _check_labels_and_pick_monitor(cfg, data, classes, info)
-    transform = instantiate(cfg.augment)
-    sampler = EpochSampler(len(data.splits["train"]), cfg.data.samples_per_epoch, seed, info)
-    loader = train_loader(data, cfg.data, transform, sampler, seed, device)
+    loader = train_loader(
+        data, cfg.data, instantiate(cfg.augment),
+        EpochSampler(len(data.splits["train"]), cfg.data.samples_per_epoch, int(cfg.seed), info),
+        int(cfg.seed), device,
+    )  # fmt: skip
     val_set = frame_dataset(data, "val")
     val_loader = frame_loader(
         val_set, list(range(info.rank, len(val_set), info.world_size)), cfg.data.num_workers
     )
+    state = build_train_state(cfg, data.encoding.in_channels, len(classes), len(loader), device)
+    params = PostprocessParams.from_dict(OmegaConf.to_container(cfg.postprocess))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    meta = _model_meta(cfg, data, state.model, params, resolved)
 
-    # ---- model, loss, optimiser, schedule ------------------------------------------------------------------
-    model = build_model(cfg.model, data.encoding.in_channels, len(classes)).to(device)
+    # ---- resume, then wrap for DDP / compile and start tracking ------------------------------------------------
+    progress, rng_state = _resume(tcfg.resume, ckpt_dir, run_dir, state, device)
+    state.forward = _wrap_for_training(state.model, tcfg, info, device)
+    tracker = _start_tracking(cfg, run_dir, resolved, state.model, data, device, progress, info)
+    # Restore the RNG streams last, just before the first epoch: whatever set-up consumed random numbers above,
+    # the resumed epochs then draw exactly what the uninterrupted run drew.
+    if rng_state is not None:
+        restore_rng_state(rng_state)
+
+    # ---- epochs ------------------------------------------------------------------------------------------------
+    max_epochs = int(tcfg.max_epochs)
+    for epoch in range(progress.epoch, max_epochs):
+        fault_injection.kill_rank(info.rank, epoch)
+        loader.sampler.set_epoch(epoch)  # PatchSampler: reshuffles and carries the epoch to the workers
+        stats = train_one_epoch(state, loader, epoch, max_epochs, info)
+        metrics = {
+            "train/loss": stats.loss,
+            "lr": state.optimizer.param_groups[0]["lr"],
+            "throughput/img_per_s": stats.images_per_s,
+        }
+        if (epoch + 1) % int(tcfg.val_every_n_epochs) == 0 or epoch + 1 == max_epochs:
+            metrics.update(_validate(state, val_loader, classes, params, cfg, run_dir, tracker, epoch, info))
+        improved = progress.record(metrics.get(monitor), mode)
+        progress.epoch = epoch + 1
+        if info.is_main:
+            _log_epoch(tracker, run_dir / "metrics.jsonl", metrics, epoch)
+            _save_checkpoints(state, progress, ckpt_dir, improved, resolved, meta, tracker.run_id)
+        distributed.barrier(info)
+        patience = tcfg.early_stopping_patience
+        if patience and progress.bad_epochs >= int(patience):
+            log.info("early stopping: %s did not improve for %d epochs", monitor, progress.bad_epochs)
+            break
+
+    # ---- finish: calibrate and test the best checkpoint -----------------------------------------------------
+    final: dict[str, float] = {
+        "best/" + monitor: progress.best_metric if progress.best_metric is not None else math.nan
+    }
+    if info.is_main:
+        final.update(_finish(cfg, data, device, state.amp_dtype, classes, params, run_dir, ckpt_dir, tracker))
+    return final
+
+
+def train_one_epoch(
+    state: TrainState,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    epoch: int,
+    max_epochs: int,
+    info: DistInfo | None = None,
+) -> EpochStats:
+    """One pass over ``batches`` (images, masks): forward under autocast, loss in float32, backward, and an
+    optimiser + scheduler (+ EMA) step every ``state.accumulate`` batches. A non-finite loss skips the step
+    (``nan_policy=skip``, at most ``max_skipped_steps``) or stops the run (``stop``); every rank decides alike."""
+    info = info or DistInfo()
+    (state.forward if isinstance(state.forward, torch.nn.Module) else state.model).train()
+    total_loss, n_batches, n_images, skipped = 0.0, 0, 0, 0
+    wait = _WaitClock(batches)
+    bar = progress_bar(
+        wait, enabled=info.is_main, desc=f"epoch {epoch + 1}/{max_epochs}", leave=False, mininterval=2
+    )
+    start = time.perf_counter()
+    state.optimizer.zero_grad(set_to_none=True)
+    for step, (images, masks) in enumerate(bar):
+        images = images.to(state.device, non_blocking=True).contiguous(memory_format=state.memory_format)
+        masks = masks.to(state.device, non_blocking=True)
+        with torch.autocast(
+            state.device.type, dtype=state.amp_dtype or torch.float32, enabled=state.amp_dtype is not None
+        ):
+            logits = state.forward(images)
+        loss = state.loss_fn(logits.float(), masks)
+        # Every rank must take the same decision, or DDP's next all-reduce hangs.
+        if distributed.any_across_ranks(not bool(torch.isfinite(loss)), info, state.device):
+            skipped += 1
+            _on_non_finite_loss(state, epoch, step, skipped)
+            continue
+        state.scaler.scale(loss / state.accumulate).backward()
+        if (step + 1) % state.accumulate == 0:
+            _optimiser_step(state)
+        if step == 1:
+            fault_injection.stall("train", epoch + 1)  # mid-epoch: after one optimiser step, before the next
+        total_loss += float(loss.detach())
+        n_batches += 1
+        n_images += images.shape[0]
+        if step % 10 == 0:
+            bar.set_postfix(
+                loss=f"{total_loss / n_batches:.4f}", img_s=f"{n_images / (time.perf_counter() - start):.1f}"
+            )
+    if state.device.type == "cuda":
+        torch.cuda.synchronize(state.device)
+    elapsed = time.perf_counter() - start
+    # No batch at all (every step non-finite and skipped): NaN, not a misleading 0.
+    mean_loss = distributed.mean_across_ranks(
+        total_loss / n_batches if n_batches else math.nan, info, state.device
+    )
+    return EpochStats(mean_loss, n_images * info.world_size / max(elapsed, 1e-9), wait.seconds, n_images)
+
+
+class _WaitClock:
+    """Iterates ``batches`` and adds up the time spent waiting for each next batch."""
+
+    def __init__(self, batches: Iterable) -> None:
+        self.batches, self.seconds = batches, 0.0
+
+    def __iter__(self):
+        iterator = iter(self.batches)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                self.seconds += time.perf_counter() - start
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.batches)  # for the progress bar's total
+
+
+def _optimiser_step(state: TrainState) -> None:
+    if state.grad_clip_norm:
+        state.scaler.unscale_(state.optimizer)
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), float(state.grad_clip_norm))
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scheduler.step()
+    state.global_step += 1
+    if state.ema is not None:
+        state.ema.update(state.model)
+
+
+def _on_non_finite_loss(state: TrainState, epoch: int, step: int, skipped: int) -> None:
+    if state.nan_policy == "stop":
+        raise NonFiniteLossError(
+            f"non-finite loss at epoch {epoch + 1}, step {step}; stopping (trainer.nan_policy=stop). "
+            "checkpoints/last.pt holds the last good epoch: resume with trainer.resume=auto after fixing "
+            "the cause (lower optim.lr, trainer.precision=fp32, check the data)"
+        )
+    state.optimizer.zero_grad(set_to_none=True)
+    if skipped > state.max_skipped_steps:
+        raise NonFiniteLossError(
+            f"more than {state.max_skipped_steps} non-finite losses in epoch {epoch + 1}"
+        )
+    log.warning("non-finite loss at epoch %d step %d: step skipped", epoch + 1, step)
+
+
+# ----------------------------------------------------------------------------------------------- set-up
+def build_train_state(
+    cfg: DictConfig, in_channels: int, num_classes: int, batches_per_epoch: int, device: torch.device
+) -> TrainState:
+    """Network, loss, optimiser, schedule, grad scaler and EMA from the config's groups (Hydra ``instantiate``).
+    The benchmark builds its training step through here too."""
+    tcfg = cfg.trainer
+    model = build_model(cfg.model, in_channels, num_classes).to(device)
     # channels_last helps oneDNN on CPU too (about +25 % for the demo U-Net here), not only cuDNN.
     memory_format = torch.channels_last if tcfg.channels_last else torch.preserve_format
     model = model.to(memory_format=memory_format)
     loss_fn = instantiate(cfg.loss)
     optimizer = instantiate(cfg.optim)(params=model.parameters())
     accumulate = int(tcfg.accumulate_grad_batches)
-    steps_per_epoch = max(1, len(loader) // accumulate)
-    max_epochs = int(tcfg.max_epochs)
-    scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_steps=steps_per_epoch * max_epochs)
+    steps_per_epoch = max(1, batches_per_epoch // accumulate)
+    scheduler = instantiate(cfg.scheduler)(
+        optimizer=optimizer, total_steps=steps_per_epoch * int(tcfg.max_epochs)
+    )
     amp_dtype = amp_dtype_for(tcfg.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    ema = EMA(model, float(tcfg.ema_decay)) if tcfg.ema_decay else None
-    params = PostprocessParams.from_dict(OmegaConf.to_container(cfg.postprocess))
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    meta = {
+    return TrainState(
+        model=model,
+        forward=model,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+        ema=EMA(model, float(tcfg.ema_decay)) if tcfg.ema_decay else None,
+        device=device,
+        amp_dtype=amp_dtype,
+        memory_format=memory_format,
+        accumulate=accumulate,
+        grad_clip_norm=float(tcfg.grad_clip_norm) if tcfg.grad_clip_norm else None,
+        nan_policy=str(tcfg.nan_policy),
+        max_skipped_steps=int(tcfg.max_skipped_steps),
+    )
+
+
+def _set_up_data(cfg: DictConfig, info: DistInfo) -> DataSetup:
+    """Rank 0 generates/checks the dataset first; the others then read the same files."""
+    seed = int(cfg.seed)
+    if info.is_main:
+        data = setup_data(cfg.data, seed, cfg.cv.fold, cfg.cv.folds, check=True)
+    distributed.barrier(info)
+    if not info.is_main:
+        data = setup_data(cfg.data, seed, cfg.cv.fold, cfg.cv.folds, check=False)
+    return data
+
+
+def _model_meta(
+    cfg: DictConfig, data: DataSetup, model: torch.nn.Module, params: PostprocessParams, resolved: dict
+) -> dict[str, Any]:
+    """What every checkpoint carries about its model: exported files copy it into their metadata."""
+    return {
         "tpnet_version": __version__,
         "model_name": str(cfg.model._target_).rsplit(".", 1)[-1],
-        "classes": classes,
+        "classes": list(data.spec.classes),
         "encoding": data.encoding.to_dict(),
         "spacing_mm": data.spacing_mm,
         "size_multiple": int(model.size_multiple),
@@ -145,233 +400,149 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
         "dataset_fingerprint": data.fingerprint,
     }
 
-    # ---- resume ------------------------------------------------------------------------------------------
-    start_epoch, global_step, best_metric, run_id, bad_epochs = 0, 0, None, None, 0
-    rng_state = None
-    resume_path = _resume_path(tcfg.resume, ckpt_dir)
-    run_id_file = run_dir / "mlflow_run_id.txt"
-    if resume_path is None and tcfg.resume == "auto" and run_id_file.is_file():
-        # Killed before the first checkpoint: continue the MLflow run that attempt created, not a second one.
-        run_id = run_id_file.read_text().strip() or None
-    if resume_path is not None:
-        state = load_checkpoint(resume_path, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        rng_state = state["rng"]
-        start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
-        best_metric, run_id, bad_epochs = (
-            state["best_metric"],
-            state["mlflow_run_id"],
-            int(state["bad_epochs"]),
-        )
-        log.info("resumed from %s at epoch %d", resume_path, start_epoch)
 
-    train_model: torch.nn.Module = model
+def _resume(
+    resume: Any, ckpt_dir: Path, run_dir: Path, state: TrainState, device: torch.device
+) -> tuple[Progress, dict | None]:
+    """Load the checkpoint to resume from (if any) into ``state``; returns the progress and the RNG state to
+    restore just before the first epoch."""
+    path = _resume_path(resume, ckpt_dir)
+    if path is None:
+        run_id_file = run_dir / "mlflow_run_id.txt"
+        run_id = None
+        if resume == "auto" and run_id_file.is_file():
+            # Killed before the first checkpoint: continue the MLflow run that attempt created, not a second one.
+            run_id = run_id_file.read_text().strip() or None
+        return Progress(mlflow_run_id=run_id), None
+    checkpoint = load_checkpoint(path, map_location=device)
+    state.load_state_dicts(checkpoint)
+    log.info("resumed from %s at epoch %d", path, int(checkpoint["epoch"]))
+    progress = Progress(
+        epoch=int(checkpoint["epoch"]),
+        best_metric=checkpoint["best_metric"],
+        bad_epochs=int(checkpoint["bad_epochs"]),
+        mlflow_run_id=checkpoint["mlflow_run_id"],
+    )
+    return progress, checkpoint["rng"]
+
+
+def _wrap_for_training(
+    model: torch.nn.Module, tcfg: DictConfig, info: DistInfo, device: torch.device
+) -> torch.nn.Module:
+    wrapped: torch.nn.Module = model
     if info.enabled:
-        train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if tcfg.compile:
-        train_model = torch.compile(train_model)
+        wrapped = torch.compile(wrapped)
+    return wrapped
 
-    # ---- tracking (rank 0 only) ------------------------------------------------------------------------------
+
+def _start_tracking(
+    cfg: DictConfig, run_dir: Path, resolved: dict, model: torch.nn.Module, data: DataSetup,
+    device: torch.device, progress: Progress, info: DistInfo,
+) -> MlflowTracker:  # fmt: skip
+    """The MLflow run (rank 0 only; a new one, or the resumed run's) and the run folder's config.yaml."""
     tracker = MlflowTracker(
         cfg.logger.tracking_uri,
         cfg.logger.experiment_name,
         run_name=cfg.logger.run_name,
-        run_id=run_id,
+        run_id=progress.mlflow_run_id,
         enabled=bool(cfg.logger.enabled) and info.is_main,
     )
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-        tracker.start(default_tags(str(device), data.spec.name, data.fingerprint))
-        tracker.log_params(flatten(resolved))
-        sample_shape = (1, data.encoding.in_channels, *cfg.data.patch_size)
-        tracker.log_params(
-            {
-                "model.n_parameters": count_parameters(model),
-                "model.gflops_per_patch": count_flops(model, sample_shape) / 1e9,
-            }
-        )
-        tracker.log_artifact(run_dir / "config.yaml")
-        if tracker.run_id:
-            run_id_file.write_text(tracker.run_id + "\n")
-        if start_epoch:
-            _truncate_history(run_dir / "metrics.jsonl", start_epoch)
-
-    # Restore the RNG streams last, just before the first epoch: whatever set-up consumed random numbers above,
-    # the resumed epochs then draw exactly what the uninterrupted run drew.
-    if rng_state is not None:
-        restore_rng_state(rng_state)
-
-    # ---- epochs ------------------------------------------------------------------------------------------------
-    history_path = run_dir / "metrics.jsonl"
-    for epoch in range(start_epoch, max_epochs):
-        fault_injection.kill_rank(info.rank, epoch)
-        loader.sampler.set_epoch(epoch)  # PatchSampler: reshuffles and carries the epoch to the workers
-        train_loss, images_per_s, global_step = train_one_epoch(
-            train_model, model, loader, loss_fn, optimizer, scheduler, scaler, ema, amp_dtype, memory_format,
-            device, info, tcfg, epoch, global_step,
-        )  # fmt: skip
-        metrics = {
-            "train/loss": train_loss,
-            "lr": optimizer.param_groups[0]["lr"],
-            "throughput/img_per_s": images_per_s,
+    if not info.is_main:
+        return tracker
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    tracker.start(default_tags(str(device), data.spec.name, data.fingerprint))
+    tracker.log_params(flatten(resolved))
+    sample_shape = (1, data.encoding.in_channels, *cfg.data.patch_size)
+    tracker.log_params(
+        {
+            "model.n_parameters": count_parameters(model),
+            "model.gflops_per_patch": count_flops(model, sample_shape) / 1e9,
         }
+    )
+    tracker.log_artifact(run_dir / "config.yaml")
+    if tracker.run_id:
+        (run_dir / "mlflow_run_id.txt").write_text(tracker.run_id + "\n")
+    if progress.epoch:
+        _truncate_history(run_dir / "metrics.jsonl", progress.epoch)
+    return tracker
 
-        if (epoch + 1) % int(tcfg.val_every_n_epochs) == 0 or epoch + 1 == max_epochs:
-            eval_model = ema.module if ema is not None else model
-            want_overlays = info.is_main and _every(epoch, cfg.logger.overlay_every_n_epochs, max_epochs)
-            fault_injection.stall("validate", epoch + 1)
-            records, losses, kept = validate_frames(
-                eval_model, list(val_loader_iter(val_loader)), loss_fn, classes, params, device, amp_dtype,
-                keep_predictions=3 if want_overlays else 0,
-            )  # fmt: skip
-            records = distributed.gather_objects(records, info)
-            losses = distributed.gather_objects(losses, info)
-            val = aggregate(records, classes)
-            if info.is_main:
-                log.info("validated %d frames from %d rank(s)", len(records), info.world_size)
-            metrics["val/loss"] = float(np.mean(losses)) if losses else math.nan
-            metrics.update(_metric_values(val, "val/"))
-            if kept:
-                for path in write_overlays(kept, classes, run_dir / "overlays" / f"epoch_{epoch + 1:03d}"):
-                    tracker.log_artifact(path, f"overlays/epoch_{epoch + 1:03d}")
 
-        value = metrics.get(monitor)
-        improved = value is not None and not math.isnan(value) and _better(value, best_metric, mode)
-        if improved:
-            best_metric, bad_epochs = float(value), 0
-        elif value is not None:
-            bad_epochs += 1
-
-        if info.is_main:
-            _log_epoch(tracker, history_path, metrics, epoch)
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "epoch": epoch + 1,
-                "global_step": global_step,
-                "best_metric": best_metric,
-                "bad_epochs": bad_epochs,
-                "rng": capture_rng_state(),
-                "config": resolved,
-                "mlflow_run_id": tracker.run_id,
-                "meta": meta,
-            }
-            # best first: if killed between the two writes, resume redoes this epoch and rewrites both.
-            if improved:
-                save_checkpoint(state, ckpt_dir / "best.pt")
-            save_checkpoint(state, ckpt_dir / "last.pt")
-        distributed.barrier(info)
-
-        patience = tcfg.early_stopping_patience
-        if patience and bad_epochs >= int(patience):
-            log.info("early stopping: %s did not improve for %d epochs", monitor, bad_epochs)
-            break
-
-    # ---- final: best checkpoint on the test split, metrics.json ------------------------------------------------
-    final: dict[str, float] = {"best/" + monitor: best_metric if best_metric is not None else math.nan}
+# ----------------------------------------------------------------------------------------------- per epoch
+def _validate(
+    state: TrainState, val_loader: Iterable, classes: list[str], params: PostprocessParams, cfg: DictConfig,
+    run_dir: Path, tracker: MlflowTracker, epoch: int, info: DistInfo,
+) -> dict[str, float]:  # fmt: skip
+    """Full-frame validation of the EMA weights (when kept) on this rank's frames, gathered on every rank;
+    overlays of a few frames every ``logger.overlay_every_n_epochs``."""
+    eval_model = state.ema.module if state.ema is not None else state.model
+    max_epochs = int(cfg.trainer.max_epochs)
+    want_overlays = info.is_main and _every(epoch, cfg.logger.overlay_every_n_epochs, max_epochs)
+    fault_injection.stall("validate", epoch + 1)
+    records, losses, kept = validate_frames(
+        eval_model, list(iter_frames(val_loader)), state.loss_fn, classes, params, state.device, state.amp_dtype,
+        keep_predictions=3 if want_overlays else 0,
+    )  # fmt: skip
+    records = distributed.gather_objects(records, info)
+    losses = distributed.gather_objects(losses, info)
     if info.is_main:
-        best_path = ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").exists() else ckpt_dir / "last.pt"
-        if cfg.calibration.enabled and data.splits["val"]:
-            calibrate_checkpoint(best_path, data, device, amp_dtype, cfg, classes, params, run_dir, tracker)
-        if tcfg.test_after_training and data.splits["test"]:
-            report = evaluate_checkpoint_on(best_path, data, "test", device, amp_dtype, cfg, classes)
-            save_metrics_json(run_dir / "metrics.json", report)
-            tracker.log_metrics(_metric_values(report, "test/"), step=max_epochs)
-            tracker.log_artifact(run_dir / "metrics.json")
-            final.update(_metric_values(report, "test/"))
-        if cfg.logger.log_checkpoint and best_path.exists():
-            tracker.log_artifact(best_path, "checkpoints")
-        lost = tracker.summary_of_losses()
-        if lost:
-            log.warning(lost)
-            (run_dir / "mlflow_not_logged.txt").write_text(lost + "\n")
-        tracker.end("FINISHED")
-        log.info("run folder: %s", run_dir)
+        log.info("validated %d frames from %d rank(s)", len(records), info.world_size)
+    metrics = {"val/loss": float(np.mean(losses)) if losses else math.nan}
+    metrics.update(_metric_values(aggregate(records, classes), "val/"))
+    if kept:
+        for path in write_overlays(kept, classes, run_dir / "overlays" / f"epoch_{epoch + 1:03d}"):
+            tracker.log_artifact(path, f"overlays/epoch_{epoch + 1:03d}")
+    return metrics
+
+
+def _save_checkpoints(
+    state: TrainState, progress: Progress, ckpt_dir: Path, improved: bool, resolved: dict, meta: dict,
+    run_id: str | None,
+) -> None:  # fmt: skip
+    checkpoint = {
+        **state.state_dicts(),
+        "epoch": progress.epoch,
+        "global_step": state.global_step,
+        "best_metric": progress.best_metric,
+        "bad_epochs": progress.bad_epochs,
+        "rng": capture_rng_state(),
+        "config": resolved,
+        "mlflow_run_id": run_id,
+        "meta": meta,
+    }
+    # best first: if killed between the two writes, resume redoes this epoch and rewrites both.
+    if improved:
+        save_checkpoint(checkpoint, ckpt_dir / "best.pt")
+    save_checkpoint(checkpoint, ckpt_dir / "last.pt")
+
+
+# ----------------------------------------------------------------------------------------------- finish
+def _finish(
+    cfg: DictConfig, data: DataSetup, device: torch.device, amp_dtype: torch.dtype | None, classes: list[str],
+    params: PostprocessParams, run_dir: Path, ckpt_dir: Path, tracker: MlflowTracker,
+) -> dict[str, float]:  # fmt: skip
+    """Rank 0: calibrate post-processing on validation, test the best checkpoint, close the MLflow run."""
+    final: dict[str, float] = {}
+    best_path = ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").exists() else ckpt_dir / "last.pt"
+    if cfg.calibration.enabled and data.splits["val"]:
+        calibrate_checkpoint(best_path, data, device, amp_dtype, cfg, classes, params, run_dir, tracker)
+    if cfg.trainer.test_after_training and data.splits["test"]:
+        report = evaluate_checkpoint_on(best_path, data, "test", device, amp_dtype, cfg, classes)
+        save_metrics_json(run_dir / "metrics.json", report)
+        tracker.log_metrics(_metric_values(report, "test/"), step=int(cfg.trainer.max_epochs))
+        tracker.log_artifact(run_dir / "metrics.json")
+        final.update(_metric_values(report, "test/"))
+    if cfg.logger.log_checkpoint and best_path.exists():
+        tracker.log_artifact(best_path, "checkpoints")
+    lost = tracker.summary_of_losses()
+    if lost:
+        log.warning(lost)
+        (run_dir / "mlflow_not_logged.txt").write_text(lost + "\n")
+    tracker.end("FINISHED")
+    log.info("run folder: %s", run_dir)
     return final
-
-
-def train_one_epoch(
-    train_model, model, loader, loss_fn, optimizer, scheduler, scaler, ema, amp_dtype, memory_format,
-    device, info, tcfg, epoch, global_step,
-) -> tuple[float, float, int]:  # fmt: skip
-    """One pass over the epoch's patches; returns (mean loss across ranks, images/s, global step)."""
-    train_model.train()
-    accumulate = int(tcfg.accumulate_grad_batches)
-    total_loss, n_batches, n_images, skipped = 0.0, 0, 0, 0
-    bar = tqdm(
-        loader,
-        desc=f"epoch {epoch + 1}/{tcfg.max_epochs}",
-        disable=not info.is_main,
-        leave=False,
-        mininterval=2,
-    )
-    start = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
-    for step, (images, masks) in enumerate(bar):
-        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-        masks = masks.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = train_model(images)
-        loss = loss_fn(logits.float(), masks)
-        # Every rank must take the same decision, or DDP's next all-reduce hangs.
-        if distributed.any_across_ranks(not bool(torch.isfinite(loss)), info, device):
-            if tcfg.nan_policy == "stop":
-                raise NonFiniteLossError(
-                    f"non-finite loss at epoch {epoch + 1}, step {step}; stopping (trainer.nan_policy=stop). "
-                    "checkpoints/last.pt holds the last good epoch: resume with trainer.resume=auto after fixing "
-                    "the cause (lower optim.lr, trainer.precision=fp32, check the data)"
-                )
-            skipped += 1
-            optimizer.zero_grad(set_to_none=True)
-            if skipped > int(tcfg.max_skipped_steps):
-                raise NonFiniteLossError(
-                    f"more than {tcfg.max_skipped_steps} non-finite losses in epoch {epoch + 1}"
-                )
-            log.warning("non-finite loss at epoch %d step %d: step skipped", epoch + 1, step)
-            continue
-        scaler.scale(loss / accumulate).backward()
-        if (step + 1) % accumulate == 0:
-            if tcfg.grad_clip_norm:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(tcfg.grad_clip_norm))
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            global_step += 1
-            if ema is not None:
-                ema.update(model)
-        if step == 1:
-            fault_injection.stall("train", epoch + 1)  # mid-epoch: after one optimiser step, before the next
-        total_loss += float(loss.detach())
-        n_batches += 1
-        n_images += images.shape[0]
-        if info.is_main and step % 10 == 0:
-            bar.set_postfix(
-                loss=f"{total_loss / n_batches:.4f}", img_s=f"{n_images / (time.perf_counter() - start):.1f}"
-            )
-    elapsed = time.perf_counter() - start
-    # No batch at all (every step non-finite and skipped): NaN, not a misleading 0.
-    mean_loss = distributed.mean_across_ranks(total_loss / n_batches if n_batches else math.nan, info, device)
-    return mean_loss, n_images * info.world_size / max(elapsed, 1e-9), global_step
-
-
-def _split_frames(data, split: str, cfg):
-    loader = frame_loader(
-        frame_dataset(data, split), list(range(len(data.splits[split]))), cfg.data.num_workers
-    )
-    return val_loader_iter(loader)
 
 
 def calibrate_checkpoint(
@@ -380,7 +551,7 @@ def calibrate_checkpoint(
     """Pick threshold and minimum area on the validation split and store them in the checkpoint's metadata."""
     model, state = load_deployable_model(path, device)
     best, grid = calibrate_postprocess(
-        model, _split_frames(data, "val", cfg), classes, params, device, amp_dtype,
+        model, split_frames(data, "val", cfg.data.num_workers), classes, params, device, amp_dtype,
         cfg.calibration.thresholds, cfg.calibration.min_areas_mm2,
     )  # fmt: skip
     state["meta"]["postprocess"] = best.to_dict()
@@ -401,7 +572,7 @@ def evaluate_checkpoint_on(path, data, split, device, amp_dtype, cfg, classes) -
     params = PostprocessParams.from_dict(state["meta"]["postprocess"])
     _, records = evaluate(
         model,
-        _split_frames(data, split, cfg),
+        split_frames(data, split, cfg.data.num_workers),
         classes,
         int(model.size_multiple),
         params,
@@ -411,11 +582,6 @@ def evaluate_checkpoint_on(path, data, split, device, amp_dtype, cfg, classes) -
     report = evaluation_report(records, classes, n_boot=int(cfg.evaluation.n_boot), seed=int(cfg.seed))
     report.update(split=split, checkpoint=str(path), postprocess=params.to_dict())
     return report
-
-
-def val_loader_iter(loader):
-    for batch in loader:
-        yield from batch
 
 
 def _check_labels_and_pick_monitor(

@@ -12,8 +12,8 @@ import torch
 
 from tpnet.evaluation.evaluate import score_frame
 from tpnet.evaluation.metrics import FrameRecord
-from tpnet.inference.padding import predict_probs
-from tpnet.inference.postprocess import PostprocessParams
+from tpnet.core.predict import predict_probs
+from tpnet.core.postprocess import PostprocessParams
 
 
 def validate_frames(
@@ -37,8 +37,7 @@ def validate_frames(
     try:
         for frame in frames:
             image = frame["image"][None].to(device)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                probs = predict_probs(model, image, size_multiple)
+            probs = predict_probs(model, image, size_multiple, amp_dtype=amp_dtype)
             mask = frame["mask"][None].to(device)
             # log-probabilities are valid logits (softmax(log p) = p): no second forward pass for the loss.
             losses.append(float(loss_fn(torch.log(probs.clamp_min(1e-8)), mask)))

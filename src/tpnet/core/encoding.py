@@ -11,7 +11,11 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-TISSUE_DENSITY_KG_M3 = 1000.0
+TISSUE_DENSITY_KG_M3 = 1000.0  # soft tissue, as every SWE scanner assumes for E = 3 * rho * c^2
+# The elasto channel's defaults (0-300 kPa -> 0-3): the one place they are written. Training's schema
+# (tpnet.configuration) and model files without them fall back to these.
+DEFAULT_KPA_SCALE = 100.0
+DEFAULT_KPA_CLIP = 300.0
 CHANNEL_NAMES: tuple[str, ...] = ("bmode", "elasto", "elasto_valid")
 ELASTO_CHANNELS: tuple[str, ...] = ("elasto", "elasto_valid")
 
@@ -22,8 +26,13 @@ def elasto_to_kpa(values: np.ndarray, unit: str) -> np.ndarray:
     if unit == "kPa":
         return values.astype(np.float32, copy=False)
     if unit == "m/s":
-        return (3.0 * TISSUE_DENSITY_KG_M3 * np.square(values, dtype=np.float32) / 1000.0).astype(np.float32)
+        return shear_speed_to_kpa(np.square(values, dtype=np.float32)).astype(np.float32)
     raise ValueError(f"unknown elastography unit {unit!r}; expected 'kPa' or 'm/s'")
+
+
+def shear_speed_to_kpa(speed_squared: np.ndarray | float) -> np.ndarray | float:
+    """E in kPa from the squared shear-wave speed c^2 in m^2/s^2: E = 3 * rho * c^2 (Pa) / 1000."""
+    return 3.0 * (TISSUE_DENSITY_KG_M3 / 1000.0) * speed_squared
 
 
 @dataclass(frozen=True)
@@ -33,8 +42,8 @@ class Encoding:
     has signal. Missing SWE (NaN or no file) gives elasto = 0 and elasto_valid = 0."""
 
     channels: tuple[str, ...] = CHANNEL_NAMES
-    kpa_scale: float = 100.0
-    kpa_clip: float = 300.0
+    kpa_scale: float = DEFAULT_KPA_SCALE
+    kpa_clip: float = DEFAULT_KPA_CLIP
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.channels if c not in CHANNEL_NAMES]
@@ -56,8 +65,8 @@ class Encoding:
     def from_dict(cls, d: dict) -> Encoding:
         return cls(
             channels=tuple(d.get("channels", CHANNEL_NAMES)),
-            kpa_scale=float(d.get("kpa_scale", 100.0)),
-            kpa_clip=float(d.get("kpa_clip", 300.0)),
+            kpa_scale=float(d.get("kpa_scale", DEFAULT_KPA_SCALE)),
+            kpa_clip=float(d.get("kpa_clip", DEFAULT_KPA_CLIP)),
         )
 
     def encode(self, bmode: np.ndarray, elasto_kpa: np.ndarray | None) -> np.ndarray:

@@ -11,9 +11,9 @@ import pytest
 import tifffile
 
 from foreign import FOREIGN_COLUMNS, FOREIGN_ROWS, write_foreign_dataset
-from tpnet.data import io
-from tpnet.data.contract import ContractError, load_manifest, load_spec, read_manifest_raw, resolve_path
-from tpnet.data.encoding import elasto_to_kpa
+from tpnet.core import io
+from tpnet.core.contract import ContractError, load_manifest, load_spec, read_manifest_raw, resolve_path
+from tpnet.core.encoding import elasto_to_kpa
 
 
 def test_read_bmode_scales_every_format(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from tpnet.inference.padding import predict_probs
+from tpnet.core.predict import predict_probs
 
 
 class StridedNet(nn.Module):

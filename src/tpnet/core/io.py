@@ -17,15 +17,15 @@ import cv2
 import numpy as np
 import tifffile
 
-from tpnet.atomic import atomic_open, atomic_write_bytes
-from tpnet.data.image_header import DEFAULT_MAX_FRAME_PIXELS as DEFAULT_MAX_FRAME_PIXELS
-from tpnet.data.image_header import (
+from tpnet.core.atomic import atomic_open, atomic_write_bytes
+from tpnet.core.image_header import DEFAULT_MAX_FRAME_PIXELS as DEFAULT_MAX_FRAME_PIXELS
+from tpnet.core.image_header import (
     MAX_FRAME_PIXELS_ENV,
     OPENCV_MAX_PIXELS_ENV,
     ImageHeaderError,
     read_png_header,
 )
-from tpnet.data.image_header import max_frame_pixels as max_frame_pixels
+from tpnet.core.image_header import max_frame_pixels as max_frame_pixels
 
 PNG_SUFFIXES = (".png",)
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -254,7 +254,7 @@ def _warn(message: str) -> None:
 
 def read_elasto(path: str | Path, unit: str = "kPa") -> np.ndarray:
     """Elastography as float32 Young's modulus in kPa (NaN = no signal); ``m/s`` is converted."""
-    from tpnet.data.encoding import elasto_to_kpa  # local: encoding imports nothing heavy either
+    from tpnet.core.encoding import elasto_to_kpa  # local: encoding imports nothing heavy either
 
     path = Path(path)
     arr = _single_channel(read_array(path), path, "elastography")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model_files import CLASSES, make_meta, make_model_file
-from tpnet.inference.model_file import (
+from tpnet.core.model_file import (
     FORMAT_VERSION,
     META_FILENAME,
     REQUIRED_KEYS,

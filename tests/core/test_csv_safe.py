@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from model_files import blob_frame, make_model_file
-from tpnet.csv_safe import safe_cell, safe_row
-from tpnet.data.io import write_png
+from tpnet.core.csv_safe import safe_cell, safe_row
+from tpnet.core.io import write_png
 from tpnet.inference.cli import main
 
 

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from tpnet.inference.postprocess import (
+from tpnet.core.postprocess import (
     PostprocessParams,
     find_trigger_points,
     frame_trp_score,

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from tpnet.data.plausibility import parse_spacing_mm
+from tpnet.core.plausibility import parse_spacing_mm
 
 CONTRACT_VERSION = 1
 DEFAULT_CLASSES: tuple[str, ...] = ("background", "active_trp", "latent_trp", "vessel")
@@ -21,7 +22,18 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 BACKGROUND = "background"  # the name index 0 must have, unless dataset.yaml's background_class names it
 REQUIRED_COLUMNS: tuple[str, ...] = ("sample_id", "subject_id", "bmode")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("elasto", "mask", "spacing_mm", "split")
-TISSUE_DENSITY_KG_M3 = 1000.0  # soft tissue, as used by every SWE scanner for E = 3 * rho * c^2
+# The one naming rule tpnet has: a class whose name ends in "_trp" is a trigger-point class (active_trp,
+# latent_trp, ...). Detection, counting, checks and reports all ask ``is_trp_class``.
+TRP_SUFFIX = "_trp"
+
+
+def is_trp_class(name: str) -> bool:
+    return name.endswith(TRP_SUFFIX)
+
+
+def trp_class_indices(classes: Sequence[str]) -> list[int]:
+    """Label indices of the trigger-point classes, in class order."""
+    return [i for i, name in enumerate(classes) if is_trp_class(name)]
 
 
 class ContractError(ValueError):
@@ -180,7 +192,7 @@ def _check_classes(classes: object, background: object, path: Path) -> tuple[str
             f"{path}: class index 0 must be the background ({expected!r}, {where}); got {classes[0]!r}. "
             f"Put {expected!r} first (mask value 0), or name index 0 with 'background_class: <name>'"
         )
-    if expected.endswith("_trp"):
+    if is_trp_class(expected):
         raise ContractError(f"{path}: background class {expected!r} cannot be a trigger-point (_trp) class")
     return tuple(classes)
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tpnet.data.encoding import elasto_to_kpa
+from tpnet.core.encoding import elasto_to_kpa
 
 # Hard limits, mm per pixel. Below 1 um a pixel is about 1/100 of the wavelength of even a 10 MHz probe
 # (lambda ~ 0.15 mm, ultrasound-facts.md "Speckle grain"); above 5 mm it is coarser than the wavelength of any

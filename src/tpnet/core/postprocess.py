@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, fields
 import cv2
 import numpy as np
 
-TRP_SUFFIX = "_trp"
+from tpnet.core.contract import trp_class_indices
+
 VESSEL_CLASS = "vessel"
 
 
@@ -68,10 +69,6 @@ class TriggerPoint:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def trp_class_indices(classes: Sequence[str]) -> list[int]:
-    return [i for i, name in enumerate(classes) if name.endswith(TRP_SUFFIX)]
 
 
 def vessel_class_index(classes: Sequence[str]) -> int | None:

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from tpnet.data.encoding import Encoding
-from tpnet.inference.archive_safety import UnsafeModelError, check_pt2_archive, check_torchscript_archive
+from tpnet.core.archive_safety import UnsafeModelError, check_pt2_archive, check_torchscript_archive
+from tpnet.core.encoding import Encoding
 
 META_FILENAME = "tpnet_meta.json"
 FORMAT_NAME = "tpnet-model"

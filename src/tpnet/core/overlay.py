@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from tpnet.inference.postprocess import TriggerPoint
+from tpnet.core.postprocess import TriggerPoint
 
 # RGB. Contours, not filled areas: the tissue underneath must stay visible.
 CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
