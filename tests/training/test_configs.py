@@ -173,6 +173,30 @@ def test_every_config_group_is_covered():
     assert "onecycle" in options("scheduler") and "resnet34_unet" in options("model")
 
 
+# Keys outside the groups' _target_ arguments that a typo used to slip past (appended with +, then ignored or a
+# traceback after the data set-up); tests/training/test_config_errors.py runs the CLI on the older ones.
+TRAIN_TYPOS = [
+    ("+sead=3", "sead"),
+    ("+postprocess.treshold=0.3", "postprocess.treshold"),
+    ("postprocess.threshold=0", "postprocess.threshold"),
+    ("+evaluation.nboot=50", "evaluation.nboot"),
+    ("evaluation.n_boot=0", "evaluation.n_boot"),
+    ("calibration.thresholds=[]", "calibration.thresholds"),
+    ("calibration.min_areas_mm2=[-1.0]", "calibration.min_areas_mm2"),
+    ("+trainer.max_epoch=3", "trainer.max_epoch"),
+]
+
+
+@pytest.mark.parametrize(("override", "key"), TRAIN_TYPOS, ids=[key for _, key in TRAIN_TYPOS])
+def test_train_typo_outside_the_groups_is_refused_by_name(override, key):
+    cfg = compose_train([override])
+    with pytest.raises(ConfigError) as refused:
+        validate_train_config(cfg)
+    assert refused.value.key == key
+    if override.startswith("+"):  # the nearest real key is suggested
+        assert "did you mean" in str(refused.value)
+
+
 # ---- tpnet-eval and tpnet-export --------------------------------------------------------------------------------
 
 TOOLS = {
