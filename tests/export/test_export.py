@@ -191,3 +191,23 @@ def test_refuses_to_overwrite_checkpoint_or_foreign_file(tmp_path):
     assert checkpoint.read_bytes() == before
     with pytest.raises(ExportError, match=r"'\.pt2' file"):
         export_model(model, make_meta(model), tmp_path / "m.pt", "pt2")
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
+def test_metadata_says_what_the_module_returns_logits(exported, fmt):
+    """The file's tensor description is true: the module returns logits; softmax over channels gives the
+    probabilities tpnet's prediction (predict_probs) works with."""
+    from tpnet.core.predict import predict_probs
+
+    path, _ = exported[fmt]
+    loaded = load_model_file(path)
+    pred = loaded.meta["network_data_format"]["outputs"]["pred"]
+    assert pred["type"] == "logits"
+    assert "softmax" in pred["activation"]
+    images = torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        out = loaded.module(images)
+    sums = out.sum(dim=1)
+    assert not torch.allclose(sums, torch.ones_like(sums), atol=1e-3), "the module returns probabilities"
+    assert (out < 0).any(), "probabilities are never negative; logits are"
+    torch.testing.assert_close(predict_probs(loaded.module, images, loaded.size_multiple), out.softmax(dim=1))

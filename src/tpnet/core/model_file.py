@@ -115,8 +115,11 @@ def build_meta(
                 }
             },
             "outputs": {
+                # What the module returns: raw scores. Class probabilities are softmax over dim 1, which
+                # tpnet.core.predict.predict_probs applies after cropping the padding (tests/core/test_model_file.py).
                 "pred": {
-                    "type": "probabilities",
+                    "type": "logits",
+                    "activation": "softmax over channels (dim 1) gives class probabilities",
                     "num_channels": len(classes),
                     "channel_def": {str(i): name for i, name in enumerate(classes)},
                 }
