@@ -14,14 +14,14 @@ Sections (``--sections``, default all that apply):
 Every figure is the median of ``--repeats`` timed blocks after warm-up; each line carries the batch size,
 the frame size and the settings it was measured with. stdout holds only JSON lines (the first one,
 ``"figure": "machine"``, describes the machine), so ``| jq`` or ``json.loads`` per line just works.
-The ``gpu`` and ``infer`` sections need torch, numpy, OpenCV, tifffile and PyYAML only; ``loader`` and
-``train`` also need albumentations and omegaconf (the training extras).
+Model, loss, optimiser, schedule, augmentation and data settings are tpnet-train's own, composed by Hydra from
+the shipped configs, and the training figures run the real ``train_one_epoch``: the benchmark needs the
+training extra (``pip install "tpnet[train]"``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import itertools
 import json
 import os
@@ -41,13 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from tpnet.inference.memory import MMAP_THRESHOLD_BYTES, bound_cpu_memory
 
-CONFIG_DIR = Path(
-    os.environ.get("TPNET_CONFIG_DIR") or Path(__file__).resolve().parents[1] / "src" / "tpnet" / "configs"
-)
 SECTIONS = ("synth", "loader", "train", "infer", "gpu")
 RSS_REPEATS = 2  # tpnet-infer runs per frame count for the peak-RSS figures
 IN_CHANNELS, NUM_CLASSES = 3, 4  # encoding (bmode, elasto, elasto_valid) and the default classes
@@ -171,83 +167,73 @@ def sync(device: torch.device) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- model parts
-def _instantiate(cfg: Any) -> Any:
-    """Minimal Hydra-style ``_target_`` instantiation of a plain dict (Hydra itself is a training extra)."""
-    if isinstance(cfg, dict):
-        kwargs = {k: _instantiate(v) for k, v in cfg.items() if k not in ("_target_", "_partial_")}
-        if "_target_" not in cfg:
-            return kwargs
-        module, name = cfg["_target_"].rsplit(".", 1)
-        return getattr(importlib.import_module(module), name)(**kwargs)
-    return cfg
+def train_config(settings: Settings, compile_model: bool | None = None) -> Any:
+    """``tpnet-train``'s own config, composed by Hydra from the shipped configs: the model, loss, optimiser,
+    schedule, augmentation and data settings measured are the defaults a training run uses."""
+    from hydra import compose, initialize_config_dir
+
+    from tpnet.configuration import config_dir
+
+    compile_model = settings.compile if compile_model is None else compile_model
+    overrides = [
+        f"trainer.device={settings.device.type}",
+        f"trainer.precision={'bf16' if settings.amp else 'fp32'}",
+        f"trainer.channels_last={settings.channels_last}",
+        f"trainer.compile={compile_model}",
+        "trainer.max_epochs=1",
+        f"data.patch_size=[{settings.size},{settings.size}]",
+        f"data.batch_size={settings.batch_size}",
+    ]
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name="benchmark"):
+        return compose("train", overrides=overrides)
 
 
-def load_config(group: str, name: str) -> dict:
-    return yaml.safe_load((CONFIG_DIR / group / f"{name}.yaml").read_text())
+def build_model(settings: Settings) -> torch.nn.Module:
+    """The default ``model`` of tpnet-train (unet: base width 16, depth 4), built as training builds it."""
+    from tpnet.models import build_model as build
 
-
-def build_model() -> torch.nn.Module:
-    """The ``unet`` model config: UNet(in_channels=3, num_classes=4, base_width=16, depth=4)."""
-    cfg = load_config("model", "unet")
     torch.manual_seed(0)  # the same (untrained) weights every run: post-processing cost depends on them
-    return _instantiate({**cfg, "in_channels": IN_CHANNELS, "num_classes": NUM_CLASSES})
+    return build(train_config(settings).model, IN_CHANNELS, NUM_CLASSES)
 
 
 @dataclass
 class Trainer:
-    """One real training step as in ``tpnet.training.train.train_one_epoch``: forward (autocast), ce_dice
-    loss in float32, backward, gradient clipping, AdamW step, and the per-step loss read-back."""
+    """The real training step: ``tpnet.training.train.train_one_epoch`` over a ``TrainState`` built by
+    ``build_train_state`` (Hydra ``instantiate`` of the model, loss, optimiser and schedule groups)."""
 
-    model: torch.nn.Module
-    forward: Callable[[torch.Tensor], torch.Tensor]
-    loss_fn: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    settings: Settings
-    grad_clip_norm: float
+    state: Any  # tpnet.training.train.TrainState
     wait_s: float = 0.0
 
     @classmethod
     def build(cls, settings: Settings, compile_model: bool | None = None) -> Trainer:
-        model = build_model().to(settings.device).to(memory_format=settings.memory_format).train()
-        optim_cfg = load_config("optim", "adamw")
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=float(optim_cfg["lr"]), weight_decay=float(optim_cfg["weight_decay"])
-        )
-        compile_model = settings.compile if compile_model is None else compile_model
-        forward = torch.compile(model) if compile_model else model
-        clip = load_config("trainer", "cpu").get("grad_clip_norm") or 0.0
-        return cls(model, forward, _instantiate(load_config("loss", "ce_dice")), optimizer, settings, clip)
+        from tpnet.training.train import build_train_state
 
-    def step(self, images: torch.Tensor, masks: torch.Tensor) -> float:
-        device = self.settings.device
-        images = images.to(device, non_blocking=True).contiguous(memory_format=self.settings.memory_format)
-        masks = masks.to(device, non_blocking=True)
-        amp_dtype = self.settings.amp_dtype
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = self.forward(images)
-        loss = self.loss_fn(logits.float(), masks)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
-        self.optimizer.step()
-        return float(loss.detach())  # the real loop reads the loss back every step (isfinite + logging)
+        cfg = train_config(settings, compile_model)
+        torch.manual_seed(0)
+        # A schedule long enough never to end inside the benchmark (its lr does not change the speed).
+        state = build_train_state(
+            cfg, IN_CHANNELS, NUM_CLASSES, batches_per_epoch=10**9, device=settings.device
+        )
+        if cfg.trainer.compile:
+            state.forward = torch.compile(state.model)  # as tpnet-train wraps it (single process: no DDP)
+        return cls(state)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.state.model
+
+    @property
+    def forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return self.state.forward
 
     def train_on(self, make_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> int:
-        """One step per batch of ``make_batches()``; returns the number of samples. ``wait_s`` keeps the time
-        spent waiting for batches (a loader that keeps up makes it ~0)."""
-        n, self.wait_s = 0, 0.0
-        batches = iter(make_batches())
-        while True:
-            start = time.perf_counter()
-            batch = next(batches, None)
-            self.wait_s += time.perf_counter() - start
-            if batch is None:
-                break
-            self.step(*batch)
-            n += batch[0].shape[0]
-        sync(self.settings.device)
-        return n
+        """One ``train_one_epoch`` over ``make_batches()``; returns the number of samples. ``wait_s`` keeps the
+        time it spent waiting for batches (a loader that keeps up makes it ~0)."""
+        from tpnet.training.train import train_one_epoch
+
+        stats = train_one_epoch(self.state, make_batches(), epoch=0, max_epochs=1)
+        self.wait_s = stats.data_wait_s
+        return stats.n_images
 
 
 def random_batch(settings: Settings) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,18 +284,16 @@ class LoaderParts:
 
 
 def loader_parts(settings: Settings, dataset_root: Path) -> LoaderParts:
-    from omegaconf import OmegaConf
+    """tpnet-train's data settings and augmentation (``instantiate(cfg.augment)``) over ``dataset_root``."""
+    from hydra.utils import instantiate
 
     from tpnet.data.datamodule import setup_data
-    from tpnet.data.transforms import build_train_transform
 
-    data_cfg = OmegaConf.create(load_config("data", "synthetic"))
+    cfg = train_config(settings)
+    data_cfg = cfg.data
     data_cfg.root = str(dataset_root)
-    data_cfg.patch_size = [settings.size, settings.size]
-    data_cfg.batch_size = settings.batch_size
     setup = setup_data(data_cfg, seed=0, check=False)
-    augment = {k: v for k, v in load_config("augment", "default").items() if k != "_target_"}
-    return LoaderParts(setup, data_cfg, build_train_transform(**augment))
+    return LoaderParts(setup, data_cfg, instantiate(cfg.augment))
 
 
 def make_train_loader(parts: LoaderParts, settings: Settings, workers: int, batches: int):
@@ -361,9 +345,13 @@ def bench_train(settings: Settings, report: Report, parts: LoaderParts) -> None:
         epoch = make_train_loader(parts, settings, workers, settings.train_steps)
         # Warm-up epoch: starts the workers, and its batches become the in-memory data (same content).
         in_memory = []
-        for images, masks in epoch():
-            trainer.step(images, masks)
-            in_memory.append((images.to(settings.device), masks.to(settings.device)))
+
+        def recording(epoch=epoch, in_memory=in_memory):
+            for images, masks in epoch():
+                in_memory.append((images.to(settings.device), masks.to(settings.device)))
+                yield images, masks
+
+        trainer.train_on(recording)
 
         fed, memory = partial(trainer.train_on, epoch), partial(trainer.train_on, in_memory.__iter__)
         fed_rates, memory_rates, wait_fractions = [], [], []
@@ -478,7 +466,7 @@ def bench_infer(settings: Settings, report: Report) -> None:
     from tpnet.export.parity import export_model
 
     torch.set_num_threads(settings.threads)
-    model = build_model().to(settings.device).eval()
+    model = build_model(settings).to(settings.device).eval()
     images = random_batch(settings)[0]
     common = settings.common()
 
