@@ -19,7 +19,9 @@ sys.exit(code)
 """
 
 
-def run_with_peak_rss(module: str, args: list[str], timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
+def run_with_peak_rss(
+    module: str, args: list[str], timeout: float = 300
+) -> tuple[subprocess.CompletedProcess, float]:
     """(the finished process, its peak RSS in MiB) for ``python -c 'from <module> import main; main(args)'``."""
     done = subprocess.run(
         [sys.executable, "-c", _SCRIPT.format(module=module), *args],

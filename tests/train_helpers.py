@@ -214,3 +214,46 @@ def assert_same_training(reference: Path, other: Path) -> None:
         return {k: v for k, v in report.items() if k != "checkpoint"}
 
     assert test_metrics(other) == test_metrics(reference)
+
+
+# Runs a tool's main() with the rest of argv (what its console script does) and reports, at exit, which heavy
+# modules it had imported by then: a configuration error must come before any of them.
+_CONFIG_ERROR_RUNNER = """
+import atexit, sys
+HEAVY = ("torch", "mlflow", "albumentations", "tpnet.data.datamodule")
+atexit.register(lambda: print("HEAVY", [m for m in HEAVY if m in sys.modules], file=sys.stderr))
+sys.argv = [{tool!r}, *sys.argv[1:]]
+from {module} import main
+main()
+"""
+
+
+def assert_config_error_at_start(
+    tool: str, module: str, overrides: Sequence[str], key: str, tmp_path: Path
+) -> None:
+    """``tool overrides...`` exits 2 with ``<tool>: configuration error: <key>: ...``, no traceback, before torch,
+    MLflow, albumentations or the data are imported."""
+    runner = _CONFIG_ERROR_RUNNER.format(tool=tool, module=module)
+    result = subprocess.run(
+        [sys.executable, "-c", runner, *overrides, f"hydra.run.dir={tmp_path / 'hydra'}"],
+        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"{tool}: configuration error: {key}: " in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "HEAVY []" in result.stderr, result.stderr[-2000:]
+
+
+def sigkill_mid_epoch_2(overrides: Sequence[str], run_dir: Path, tmp_path: Path) -> None:
+    """Start ``tpnet-train overrides...``, let the stall hook park it after the first optimiser step of epoch 2
+    (a known mid-epoch moment, epoch 1's checkpoint written), and SIGKILL it there."""
+    marker = tmp_path / "mid_epoch_2"
+    env = subprocess_env(TPNET_TEST_STALL="train:2", TPNET_TEST_STALL_FILE=str(marker))
+    proc = start_train(overrides, env, tmp_path / "attempt1.log")
+    try:
+        wait_for(marker.exists, 150, "mid-epoch 2", proc)
+        assert checkpoint_epoch(run_dir / "checkpoints/last.pt") == 1
+        sigkill(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

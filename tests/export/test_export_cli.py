@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from tpnet.core.model_file import load_model_file, read_meta
-from train_helpers import REPO, subprocess_env
+from train_helpers import REPO, assert_config_error_at_start, subprocess_env
 
 
 def _export(*overrides: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -75,15 +74,6 @@ def test_export_cli_refuses_a_truncated_checkpoint(tmp_path, reference_run):
 # ---- a typo fails at start: exit 2, the key named, no traceback, nothing heavy imported -----------------------
 
 # Runs tpnet-export's real main() in a fresh interpreter and reports, at exit, which heavy modules it had imported.
-TYPO_RUNNER = """
-import atexit, sys
-HEAVY = ("torch", "mlflow", "albumentations", "tpnet.data.datamodule")
-atexit.register(lambda: print("HEAVY", [m for m in HEAVY if m in sys.modules], file=sys.stderr))
-sys.argv = ["tpnet-export", *sys.argv[1:]]
-from tpnet.export.cli import main
-main()
-"""
-
 OK = ["checkpoint=/nowhere/best.pt", "output=/nowhere/model.pt"]
 EXPORT_TYPOS = [
     (["checkpint=/nowhere/best.pt", "output=/nowhere/model.pt"], "checkpint"),  # Hydra alone: exit 1
@@ -98,18 +88,4 @@ EXPORT_TYPOS = [
 
 @pytest.mark.parametrize(("overrides", "key"), EXPORT_TYPOS, ids=[key for _, key in EXPORT_TYPOS])
 def test_export_config_typo_fails_at_start_naming_the_key(tmp_path, overrides, key):
-    start = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-c", TYPO_RUNNER, *overrides, f"hydra.run.dir={tmp_path / 'hydra'}"],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    elapsed = time.monotonic() - start
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert f"tpnet-export: configuration error: {key}: " in result.stderr, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    assert "HEAVY []" in result.stderr, result.stderr[-2000:]  # before torch, MLflow or the checkpoint
-    assert elapsed < 15, elapsed  # about a second here; the bound only catches a run that got further
+    assert_config_error_at_start("tpnet-export", "tpnet.export.cli", overrides, key, tmp_path)

@@ -13,8 +13,7 @@ from tpnet.core.checkpoint import load_checkpoint
 from tpnet.core.model_file import load_model_file
 from tpnet.models import build_model
 from tpnet.training.ema import EMA
-from train_helpers import REPO, run_train, sigkill, start_train, subprocess_env, wait_for
-from train_helpers import checkpoint_epoch as completed_epochs
+from train_helpers import REPO, run_train, sigkill_mid_epoch_2, subprocess_env
 
 EMA_DECAY = 0.8  # a tiny run takes ~9 steps: a decay near 1 would leave the EMA at the initial weights
 
@@ -81,16 +80,7 @@ def test_resumed_run_ends_with_the_ema_of_the_uninterrupted_run(tmp_path, ema_ru
         f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         f"hydra.run.dir={run_dir}",
     ]
-    marker = tmp_path / "mid_epoch_2"
-    env = subprocess_env(TPNET_TEST_STALL="train:2", TPNET_TEST_STALL_FILE=str(marker))
-    proc = start_train(overrides, env, tmp_path / "attempt1.log")
-    try:
-        wait_for(marker.exists, 150, "mid-epoch 2", proc)
-        assert completed_epochs(run_dir / "checkpoints/last.pt") == 1
-        sigkill(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    sigkill_mid_epoch_2(overrides, run_dir, tmp_path)
     result = run_train([*overrides, "trainer.resume=auto"])
     assert result.returncode == 0, result.stderr[-3000:]
 

@@ -7,14 +7,10 @@ import pytest
 
 from train_helpers import (
     assert_same_training,
-    checkpoint_epoch,
     metric_steps,
     mlflow_runs,
     run_train,
-    sigkill,
-    start_train,
-    subprocess_env,
-    wait_for,
+    sigkill_mid_epoch_2,
 )
 
 
@@ -31,17 +27,7 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(
         f"logger.tracking_uri={mlflow_uri}",
         f"hydra.run.dir={run_dir}",
     ]
-    marker = tmp_path / "mid_epoch_2"
-    # The stall hook parks the process after the first optimiser step of epoch 2: a known mid-epoch moment.
-    env = subprocess_env(TPNET_TEST_STALL="train:2", TPNET_TEST_STALL_FILE=str(marker))
-    proc = start_train(overrides, env, tmp_path / "attempt1.log")
-    try:
-        wait_for(marker.exists, 150, "mid-epoch 2", proc)
-        assert checkpoint_epoch(run_dir / "checkpoints/last.pt") == 1
-        sigkill(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    sigkill_mid_epoch_2(overrides, run_dir, tmp_path)
     (first_run,) = mlflow_runs(mlflow_uri)
 
     result = run_train([*overrides, "trainer.resume=auto"])

@@ -15,7 +15,17 @@ import torch
 CHECKPOINT_FORMAT = "tpnet-checkpoint"
 CHECKPOINT_VERSION = 1
 # Every key resume, evaluation or export reads without a default; a file without one is refused when loaded.
-REQUIRED_KEYS = ("format", "version", "model", "epoch", "global_step", "best_metric", "bad_epochs", "config", "meta")
+REQUIRED_KEYS = (
+    "format",
+    "version",
+    "model",
+    "epoch",
+    "global_step",
+    "best_metric",
+    "bad_epochs",
+    "config",
+    "meta",
+)
 
 
 class CheckpointError(RuntimeError):

@@ -121,7 +121,9 @@ class TrainPatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, key: int | tuple[int, bool] | tuple[int, bool, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(
+        self, key: int | tuple[int, bool] | tuple[int, bool, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(key, tuple):
             key = (key, False)
         index, force_fg, epoch = key if len(key) == 3 else (*key, self.epoch)

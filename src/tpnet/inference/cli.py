@@ -443,7 +443,9 @@ def _run(
                         (output_dir / name / f"{stem}.png").unlink(missing_ok=True)
 
         results = predictor.run(todo, workers=args.workers, finish=write_images)
-        progress = progress_bar(results, total=len(todo), unit="frame", desc="tpnet-infer", dynamic_ncols=True)
+        progress = progress_bar(
+            results, total=len(todo), unit="frame", desc="tpnet-infer", dynamic_ncols=True
+        )
         try:
             with stops.between_frames():
                 for result in progress:

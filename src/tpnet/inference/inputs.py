@@ -66,9 +66,7 @@ class Rejection:
     reason: str
 
 
-def load_frame(
-    frame: FrameInput, notes: list[str] | None = None
-) -> tuple[np.ndarray, np.ndarray | None]:
+def load_frame(frame: FrameInput, notes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """(B-mode float32 [0, 1], elastography kPa or None); FrameReadError names the file and the reason.
     What was assumed while reading (a guessed bit depth, clipped values) is appended to ``notes`` when given
     (thread-safe, unlike ``warnings``), else warned."""

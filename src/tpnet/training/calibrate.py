@@ -13,10 +13,10 @@ from dataclasses import replace
 
 import torch
 
+from tpnet.core.postprocess import PostprocessParams, find_trigger_points
+from tpnet.core.predict import predict_probs
 from tpnet.evaluation.evaluate import score_frame
 from tpnet.evaluation.metrics import aggregate
-from tpnet.core.predict import predict_probs
-from tpnet.core.postprocess import PostprocessParams, find_trigger_points
 
 
 @torch.no_grad()

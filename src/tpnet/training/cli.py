@@ -56,8 +56,8 @@ def _locked_main(cfg: DictConfig, run_dir: Path) -> float | None:
     except ConfigError as exc:
         _fail(f"configuration error: {exc}")
 
-    from tpnet.data.check import DatasetCheckError
     from tpnet.core.checkpoint import CheckpointError
+    from tpnet.data.check import DatasetCheckError
     from tpnet.training.train import NonFiniteLossError, train
 
     try:

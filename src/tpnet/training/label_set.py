@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tpnet.core.contract import resolve_path, trp_class_indices
+from tpnet.core.io import read_mask
 from tpnet.data.datamodule import DataSetup
 from tpnet.data.dataset import frame_spacing_mm
-from tpnet.core.io import read_mask
 
 # A frame whose shorter side (after resampling to the training spacing) is below this holds no usable
 # anatomy: the smallest trigger points are ~2 mm across, the network downsamples 8-16x.

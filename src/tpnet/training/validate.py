@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from tpnet.core.postprocess import PostprocessParams
+from tpnet.core.predict import predict_probs
 from tpnet.evaluation.evaluate import score_frame
 from tpnet.evaluation.metrics import FrameRecord
-from tpnet.core.predict import predict_probs
-from tpnet.core.postprocess import PostprocessParams
 
 
 def validate_frames(
