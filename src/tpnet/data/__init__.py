@@ -1,5 +1,5 @@
-"""Dataset contract, image I/O, synthetic data, integrity check, loader.
+"""Datasets for training and evaluation: synthetic data, integrity check, splits, augmentation, loaders.
 
-Kept import-free on purpose: the inference path imports ``tpnet.core.io`` and ``tpnet.core.encoding``
-and must not pull in albumentations or torchvision through this package.
+The dataset contract and frame I/O they build on live in ``tpnet.core`` (the clinicians' tool reads them
+too). Kept import-free on purpose: importing a submodule must not pull in albumentations through here.
 """
