@@ -10,6 +10,8 @@ Sections (``--sections``, default all that apply):
   train   training steps fed by the real loader / the same steps on batches already in memory (efficiency)
   infer   eager vs TorchScript forward, end-to-end ``tpnet-infer`` on a folder, peak RSS for 10 vs N frames
   gpu     (cuda only) fp32 vs bf16 AMP vs + channels_last vs + torch.compile, with peak GPU memory
+  decode  scanner-screenshot colour decoding (issue #11): synthetic screenshots (jet, turbo x dual, overlay,
+          JPEG quality 90) decoded by ``read_screenshot``, error vs the true kPa and % of SWE pixels recovered
 
 Every figure is the median of ``--repeats`` timed blocks after warm-up; each line carries the batch size,
 the frame size and the settings it was measured with. stdout holds only JSON lines (the first one,
@@ -44,7 +46,7 @@ import torch
 
 from tpnet.inference.memory import MMAP_THRESHOLD_BYTES, bound_cpu_memory
 
-SECTIONS = ("synth", "loader", "train", "infer", "gpu")
+SECTIONS = ("synth", "loader", "train", "infer", "gpu", "decode")
 RSS_REPEATS = 2  # tpnet-infer runs per frame count for the peak-RSS figures
 IN_CHANNELS, NUM_CLASSES = 3, 4  # encoding (bmode, elasto, elasto_valid) and the default classes
 
@@ -69,6 +71,7 @@ class Settings:
     train_steps: int
     infer_batches: int
     infer_frames: int
+    decode_frames: int
     train_workers: tuple[int, ...]
     workdir: Path
 
@@ -587,6 +590,58 @@ def bench_gpu(settings: Settings, report: Report) -> None:
                     **fields)  # fmt: skip
 
 
+# ----------------------------------------------------------------------------------------------- decode
+DECODE_COLORMAPS = ("jet", "turbo")
+DECODE_LAYOUTS = ("dual", "overlay")
+DECODE_JPEG_QUALITY = 90  # issue #11 states the goal at this quality
+
+
+def bench_decode(settings: Settings, report: Report) -> None:
+    """Colour-SWE decoding of scanner screenshots against the truth: for each colour map x layout, write
+    ``decode_frames`` synthetic screenshots (one frame per subject: anatomy varies, seed 0) at JPEG quality
+    90 with ``write_screenshot_dataset``, decode each with ``tpnet.core.scanner_profile.read_screenshot`` and its
+    profile.yaml, and pool |decoded - true kPa| over the valid SWE pixels (true kPa not NaN). Prints a table
+    to stderr; the goal (median <= 3 % of the bar's range, >= 95 % recovered) goes with each figure."""
+    from tpnet.data.synth_screenshots import (
+        GOAL_MEDIAN_ABS_ERROR_PCT,
+        GOAL_RECOVERED_PCT,
+        measure_decode_error,
+        write_screenshot_dataset,
+    )
+
+    n, size = settings.decode_frames, settings.size
+    lines = [
+        f"screenshot decode: {n} frames {size}x{size} per case, JPEG quality {DECODE_JPEG_QUALITY}; goal median "
+        f"|error| <= {GOAL_MEDIAN_ABS_ERROR_PCT:g} % of the bar's range and >= {GOAL_RECOVERED_PCT:g} % recovered",
+        f"{'colormap':<9} {'layout':<8} {'median|err| %':>13} {'p95|err| %':>10} {'bias %':>7} "
+        f"{'recovered %':>11} {'false sig. %':>12} {'frames/s':>8}  goal",
+    ]
+    for colormap, layout in itertools.product(DECODE_COLORMAPS, DECODE_LAYOUTS):
+        root = write_screenshot_dataset(
+            settings.workdir / f"screenshots-{colormap}-{layout}", n, 1, 0, size, size, colormap, layout,
+            jpeg_quality=DECODE_JPEG_QUALITY,
+        )  # fmt: skip
+        error = measure_decode_error(root)
+        fields = {
+            "colormap": colormap, "layout": layout, "jpeg_quality": DECODE_JPEG_QUALITY, "frames": error.frames,
+            "height": size, "width": size, "valid_px": error.valid_px,
+        }  # fmt: skip
+        report.emit("decode_median_abs_error_pct", error.median_abs_error_pct, "% of bar range", **fields,
+                    goal=GOAL_MEDIAN_ABS_ERROR_PCT, p95_abs_error_pct=round(error.p95_abs_error_pct, 3),
+                    bias_pct=round(error.median_error_pct, 3), goal_met=error.meets_goal())  # fmt: skip
+        report.emit("decode_recovered_pct", error.recovered_pct, "% of valid px", **fields,
+                    goal=GOAL_RECOVERED_PCT, false_signal_pct=round(error.false_signal_pct, 3),
+                    goal_met=error.meets_goal())  # fmt: skip
+        rate = error.frames / max(error.decode_s, 1e-9)
+        report.emit("decode_frames_per_s", rate, "frames/s", **fields)
+        lines.append(
+            f"{colormap:<9} {layout:<8} {error.median_abs_error_pct:>13.2f} {error.p95_abs_error_pct:>10.2f} "
+            f"{error.median_error_pct:>+7.2f} {error.recovered_pct:>11.1f} {error.false_signal_pct:>12.2f} "
+            f"{rate:>8.1f}  {'met' if error.meets_goal() else 'MISSED'}"
+        )
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
 # ----------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -609,6 +664,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="train: timed in-memory/loader-fed step pairs (default 6; cuda 20); gpu: steps per timed block",
     )
     parser.add_argument("--infer-frames", type=int, help="frames in the large tpnet-infer run (default 100)")
+    parser.add_argument(
+        "--decode-frames",
+        type=int,
+        help="decode: synthetic screenshots per colour map and layout (default 24)",
+    )
     parser.add_argument(
         "--train-workers", default="1,2", help="DataLoader workers for the train section, comma-separated"
     )
@@ -644,6 +704,7 @@ def make_settings(args: argparse.Namespace, workdir: Path) -> Settings:
         train_steps=pick(args.train_steps, 20 if cuda else 4, 1),
         infer_batches=pick(None, 20 if cuda else 2, 1),
         infer_frames=pick(args.infer_frames, 100, 12),
+        decode_frames=pick(args.decode_frames, 24, 3),
         train_workers=tuple(int(w) for w in args.train_workers.split(",") if w.strip()),
         workdir=workdir,
     )
@@ -702,6 +763,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_infer(settings, report)
         if "gpu" in sections:
             bench_gpu(settings, report)
+        if "decode" in sections:
+            bench_decode(settings, report)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -73,3 +73,30 @@ def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:
     assert "train_efficiency" in done.stderr and "infer_e2e_over_model" in done.stderr
     # A workdir given on the command line is kept (the default temp folder is removed).
     assert (tmp_path / "work" / "unet.pt").is_file()
+
+
+def test_decode_section_reports_error_and_recovery_per_colormap_and_layout(tmp_path: Path) -> None:
+    """``--sections decode``: every colour map x layout gets its error, recovery and speed figures, with the
+    goal beside them, and the readable decode table goes to stderr (the goal itself is asserted in
+    tests/data/test_synth_screenshots.py)."""
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--sections", "decode", "--workdir", str(tmp_path / "work")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    cases = {("jet", "dual"), ("jet", "overlay"), ("turbo", "dual"), ("turbo", "overlay")}
+    for figure, goal in (("decode_median_abs_error_pct", 3.0), ("decode_recovered_pct", 95.0)):
+        found = [r for r in rows if r["figure"] == figure]
+        assert {(r["colormap"], r["layout"]) for r in found} == cases, figure
+        for row in found:
+            assert row["goal"] == goal and row["jpeg_quality"] == 90 and row["frames"] == 3
+            assert row["valid_px"] > 0 and isinstance(row["goal_met"], bool)
+            assert 0 <= row["value"] <= 100
+    assert len([r for r in rows if r["figure"] == "decode_frames_per_s" and r["value"] > 0]) == 4
+    assert "screenshot decode" in done.stderr and "recovered %" in done.stderr
+    assert (tmp_path / "work" / "screenshots-turbo-overlay" / "profile.yaml").is_file()
