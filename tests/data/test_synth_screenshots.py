@@ -18,6 +18,7 @@ from tpnet.data.synth_screenshots import (
     GOAL_MEDIAN_ABS_ERROR_PCT,
     GOAL_RECOVERED_PCT,
     colormap_lut,
+    encode_screenshot,
     measure_decode_error,
     render_screenshot,
     to_display,
@@ -179,3 +180,20 @@ def test_decoder_meets_the_goal_at_jpeg_90(tmp_path: Path, colormap: str, layout
         f"{GOAL_RECOVERED_PCT}), bias {error.median_error_pct:+.2f} %, false signal {error.false_signal_pct:.2f} %"
     )
     assert error.meets_goal(), summary
+
+
+# A scanner screenshot whose SWE view holds no colour at all (the scanner found no signal, or SWE was off:
+# 15 % of the generator's frames) is valid input: it decodes to "no signal" everywhere, not to an error.
+@pytest.mark.parametrize("layout", ["dual", "overlay"])
+def test_screenshot_without_colour_decodes_to_no_signal(tmp_path: Path, layout: str):
+    from tpnet.core.scanner_profile import read_screenshot
+
+    sample = generate_frame(5, 0, 2, H, W)
+    assert sample["elasto"] is None
+    screen, profile = render_screenshot(sample, "jet", layout)
+    shot = tmp_path / "no-swe.png"
+    shot.write_bytes(encode_screenshot(screen))
+    (tmp_path / "profile.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    decoded = read_screenshot(shot, load_profile(tmp_path / "profile.yaml"))
+    assert decoded.elasto_kpa is None or np.isnan(decoded.elasto_kpa).all()
+    assert decoded.bmode.shape == (H, W)
