@@ -237,7 +237,9 @@ def write_faulty_dataset(root: Path) -> dict[str, str]:
     add("truncated_png", "S11", bmode=raw_file("truncated.png", png_bytes[: len(png_bytes) // 2]))
     add("zero_byte", "S12", bmode=raw_file("zero.png", b""))
     add("text_as_png", "S13", bmode=raw_file("notes.png", b"sample_id,comment\nP01,looks fine\n"))
-    add("rgb_bmode", "S14", bmode=np.dstack([good_bmode] * 3))
+    colour_bmode = np.dstack([good_bmode] * 3)  # grey stored as RGB is B-mode (issue #11): colour it for real
+    colour_bmode[:, : FAULT_SHAPE[1] // 3, 0] = 255  # a red third: colour Doppler/SWE, refused
+    add("rgb_bmode", "S14", bmode=colour_bmode)
     nan_bmode = rng.random(FAULT_SHAPE).astype(np.float32)
     nan_bmode[3, 4] = np.nan
     add("bmode_nan", "S15", bmode=nan_bmode)

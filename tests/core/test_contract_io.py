@@ -36,12 +36,15 @@ def test_read_bmode_scales_every_format(tmp_path: Path) -> None:
 
 def test_bad_frames_name_the_file_and_reason(tmp_path: Path) -> None:
     rgb = tmp_path / "rgb.png"
-    cv2.imwrite(str(rgb), np.zeros((8, 9, 3), np.uint8))
+    colour = np.zeros((8, 9, 3), np.uint8)
+    colour[:, :4] = (0, 0, 255)  # genuinely coloured (grey stored as RGB is B-mode: tests/core/test_plain_images.py)
+    cv2.imwrite(str(rgb), colour)
     png = cv2.imencode(".png", np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))[1].tobytes()
     (tmp_path / "truncated.png").write_bytes(png[: len(png) // 2])
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "notes.png").write_text("this is a text file someone renamed\n")
     (tmp_path / "frame.jpg").write_bytes(b"\xff\xd8\xff")
+    (tmp_path / "frame.gif").write_bytes(b"GIF89a")
     np.save(tmp_path / "stack.npy", np.zeros((2, 8, 8), np.float32))
     cases = {
         "rgb.png": "RGB",
@@ -49,7 +52,8 @@ def test_bad_frames_name_the_file_and_reason(tmp_path: Path) -> None:
         "empty.png": "zero-byte",
         "notes.png": "not a PNG",
         "missing.png": "file not found",
-        "frame.jpg": "unsupported file type",
+        "frame.jpg": "unreadable or truncated JPEG",
+        "frame.gif": "unsupported file type",
         "stack.npy": "single-channel",
     }
     for name, words in cases.items():

@@ -1,7 +1,11 @@
-"""Reading and writing frames: PNG (OpenCV), TIFF (tifffile) and ``.npy`` (NumPy).
+"""Reading and writing frames: PNG, JPEG and BMP (OpenCV; sizes read by Pillow), TIFF (tifffile), ``.npy`` (NumPy).
 
-Imports numpy, OpenCV and tifffile only: the clinicians' inference tool uses this module.
+Imports numpy, OpenCV, Pillow and tifffile only: the clinicians' inference tool uses this module.
 Every error is a ``FrameReadError`` whose message starts with the file's path.
+
+Plain images as people have them: an RGB(A) B-mode whose channels are equal (grey stored as colour, as most
+exports are) is grey; one with a few coloured pixels (annotations) is read as luma and reported; one with more
+colour is refused, naming the coloured share: it looks like colour Doppler/SWE, which needs a scanner profile.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import tifffile
+from PIL import Image
 
 from tpnet.core.atomic import atomic_open, atomic_write_bytes
 from tpnet.core.image_header import DEFAULT_MAX_FRAME_PIXELS as DEFAULT_MAX_FRAME_PIXELS
@@ -30,7 +35,16 @@ from tpnet.core.image_header import max_frame_pixels as max_frame_pixels
 PNG_SUFFIXES = (".png",)
 TIFF_SUFFIXES = (".tif", ".tiff")
 NPY_SUFFIXES = (".npy",)
-IMAGE_SUFFIXES = PNG_SUFFIXES + TIFF_SUFFIXES + NPY_SUFFIXES
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+BMP_SUFFIXES = (".bmp",)
+RGB_SUFFIXES = PNG_SUFFIXES + JPEG_SUFFIXES + BMP_SUFFIXES  # what read_rgb reads: screenshots
+IMAGE_SUFFIXES = PNG_SUFFIXES + TIFF_SUFFIXES + NPY_SUFFIXES + JPEG_SUFFIXES + BMP_SUFFIXES
+
+# Grey stored as colour: a pixel is coloured when its channels differ by more than this (8-bit levels; JPEG
+# leaves grey within a few). Up to COLOURED_NOTE_FRACTION of coloured pixels (annotations, a coloured
+# marker) are read as luma with a note; more is colour Doppler/SWE and refused.
+GREY_CHANNEL_TOLERANCE = 8
+COLOURED_NOTE_FRACTION = 0.01
 
 # Integer B-mode is scaled by the bit depth its values fit (8, 12 or 16 bits): 8- or 12-bit data stored
 # in 16-bit containers would otherwise read as a near-black image.
@@ -94,6 +108,9 @@ def declared_shape(path: str | Path) -> tuple[int, int] | None:
                 shape = tif.series[0].shape
         elif suffix in NPY_SUFFIXES:
             shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        elif suffix in JPEG_SUFFIXES + BMP_SUFFIXES:
+            width, height = _pillow_size(path)
+            return height, width
         else:
             return None
     except Exception:  # any damage: the frame's own read names it
@@ -132,8 +149,8 @@ def _read_stored(path: Path) -> tuple[np.ndarray, int | None]:
             del data
             if arr is None:
                 raise FrameReadError(f"{path}: unreadable or truncated PNG")
-            if arr.ndim == 3:
-                arr = arr[..., ::-1]  # BGR(A) -> RGB(A); only matters for the error message path
+            if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+                arr = arr[..., [2, 1, 0, 3][: arr.shape[-1]]]  # BGR(A) -> RGB(A)
         elif suffix in TIFF_SUFFIXES:
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]  # what tifffile.imread reads
@@ -145,6 +162,8 @@ def _read_stored(path: Path) -> tuple[np.ndarray, int | None]:
             _check_frame_size(path, mapped.shape)
             arr = np.array(mapped)
             del mapped
+        elif suffix in JPEG_SUFFIXES + BMP_SUFFIXES:
+            arr = _read_jpeg_or_bmp(path, suffix)
         else:
             raise FrameReadError(
                 f"{path}: unsupported file type {suffix!r}; use one of {list(IMAGE_SUFFIXES)}"
@@ -154,6 +173,83 @@ def _read_stored(path: Path) -> tuple[np.ndarray, int | None]:
     except Exception as exc:  # tifffile/numpy raise many types for damaged files
         raise FrameReadError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
     return np.asarray(arr), significant_bits
+
+
+def _pillow_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the header; Pillow's open reads no pixel data."""
+    with Image.open(path) as image:
+        return image.size
+
+
+def _read_jpeg_or_bmp(path: Path, suffix: str) -> np.ndarray:
+    """Decoded by Pillow, which (unlike OpenCV) refuses a truncated JPEG instead of filling it with grey, and
+    applies no EXIF rotation, so the pixels have the size the header declared."""
+    kind = "JPEG" if suffix in JPEG_SUFFIXES else "BMP"
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            _check_frame_size(path, (height, width))
+            if image.mode not in ("L", "RGB"):
+                image = image.convert("RGB")  # palette, CMYK, RGBA, 16-bit grey BMP...
+            image.load()
+            return np.asarray(image).copy()
+    except FrameReadError:
+        raise
+    except Image.DecompressionBombError as exc:  # past Pillow's own (higher) limit: ours is lower still
+        raise FrameReadError(f"{path}: {exc}") from exc
+    except Exception as exc:
+        raise FrameReadError(f"{path}: unreadable or truncated {kind} ({type(exc).__name__}: {exc})") from exc
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """A screenshot as uint8 (H, W, 3) RGB: PNG (8 or 16 bit, grey, RGB or RGBA; alpha dropped), JPEG or BMP.
+    The declared size is checked against ``max_frame_pixels()`` before any pixel is decoded."""
+    path = Path(path)
+    if path.suffix.lower() not in RGB_SUFFIXES:
+        raise FrameReadError(
+            f"{path}: unsupported screenshot type {path.suffix.lower()!r}; use one of {list(RGB_SUFFIXES)}"
+        )
+    arr, _ = _read_stored(path)
+    if arr.ndim == 3 and arr.shape[-1] <= 2:
+        arr = arr[..., 0]  # grey (+ alpha)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[-1] < 3:
+        raise FrameReadError(f"{path}: not an RGB image (shape {tuple(arr.shape)})")
+    arr = arr[..., :3]
+    if arr.dtype == np.uint16:
+        arr = (arr.astype(np.uint32) * 255 + 32767) // 65535  # 16-bit PNG -> 8 bit, rounded
+    elif arr.dtype != np.uint8:
+        raise FrameReadError(f"{path}: unsupported screenshot pixel type {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def _grey_from_colour(arr: np.ndarray, path: Path, report: Callable[[str], None]) -> np.ndarray:
+    """Grey stored as RGB(A) -> one channel (BT.601 luma, = the value where channels are equal), same dtype
+    scale. Refuses genuine colour (see the module docstring)."""
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise FrameReadError(
+            f"{path}: B-mode must be a single-channel 2-D image, got shape {tuple(arr.shape)} of {arr.dtype} "
+            "(RGB/colour image?)"
+        )
+    rgb = arr[..., :3].astype(np.int32)
+    tolerance = GREY_CHANNEL_TOLERANCE * (257 if arr.dtype.itemsize > 1 else 1)
+    spread = rgb.max(axis=-1) - rgb.min(axis=-1)
+    coloured = int(np.count_nonzero(spread > tolerance))
+    fraction = coloured / max(spread.size, 1)
+    if fraction > COLOURED_NOTE_FRACTION:
+        raise FrameReadError(
+            f"{path}: colour (RGB) image, not a single-channel grey B-mode: {fraction:.1%} of its pixels are coloured "
+            f"(channels differ by more than {GREY_CHANNEL_TOLERANCE} levels; at most "
+            f"{COLOURED_NOTE_FRACTION:.0%} is taken as annotations). It looks like colour Doppler/SWE: read "
+            "it as a screenshot with a scanner profile (--profile P.yaml)"
+        )
+    if coloured:
+        report(
+            f"{path}: {coloured} coloured pixel(s) ({fraction:.2%}; annotations?) in an RGB B-mode, read as luma"
+        )
+    grey = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    return np.round(grey).astype(arr.dtype)
 
 
 def _single_channel(arr: np.ndarray, path: Path, what: str) -> np.ndarray:
@@ -175,14 +271,18 @@ def read_bmode(path: str | Path, on_rescale: Callable[[str], None] | None = None
     the largest value (a 12-bit frame stored in 16 bits is divided by 4095, not 65535). Floats up to 2.0
     are taken as [0, 1]; larger floats as 0..255, 0..4095 or 0..65535 the same way. Values a little
     outside the scale are clipped. Refused: NaN/Inf, negative integers, floats below -25 % of the
-    scale (signed or log-compressed data), values above 16 bits. A guessed scale or a clip beyond 1 %
+    scale (signed or log-compressed data), values above 16 bits. PNG, JPEG, BMP, TIFF and .npy; RGB(A)
+    with equal channels is grey, a few coloured pixels (<= 1 %) are read as luma and reported, more colour is
+    refused (colour Doppler/SWE: use a scanner profile). A guessed scale or a clip beyond 1 %
     is reported, naming the file: to ``on_rescale`` if given (thread-safe, for ``tpnet-data check``),
     else as a ``FrameRescaledWarning``.
     """
     path = Path(path)
     stored, significant_bits = _read_stored(path)
-    arr = _single_channel(stored, path, "B-mode")
     report = on_rescale or _warn
+    if stored.ndim == 3 and stored.shape[-1] in (3, 4):
+        stored = _grey_from_colour(stored, path, report)
+    arr = _single_channel(stored, path, "B-mode")
     if np.issubdtype(arr.dtype, np.integer):
         return _integer_bmode(arr, path, significant_bits, report)
     if np.issubdtype(arr.dtype, np.floating):
