@@ -23,6 +23,7 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,
     RLELossless,
@@ -32,7 +33,7 @@ from pydicom.uid import (
 )
 
 PHOTOMETRICS = ("MONOCHROME2", "MONOCHROME1", "RGB", "YBR_FULL", "YBR_FULL_422", "PALETTE COLOR")
-COLOUR_PHOTOMETRICS = ("RGB", "YBR_FULL", "YBR_FULL_422", "PALETTE COLOR")
+COLOUR_PHOTOMETRICS = ("RGB", "YBR_FULL", "YBR_FULL_422", "PALETTE COLOR", "YBR_RCT")
 NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
 SONOSITE_CINE = "examples_ybr_color.dcm"  # SonoSite, 30 frames, YBR_FULL_422 JPEG baseline, 320x240
 PHILIPS_PALETTE = "examples_palette.dcm"  # Philips, 1 frame, PALETTE COLOR, 800x350
@@ -79,7 +80,7 @@ def default_pixels(
 
     ramp = x[None] * 9 + y[None] * 5 + f * 37
     dtype = np.uint8 if top <= 255 else np.uint16
-    if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422"):
+    if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT"):
         channels = [ramp, ramp[:, ::-1, :] + 80, ramp * 2 + 20]
         return np.stack([triangle(c) for c in channels], axis=-1).astype(np.uint8)
     return triangle(ramp).astype(dtype)
@@ -140,7 +141,8 @@ def write_us_dicom(
     (``delta_cm`` alone: the whole frame; ``region`` alone: a region without physical size);
     ``extra_regions`` (``us_region(...)``) are appended. ``pixel_spacing_mm``: PixelSpacing (row, column) or
     one number for both. ``transfer_syntax``: Explicit/Implicit VR Little Endian, Deflated, RLE Lossless
-    (pydicom's own encoder) or JPEG Baseline (Pillow; MONOCHROME2, YBR_FULL_422 or YBR_FULL).
+    (pydicom's own encoder), JPEG Baseline (Pillow; MONOCHROME2, YBR_FULL_422 or YBR_FULL) or JPEG 2000
+    Lossless (Pillow; MONOCHROME2, RGB or YBR_RCT, 8 bits).
     ``force_multiframe``: write NumberOfFrames even for one frame (default: when frames > 1).
     ``comments``: an ImageComments value (a long one sits before the pixels, for truncation tests)."""
     path = Path(path)
@@ -183,7 +185,7 @@ def write_us_dicom(
         ds.NumberOfFrames = frames
         ds.FrameIncrementPointer = 0x00181065 if frame_time_vector_ms is not None else 0x00181063
 
-    colour = photometric in ("RGB", "YBR_FULL", "YBR_FULL_422")
+    colour = photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT")
     ds.Rows, ds.Columns = rows, columns
     ds.SamplesPerPixel = 3 if colour else 1
     if colour:
@@ -197,8 +199,9 @@ def write_us_dicom(
             setattr(ds, f"{name}PaletteColorLookupTableDescriptor", [256, 0, 16])
             setattr(ds, f"{name}PaletteColorLookupTableData", lut[:, i].astype("<u2").tobytes())
 
-    if transfer_syntax == JPEGBaseline8Bit:
-        ds.PixelData = encapsulate([_jpeg_bytes(frame, photometric) for frame in pixels])
+    if transfer_syntax in (JPEGBaseline8Bit, JPEG2000Lossless):
+        encode = _jpeg_bytes if transfer_syntax == JPEGBaseline8Bit else _jpeg2000_bytes
+        ds.PixelData = encapsulate([encode(frame, photometric) for frame in pixels])
         ds["PixelData"].VR = "OB"
         ds.LossyImageCompression = "01"
     else:
@@ -248,6 +251,21 @@ def _jpeg_bytes(frame: np.ndarray, photometric: str) -> bytes:
         )
     else:
         raise ValueError(f"JPEG baseline test files are MONOCHROME2 or YBR_FULL(_422), not {photometric}")
+    return buffer.getvalue()
+
+
+def _jpeg2000_bytes(frame: np.ndarray, photometric: str) -> bytes:
+    """Lossless JPEG 2000 codestream (Pillow's OpenJPEG); YBR_RCT = RGB with the reversible colour transform."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    if photometric == "MONOCHROME2":
+        image = Image.fromarray(frame.astype(np.uint8), "L")
+    elif photometric in ("RGB", "YBR_RCT"):
+        image = Image.fromarray(frame.astype(np.uint8), "RGB")
+    else:
+        raise ValueError(f"JPEG 2000 test files are MONOCHROME2, RGB or YBR_RCT, not {photometric}")
+    image.save(buffer, "JPEG2000", irreversible=False, no_jp2=True, mct=int(photometric == "YBR_RCT"))
     return buffer.getvalue()
 
 

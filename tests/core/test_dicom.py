@@ -14,6 +14,7 @@ import pytest
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000Lossless,
     JPEGBaseline8Bit,
     RLELossless,
 )
@@ -130,6 +131,8 @@ def test_palette_colour_applies_the_files_table(tmp_path: Path) -> None:
         ("RGB", RLELossless, 0.0),
         ("MONOCHROME2", ImplicitVRLittleEndian, 0.0),
         ("YBR_FULL", DeflatedExplicitVRLittleEndian, 1.0),
+        ("MONOCHROME2", JPEG2000Lossless, 0.0),
+        ("YBR_RCT", JPEG2000Lossless, 0.0),  # the decoder undoes the reversible colour transform
     ],
 )
 def test_transfer_syntaxes_of_the_base_install_decode_the_asked_frame(
@@ -299,6 +302,27 @@ def test_not_dicom_and_missing_files_are_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("where", ["pixels", "header", "encapsulated"])
 def test_truncated_files_are_refused(tmp_path: Path, where: str) -> None:
     assert "truncated" in refused(write_truncated_dicom(tmp_path / "cut.dcm", where))
+
+
+def test_truncated_deflated_file_is_refused(tmp_path: Path) -> None:
+    path = write_us_dicom(tmp_path / "a.dcm", frames=3, transfer_syntax=DeflatedExplicitVRLittleEndian)
+    path.write_bytes(path.read_bytes()[:-100])
+    assert "truncated" in refused(path)
+
+
+def test_bare_data_set_without_file_meta_is_read(tmp_path: Path) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(write_us_dicom(tmp_path / "a.dcm", frames=2))
+    del ds.file_meta
+    ds.preamble = None
+    path = tmp_path / "old.dcm"  # no preamble, no "DICM", no transfer syntax: an old export
+    ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    header = read_dicom_header(path)
+    assert (header.transfer_syntax, header.n_frames) == ("Implicit VR Little Endian", 2)
+    np.testing.assert_allclose(
+        read_dicom_frame(path, 1, header).grey, default_pixels(2, 24, 32)[1] / 255, atol=1e-6
+    )
 
 
 def test_file_without_pixel_data_is_refused(tmp_path: Path) -> None:

@@ -179,7 +179,7 @@ def _read_dataset(path: Path) -> Dataset:
                 ds = dcmread(path, defer_size=_DEFER_BYTES)
             except InvalidDicomError:
                 # No preamble/"DICM": old exports write the bare data set. Accept it only when it parses
-                # as an image (Rows present), else it is simply not DICOM.
+                # into DICOM attributes (an image's Rows or any SOP class), else it is simply not DICOM.
                 ds = dcmread(path, defer_size=_DEFER_BYTES, force=True)
                 if "Rows" not in ds and "SOPClassUID" not in ds:
                     raise InvalidDicomError("no DICM marker and no DICOM attributes") from None
@@ -190,6 +190,8 @@ def _read_dataset(path: Path) -> Dataset:
         except (OSError, EOFError) as exc:
             raise FrameReadError(f"{path}: cannot be read: {exc}") from exc
         except Exception as exc:  # pydicom raises many types on damaged bytes; all mean the same here
+            if "truncated" in str(exc).lower():  # e.g. zlib's "incomplete or truncated stream" (deflated)
+                raise FrameReadError(f"{path}: truncated: {exc}") from exc
             raise FrameReadError(
                 f"{path}: damaged DICOM, cannot be parsed ({type(exc).__name__}: {exc})"
             ) from exc
@@ -562,7 +564,9 @@ def _decode(path: Path, index: int, header: DicomHeader) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
     try:
-        if header.transfer_syntax_uid == DEFLATED_UID:  # one zlib stream: inflated whole, then one frame taken
+        if (
+            header.transfer_syntax_uid == DEFLATED_UID
+        ):  # one zlib stream: inflated whole, then one frame taken
             from pydicom import dcmread
 
             return pixel_array(dcmread(path), index=index)
