@@ -134,7 +134,7 @@ def read_dicom_header(path: str | Path) -> DicomHeader:
             f"genuine, raise the limit with the environment variable {MAX_FRAME_PIXELS_ENV}=<pixels>"
         )
     n_frames = _n_frames(path, ds)
-    if uid.is_encapsulated is False:
+    if not uid.is_encapsulated:  # uncompressed: the pixel bytes must hold every declared frame
         _check_native_length(path, ds, uid, rows, columns, samples, bits_allocated, photometric, n_frames)
 
     notes: list[str] = []
