@@ -1,6 +1,7 @@
 """Dataset contract, version 1: ``dataset.yaml`` + ``manifest.csv`` + frames below the root.
 
-Only parsing and path safety live here; ``check.py`` validates content, ``dataset.py`` loads it.
+Only parsing and path safety live here; ``tpnet.core.contract_frames`` reads what a row points at (image or
+DICOM frame, region crop, pixel size by precedence), ``check.py`` validates content, ``dataset.py`` loads it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ ELASTO_UNITS: tuple[str, ...] = ("kPa", "m/s")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 BACKGROUND = "background"  # the name index 0 must have, unless dataset.yaml's background_class names it
 REQUIRED_COLUMNS: tuple[str, ...] = ("sample_id", "subject_id", "bmode")
-OPTIONAL_COLUMNS: tuple[str, ...] = ("elasto", "mask", "spacing_mm", "split")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("elasto", "mask", "spacing_mm", "split", "frame")
+# B-mode suffixes that are certainly not DICOM: a ``frame`` cell on such a row is refused while parsing. Other
+# names (".dcm", no suffix as in DICOMDIR exports, UID-like "1.2.840...") are judged by the file's content.
+NON_DICOM_IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".npy", ".jpg", ".jpeg", ".bmp")
 # The one naming rule tpnet has: a class whose name ends in "_trp" is a trigger-point class (active_trp,
 # latent_trp, ...). Detection, counting, checks and reports all ask ``is_trp_class``.
 TRP_SUFFIX = "_trp"
@@ -61,6 +65,9 @@ class ManifestRow:
     mask: str | None
     spacing_mm: float | None
     split: str | None
+    # 0-based frame of a multi-frame (cine) DICOM; None = the cell is empty or absent (frame 0). Last, with a
+    # default, so rows built positionally before the column existed still construct.
+    frame: int | None = None
 
 
 def load_spec(root: str | Path) -> DatasetSpec:
@@ -125,6 +132,7 @@ def parse_row(raw: dict[str, str], line: int) -> ManifestRow:
     split = raw.get("split") or None
     if split is not None and split not in SPLITS:
         raise ContractError(f"{name}: split {split!r} is not one of {list(SPLITS)}")
+    frame = _frame_index(raw.get("frame") or None, bmode, name)
     return ManifestRow(
         line=line,
         sample_id=sample_id,
@@ -134,7 +142,26 @@ def parse_row(raw: dict[str, str], line: int) -> ManifestRow:
         mask=raw.get("mask") or None,
         spacing_mm=spacing,
         split=split,
+        frame=frame,
     )
+
+
+def _frame_index(cell: str | None, bmode: str, name: str) -> int | None:
+    """The ``frame`` cell: empty = None (frame 0); else a whole number >= 0, and only on a DICOM row."""
+    if cell is None:
+        return None
+    try:
+        index = int(cell)  # "3" and "+3"; not "3.0", "1e1" or "three"
+    except ValueError:
+        raise ContractError(f"{name}: frame {cell!r} is not a whole number (0-based frame index)") from None
+    if index < 0:
+        raise ContractError(f"{name}: frame {index} is negative; frames count from 0")
+    if Path(bmode).suffix.lower() in NON_DICOM_IMAGE_SUFFIXES:
+        raise ContractError(
+            f"{name}: frame {index} given, but bmode {bmode} is not a DICOM file; the frame column picks one "
+            "frame of a multi-frame DICOM (leave it empty for other rows)"
+        )
+    return index
 
 
 def load_manifest(root: str | Path) -> list[ManifestRow]:
@@ -161,6 +188,8 @@ def resolve_path(root: str | Path, relative: str) -> Path:
 
 
 def row_spacing_mm(row: ManifestRow, spec: DatasetSpec) -> float | None:
+    """The row's pixel size from the manifest and dataset.yaml only (no file access). For a DICOM row the
+    file's own calibration comes between the two: use ``contract_frames.row_spacing`` for that."""
     return row.spacing_mm if row.spacing_mm is not None else spec.spacing_mm
 
 
