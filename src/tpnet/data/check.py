@@ -23,13 +23,21 @@ from tpnet.core.contract import (
     SPLITS,
     ContractError,
     DatasetSpec,
+    ManifestRow,
     is_trp_class,
     load_spec,
     parse_row,
     read_manifest_raw,
     resolve_path,
-    row_spacing_mm,
 )
+from tpnet.core.contract_frames import (
+    RowBmode,
+    fit_to_bmode,
+    read_row_bmode,
+    read_row_header,
+    spacing_by_precedence,
+)
+from tpnet.core.dicom import DicomHeader
 from tpnet.core.encoding import elasto_to_kpa
 from tpnet.core.plausibility import (
     STIFFNESS_KPA_RANGE,
@@ -83,13 +91,16 @@ class _FrameResult:
     """What one manifest row contributes: its problems and, when it has no errors, its statistics."""
 
     problems: list[Problem] = field(default_factory=list)
-    missing_spacing: bool = False  # parsed fine, but neither the row nor dataset.yaml gives spacing_mm
+    missing_spacing: bool = False  # a non-DICOM row parsed, but neither it nor dataset.yaml gives spacing
     spacing_mm: float | None = None  # the row's pixel size, when it parsed
     has_swe: bool = False
     labelled: bool = False
     class_pixels: np.ndarray | None = None  # (num_classes,) pixel counts
     trp_components: dict[str, int] = field(default_factory=dict)
     stiffness_hist: dict[str, np.ndarray] = field(default_factory=dict)  # class name or "all" -> counts
+    file_notes: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # (bmode cell, what its DICOM header says)
 
 
 def check_dataset(root: str | Path, workers: int = DEFAULT_WORKERS) -> CheckReport:
@@ -114,6 +125,7 @@ def check_dataset(root: str | Path, workers: int = DEFAULT_WORKERS) -> CheckRepo
         results = list(pool.map(check_one, numbered_rows))  # map keeps manifest order
 
     _check_across_rows(raw_rows, results)
+    _report_file_notes(raw_rows, results)
     dataset_problems = _check_spacing(root, raw_rows, results) + _check_dataset_level(root, raw_rows)
     for result in results:
         report.problems.extend(result.problems)
@@ -161,20 +173,33 @@ def _check_row(root: Path, raw: dict[str, str], line: int, spec: DatasetSpec | N
     def warning(reason: str) -> None:
         result.problems.append(Problem("warning", sample_id, reason))
 
+    row: ManifestRow | None = None
     try:
-        row = parse_row(raw, line)  # field checks: ids, spacing, split value
-        result.spacing_mm = row_spacing_mm(row, spec) if spec is not None else row.spacing_mm
-        result.missing_spacing = spec is not None and result.spacing_mm is None
+        row = parse_row(raw, line)  # field checks: ids, spacing, split value, frame index
     except ContractError as exc:
         error(_strip_prefix(str(exc), sample_id))
 
     # Files are checked even when a field is bad, so one run lists everything wrong with the row.
+    bmode, header = _check_bmode(root, raw, row, error, warning)
+    if header is not None:
+        result.file_notes = [(raw["bmode"], note) for note in header.notes]
+    if row is not None:
+        yaml_mm = spec.spacing_mm if spec is not None else None
+        try:
+            result.spacing_mm, _ = spacing_by_precedence(row.spacing_mm, header, yaml_mm)
+        except io.FrameReadError as exc:
+            error(f"bmode {row.bmode}: {_strip_prefix(str(exc), str(header.path if header else ''))}")
+        if result.spacing_mm is None and header is not None and spec is not None:
+            # A DICOM file is expected to carry its calibration: none anywhere is an error, not a guess.
+            error(
+                f"bmode {row.bmode}: no pixel size anywhere: the spacing_mm cell is empty, the DICOM file has "
+                "no ultrasound region calibration nor PixelSpacing, and dataset.yaml has no spacing_mm"
+            )
+        else:
+            result.missing_spacing = spec is not None and result.spacing_mm is None
+
     unit = spec.elasto_unit if spec is not None else None
     readers: dict[str, Callable[[Path], np.ndarray]] = {
-        # A guessed bit depth (12-bit data in a 16-bit PNG) is a warning line of this row, not stderr noise.
-        "bmode": lambda p: io.read_bmode(
-            p, on_rescale=lambda note: warning(f"bmode {_strip_prefix(note, str(p))}")
-        ),
         "elasto": lambda p: io.read_elasto(p, "kPa"),  # as stored; converted below, after the sign check
         "mask": io.read_mask,
     }
@@ -191,7 +216,17 @@ def _check_row(root: Path, raw: dict[str, str], line: int, spec: DatasetSpec | N
         except io.FrameReadError as exc:
             error(f"{column} {relative}: {_strip_prefix(str(exc), str(path))}")
 
-    shapes = {column: arr.shape for column, arr in frames.items()}
+    if bmode is not None and bmode.box is not None:
+        # A DICOM image region: full-frame-sized maps are cropped like the B-mode, region-sized ones kept.
+        for column in list(frames):
+            try:
+                frames[column] = fit_to_bmode(frames[column], f"{column} {raw[column]}", bmode)
+            except ContractError as exc:
+                error(str(exc))
+                del frames[column]
+    shapes = {column: arr.shape[:2] for column, arr in frames.items()}
+    if bmode is not None:
+        shapes = {"bmode": bmode.grey.shape[:2], **shapes}
     if len(set(shapes.values())) > 1:
         listed = ", ".join(f"{column} {s[0]}x{s[1]}" for column, s in shapes.items())
         error(f"shape mismatch: {listed} (bmode, elasto and mask of one row must have equal H x W)")
@@ -209,10 +244,9 @@ def _check_row(root: Path, raw: dict[str, str], line: int, spec: DatasetSpec | N
         elif unit is not None:
             elasto_kpa = elasto_to_kpa(elasto_kpa, unit)
 
-    bmode = frames.get("bmode")
     if bmode is not None and result.spacing_mm is not None:
         # Field of view and pixel size; the distance to the dataset's median spacing is checked across rows.
-        for reason in spacing_warnings(result.spacing_mm, shape=bmode.shape):
+        for reason in spacing_warnings(result.spacing_mm, shape=bmode.grey.shape):
             warning(reason)
 
     mask = frames.get("mask")
@@ -246,6 +280,41 @@ def _check_row(root: Path, raw: dict[str, str], line: int, spec: DatasetSpec | N
                 if in_class.any():
                     result.stiffness_hist[name] = _histogram(elasto_kpa[in_class])
     return result
+
+
+def _check_bmode(
+    root: Path,
+    raw: dict[str, str],
+    row: ManifestRow | None,
+    error: Callable[[str], None],
+    warning: Callable[[str], None],
+) -> tuple[RowBmode | None, DicomHeader | None]:
+    """Read the row's B-mode as training does (a DICOM row: its header, then only its frame, cropped to the
+    image region); every failure is one error naming the file and the reason."""
+    relative = raw.get("bmode", "")
+    if not relative:
+        return None, None
+    try:
+        path = resolve_path(root, relative)
+    except ContractError as exc:
+        error(f"bmode {exc}")
+        return None, None
+    header = None
+    try:
+        header = read_row_header(path)
+        # An unparsed row's frame cell was already reported; the file is still read (frame 0) for its faults.
+        frame = row.frame if row is not None else None
+        bmode = read_row_bmode(
+            path,
+            frame,
+            header,
+            # A guessed bit depth (12-bit data in a 16-bit PNG) is a warning line of this row, not stderr noise.
+            on_rescale=lambda note: warning(f"bmode {_strip_prefix(note, str(path))}"),
+        )
+    except io.FrameReadError as exc:
+        error(f"bmode {relative}: {_strip_prefix(str(exc), str(path))}")
+        return None, header
+    return bmode, header
 
 
 def _histogram(kpa: np.ndarray) -> np.ndarray:
@@ -285,6 +354,20 @@ def _check_across_rows(raw_rows: list[dict[str, str]], results: list[_FrameResul
                         f"for {first_sample}; all frames of a subject must share one split",
                     )
                 )
+
+
+def _report_file_notes(raw_rows: list[dict[str, str]], results: list[_FrameResult]) -> None:
+    """A DICOM header's notes (a clipped region, other regions ignored) as warnings, once per file: the first
+    row of a cine listed frame by frame says it for all of them."""
+    rows_per_note: dict[tuple[str, str], list[int]] = {}
+    for index, result in enumerate(results):
+        for key in result.file_notes:
+            rows_per_note.setdefault(key, []).append(index)
+    for (bmode, note), indices in rows_per_note.items():
+        first = indices[0]
+        more = f" (and {len(indices) - 1} more row(s) of this file)" if len(indices) > 1 else ""
+        sample_id = raw_rows[first].get("sample_id") or f"manifest line {first + 2}"
+        results[first].problems.append(Problem("warning", sample_id, f"bmode {bmode}: {note}{more}"))
 
 
 def _check_spacing(root: Path, raw_rows: list[dict[str, str]], results: list[_FrameResult]) -> list[Problem]:

@@ -1,7 +1,9 @@
 """PyTorch datasets over the contract: random training patches and full validation frames.
 
 Frames are read lazily (one file read per item), brought to one pixel spacing (the network always sees one
-physical scale, as in nnU-Net), augmented, then encoded into channels by ``Encoding``.
+physical scale, as in nnU-Net), augmented, then encoded into channels by ``Encoding``. A DICOM row is one
+frame of its file, cropped to the ultrasound image region; its pixel size follows the contract's precedence
+(manifest, then the file, then dataset.yaml: ``tpnet.core.contract_frames``), as ``tpnet-data check`` reads it.
 """
 
 from __future__ import annotations
@@ -15,18 +17,22 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from tpnet.core.contract import DatasetSpec, ManifestRow, resolve_path, row_spacing_mm, trp_class_indices
+from tpnet.core.contract import ContractError, DatasetSpec, ManifestRow, resolve_path, trp_class_indices
+from tpnet.core.contract_frames import RowBmode, fit_to_bmode, read_row_bmode, row_spacing
+from tpnet.core.dicom import DicomHeader
 from tpnet.core.encoding import Encoding, elasto_to_kpa, resample_frame
-from tpnet.core.io import read_bmode, read_elasto, read_mask
+from tpnet.core.io import read_elasto, read_mask
 from tpnet.core.plausibility import stiffness_problem
 from tpnet.data.transforms import Frame, TrainTransform
 
 
-def frame_spacing_mm(spec: DatasetSpec, row: ManifestRow) -> float:
-    spacing = row_spacing_mm(row, spec)
+def frame_spacing_mm(spec: DatasetSpec, row: ManifestRow, header: DicomHeader | None = None) -> float:
+    """The row's pixel size: manifest cell, else the DICOM file's calibration (header only, no pixels), else
+    dataset.yaml; ValueError naming the sample when none gives one."""
+    spacing, _ = row_spacing(spec.root, row, spec, header)
     if spacing is None:
         raise ValueError(
-            f"{row.sample_id}: no spacing_mm (neither a manifest column nor dataset.yaml); "
+            f"{row.sample_id}: no spacing_mm (neither a manifest column, the DICOM file nor dataset.yaml); "
             "set data.spacing_mm and give the dataset a spacing"
         )
     return spacing
@@ -38,15 +44,25 @@ def median_spacing_mm(spec: DatasetSpec, rows: Sequence[ManifestRow]) -> float:
 
 
 def load_frame(spec: DatasetSpec, row: ManifestRow, target_spacing_mm: float) -> Frame:
-    """Read one manifest row and resample it to ``target_spacing_mm``; unlabelled rows get an all-zero mask."""
-    bmode = read_bmode(resolve_path(spec.root, row.bmode))
-    elasto = read_elasto_kpa(spec, row) if row.elasto else None
-    mask = read_mask(resolve_path(spec.root, row.mask)) if row.mask else np.zeros(bmode.shape, np.uint8)
-    for name, arr in (("elastography", elasto), ("mask", mask)):
-        if arr is not None and arr.shape != bmode.shape:
-            raise ValueError(f"{row.sample_id}: {name} shape {arr.shape} differs from B-mode {bmode.shape}")
-    bmode, elasto, mask = resample_frame(bmode, elasto, mask, frame_spacing_mm(spec, row), target_spacing_mm)
-    return Frame(bmode=bmode, elasto_kpa=elasto, mask=mask)
+    """Read one manifest row and resample it to ``target_spacing_mm``; unlabelled rows get an all-zero mask.
+    A DICOM row reads only its frame, cropped to the image region; mask and elastography of the full frame's
+    size are cropped the same way, ones of the region's size are used as is."""
+    bmode = read_row_bmode(resolve_path(spec.root, row.bmode), row.frame)
+    elasto = _fitted(read_elasto_kpa(spec, row), "elasto", bmode, row) if row.elasto else None
+    if row.mask:
+        mask = _fitted(read_mask(resolve_path(spec.root, row.mask)), "mask", bmode, row)
+    else:
+        mask = np.zeros(bmode.grey.shape, np.uint8)
+    spacing = frame_spacing_mm(spec, row, bmode.header)
+    grey, elasto, mask = resample_frame(bmode.grey, elasto, mask, spacing, target_spacing_mm)
+    return Frame(bmode=grey, elasto_kpa=elasto, mask=mask)
+
+
+def _fitted(arr: np.ndarray, what: str, bmode: RowBmode, row: ManifestRow) -> np.ndarray:
+    try:
+        return fit_to_bmode(arr, f"{what} {getattr(row, what)}", bmode)
+    except ContractError as exc:
+        raise ValueError(f"{row.sample_id}: {exc}") from None
 
 
 def read_elasto_kpa(spec: DatasetSpec, row: ManifestRow) -> np.ndarray:
