@@ -154,3 +154,13 @@ def test_a_profile_that_does_not_fit_is_refused_by_name(tmp_path: Path) -> None:
             read_screenshot(shot, load_profile(path))
         message = str(info.value)
         assert message.startswith(f"{shot}: scanner profile {path}") and words in message, message
+
+
+def test_the_shipped_example_profiles_load() -> None:
+    shipped = sorted((REPO / "profiles").glob("*.yaml"))
+    assert {p.name for p in shipped} >= {"generic-dual-view.yaml", "generic-overlay.yaml"}
+    layouts = {load_profile(p).layout for p in shipped}
+    assert layouts >= {"dual", "overlay"}
+    assert all(
+        load_profile(p).spacing_mm() == pytest.approx(0.1) for p in shipped
+    )  # mm_per_px and depth_scale

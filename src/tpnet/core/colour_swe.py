@@ -68,6 +68,8 @@ class DecodedSWE:
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """CIELAB of RGB floats in [0, 1], any leading shape (..., 3)."""
     flat = np.ascontiguousarray(rgb, dtype=np.float32).reshape(-1, 1, 3)
+    if flat.size == 0:  # OpenCV refuses empty images; no pixel, no colour
+        return np.zeros(rgb.shape, np.float32)
     return cv2.cvtColor(flat, cv2.COLOR_RGB2Lab).reshape(rgb.shape)
 
 

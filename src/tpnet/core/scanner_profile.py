@@ -408,10 +408,10 @@ def read_screenshot(path: str | Path, profile: ScannerProfile) -> ScreenshotFram
                 notes.append(
                     f"{path}: the B-mode under the opaque colour map is hidden; read there as its luma"
                 )
-        if decoded.alpha is not None and profile.overlay_alpha is None:
-            notes.append(f"{path}: colour map opacity estimated as {decoded.alpha:.2f}")
         if not np.isfinite(elasto).any():
             notes.append(f"{path}: no colour-map pixel found in swe_box {list(profile.swe_box)}")
+        elif decoded.alpha is not None and profile.overlay_alpha is None:
+            notes.append(f"{path}: colour map opacity estimated as {decoded.alpha:.2f}")
     return ScreenshotFrame(
         bmode=bmode, elasto_kpa=elasto, spacing_mm=profile.spacing_mm(), notes=tuple(notes)
     )

@@ -1,4 +1,5 @@
-"""``tpnet-data``: synthesise a dataset, check one, render sample frames."""
+"""``tpnet-data``: synthesise a dataset, check one, render sample frames, import scanner screenshots and check a
+scanner profile against one."""
 
 from __future__ import annotations
 
@@ -19,6 +20,20 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--height", type=int, default=256)
     synth.add_argument("--width", type=int, default=256)
     synth.add_argument("--workers", type=int, default=1)
+    synth.add_argument(
+        "--screenshots",
+        action="store_true",
+        help="draw the frames as scanner screenshots (colour map, colour bar, UI) with the true kPa and a profile",
+    )
+    synth.add_argument("--colormap", default="jet", help="screenshot colour map (jet, turbo)")
+    synth.add_argument("--layout", choices=("dual", "overlay"), default="dual", help="screenshot layout")
+    synth.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=None,
+        metavar="Q",
+        help="write screenshots as JPEG of quality Q (1-100)",
+    )
 
     check = sub.add_parser("check", help="validate a dataset against the contract")
     check.add_argument("root", type=Path)
@@ -28,11 +43,40 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("out", type=Path)
     render.add_argument("--n", type=int, default=3)
     render.add_argument("--seed", type=int, default=0)
+
+    screenshots = sub.add_parser(
+        "import-screenshots",
+        help="turn a folder of scanner screenshots into a contract dataset (B-mode, kPa)",
+    )
+    screenshots.add_argument(
+        "input", type=Path, metavar="IN", help="folder of PNG/JPEG/BMP screenshots (nested ok)"
+    )
+    screenshots.add_argument("out", type=Path, metavar="OUT", help="new dataset folder (not inside IN)")
+    screenshots.add_argument("--profile", type=Path, required=True, help="scanner profile YAML")
+    screenshots.add_argument(
+        "--labels", type=Path, default=None, metavar="DIR", help="label maps DIR/<same relative stem>.png"
+    )
+
+    check_profile = sub.add_parser(
+        "profile-check",
+        help="draw a scanner profile's boxes over a screenshot and print the decoded kPa range",
+    )
+    check_profile.add_argument("screenshot", type=Path)
+    check_profile.add_argument("--profile", type=Path, required=True, help="scanner profile YAML")
+    check_profile.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="image to write (default ./<stem>_profile_check.png)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "synth" and args.screenshots:
+        return _synth_screenshots(args)
     if args.command == "synth":
         from tpnet.data.synth import write_synthetic_dataset
 
@@ -51,11 +95,76 @@ def main(argv: list[str] | None = None) -> int:
         from tpnet.data.check import main_check
 
         return main_check(args.root)
+    if args.command == "import-screenshots":
+        return _import_screenshots(args)
+    if args.command == "profile-check":
+        return _profile_check(args)
     from tpnet.data.render import render_samples
 
     for path in render_samples(args.root, args.out, n=args.n, seed=args.seed):
         print(path)
     return 0
+
+
+def _synth_screenshots(args: argparse.Namespace) -> int:
+    from tpnet.data.synth_screenshots import write_screenshot_dataset
+
+    if args.jpeg_quality is not None and not 1 <= args.jpeg_quality <= 100:
+        print(f"tpnet-data synth: --jpeg-quality must be 1-100, got {args.jpeg_quality}", file=sys.stderr)
+        return 2
+    try:
+        root = write_screenshot_dataset(
+            args.out,
+            subjects=args.subjects,
+            frames_per_subject=args.frames_per_subject,
+            seed=args.seed,
+            height=args.height,
+            width=args.width,
+            colormap=args.colormap,
+            layout=args.layout,
+            jpeg_quality=args.jpeg_quality,
+        )
+    except ValueError as exc:
+        print(f"tpnet-data synth: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.subjects * args.frames_per_subject} screenshots to {root}")
+    return 0
+
+
+def _import_screenshots(args: argparse.Namespace) -> int:
+    """Exit 0 when every screenshot was imported, 3 when some were skipped (each named), 2 when nothing could start."""
+    from tpnet.core.scanner_profile import ProfileError
+    from tpnet.data.screenshots import ScreenshotImportError, import_screenshots
+
+    try:
+        report = import_screenshots(args.input, args.out, args.profile, labels_dir=args.labels)
+    except (ProfileError, ScreenshotImportError) as exc:
+        print(f"tpnet-data import-screenshots: {exc}", file=sys.stderr)
+        return 2
+    for note in report.notes:
+        print(f"note: {note}")
+    for problem in report.problems:
+        print(f"skipped {problem}", file=sys.stderr)
+    print(
+        f"imported {len(report.written)} screenshot(s) to {report.out}"
+        + (f"; {len(report.problems)} skipped (listed above)" if report.problems else "")
+    )
+    return 3 if report.problems else 0
+
+
+def _profile_check(args: argparse.Namespace) -> int:
+    """Exit 0 when the profile fits the screenshot, 2 with the reason when it does not."""
+    from tpnet.core.scanner_profile import ProfileError
+    from tpnet.data.screenshots import ScreenshotImportError, profile_check
+
+    try:
+        result = profile_check(args.screenshot, args.profile, args.out)
+    except (ProfileError, ScreenshotImportError) as exc:
+        print(f"tpnet-data profile-check: {exc}", file=sys.stderr)
+        return 2
+    for line in result.lines:
+        print(line)
+    return 0 if result.ok else 2
 
 
 if __name__ == "__main__":
