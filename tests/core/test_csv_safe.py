@@ -60,5 +60,5 @@ def test_a_frame_named_like_a_formula_is_written_as_text(tmp_path):
     raw = (out / "detections.csv").read_text(encoding="utf-8")
     assert not any(line.startswith(("=", "+", "@")) for line in raw.splitlines())
     for row in rows:
-        for value in row[3:8]:  # x_px .. area_mm2: numbers, as written
+        for value in row[4:9]:  # x_px .. area_mm2: numbers, as written
             float(value)

@@ -168,8 +168,16 @@ def test_all_good_folder_exits_0_and_tta_runs(tmp_path, model_path, capsys):
     assert "REJECTED" not in capsys.readouterr().out
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["rejected"] == [] and summary["settings"]["tta"] is True
-    assert len(summary["warnings"]) == 1 and "0.2 mm" in summary["warnings"][0]  # spacing was assumed
-    assert "ASSUMED" in (out_dir / "report.html").read_text()
+    # No pixel size anywhere: flagged, and the mm columns stay empty rather than filled from an assumption.
+    assert len(summary["warnings"]) == 1 and "no pixel size" in summary["warnings"][0]
+    assert summary["frames_without_spacing"] == 1
+    assert "UNKNOWN" in (out_dir / "report.html").read_text()
+    with (out_dir / "detections.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all(r["x_mm"] == r["y_mm"] == r["area_mm2"] == "" and r["x_px"] for r in rows)
+    with (out_dir / "frames.csv").open(newline="") as fh:
+        (frame,) = list(csv.DictReader(fh))
+    assert (frame["stem"], frame["spacing_mm"], frame["spacing_source"]) == ("one", "", "unknown")
 
 
 def test_refuses_unsafe_or_non_empty_output(tmp_path, model_path, capsys):

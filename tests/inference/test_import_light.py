@@ -1,4 +1,5 @@
-"""The clinicians' tool must run where only torch, numpy, OpenCV, tifffile, tqdm and PyYAML are installed.
+"""The clinicians' tool must run where only the base install is: torch, numpy, OpenCV, tifffile, tqdm, PyYAML,
+pydicom and Pillow.
 
 PyYAML is a real inference dependency: tpnet-infer reads contract datasets, whose ``dataset.yaml`` the contract
 reader parses. SciPy is not: it serves the evaluation's detection matching only."""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tpnet.core.io import FrameReadError, write_npy, write_png, write_tiff
-from tpnet.inference.inputs import SpacingAssumedWarning, discover_inputs, load_frame
+from tpnet.inference.inputs import SpacingUnknownWarning, discover_inputs, load_frame
 
 MODEL_SPACING = 0.2
 
@@ -29,18 +29,20 @@ def test_pairs_by_stem_and_rejects_orphans_and_strays(tmp_path):
     _elasto(tmp_path / "a_elasto.tif")
     write_npy(tmp_path / "b_bmode.npy", np.zeros((8, 12), np.float32))
     _elasto(tmp_path / "orphan_elasto.tiff")
-    _bmode(tmp_path / "holiday.png")  # an image that follows no naming rule
+    _bmode(tmp_path / "holiday.png")  # a plain image without the _bmode suffix: a B-mode-only frame
+    _bmode(tmp_path / "scan.dcm.txt")  # not an image by its suffix: ignored
     _bmode(tmp_path / "c_elasto.png")  # elastography as PNG cannot carry kPa
     (tmp_path / "notes.txt").write_text("scanned 2024-05-01")  # not an image: ignored
 
     frames, rejected = discover_inputs(tmp_path, spacing_mm_cli=0.15, model_spacing_mm=MODEL_SPACING)
 
     frames = _by_stem(frames)
-    assert sorted(frames) == ["a", "b"]
+    assert sorted(frames) == ["a", "b", "holiday"]
+    assert frames["holiday"].elasto_path is None and frames["holiday"].kind == "image"
     assert frames["a"].elasto_path == tmp_path / "a_elasto.tif"
     assert frames["b"].elasto_path is None and frames["b"].bmode_path.suffix == ".npy"
     reasons = {r.name: r.reason for r in rejected}
-    assert set(reasons) == {"orphan_elasto.tiff", "holiday.png", "c_elasto.png"}
+    assert set(reasons) == {"orphan_elasto.tiff", "c_elasto.png"}
     assert "without a B-mode" in reasons["orphan_elasto.tiff"]
     assert "TIFF or .npy" in reasons["c_elasto.png"]
 
@@ -60,15 +62,16 @@ def test_spacing_precedence_sidecar_then_cli(tmp_path):
     assert (frames["b"].spacing_mm, frames["b"].spacing_source) == (0.3, "cli")
 
 
-def test_model_spacing_fallback_warns_once(tmp_path):
+def test_frames_without_any_spacing_keep_none_and_warn_once_naming_them(tmp_path):
     for stem in ("a", "b", "c"):
         _bmode(tmp_path / f"{stem}_bmode.png")
 
-    with pytest.warns(SpacingAssumedWarning, match="3 frame") as record:
+    with pytest.warns(SpacingUnknownWarning, match="3 frame.*a_bmode.png") as record:
         frames, _ = discover_inputs(tmp_path, spacing_mm_cli=None, model_spacing_mm=MODEL_SPACING)
 
-    assert len([w for w in record if issubclass(w.category, SpacingAssumedWarning)]) == 1
-    assert all(f.spacing_mm == MODEL_SPACING and f.spacing_source == "model" for f in frames)
+    assert len([w for w in record if issubclass(w.category, SpacingUnknownWarning)]) == 1
+    # Never filled from an assumed spacing (issue #11): the mm columns stay empty.
+    assert all(f.spacing_mm is None and f.spacing_source == "" for f in frames)
 
 
 def test_bad_sidecar_rejects_that_frame_only(tmp_path):
@@ -115,7 +118,9 @@ def test_load_frame_reads_lazily_and_checks_shapes(tmp_path):
     _elasto(tmp_path / "ok_elasto.tif")
     _bmode(tmp_path / "bad_bmode.png")
     _elasto(tmp_path / "bad_elasto.tif", shape=(4, 6))
-    write_png(tmp_path / "rgb_bmode.png", np.zeros((8, 12, 3), np.uint8))
+    coloured = np.zeros((8, 12, 3), np.uint8)
+    coloured[:, :4] = (255, 0, 0)  # a third of the frame red: colour, not grey stored as RGB
+    write_png(tmp_path / "rgb_bmode.png", coloured)
     frames, _ = discover_inputs(tmp_path, spacing_mm_cli=0.2, model_spacing_mm=MODEL_SPACING)
     frames = _by_stem(frames)  # discovery alone accepted all three: reading is what fails
 
@@ -126,5 +131,5 @@ def test_load_frame_reads_lazily_and_checks_shapes(tmp_path):
         FrameReadError, match=r"bad_elasto.tif: elastography is 6x4 px .* bad_bmode.png is 12x8"
     ):
         load_frame(frames["bad"])
-    with pytest.raises(FrameReadError, match="rgb_bmode.png: .*single-channel"):
+    with pytest.raises(FrameReadError, match="rgb_bmode.png: .*colour"):
         load_frame(frames["rgb"])

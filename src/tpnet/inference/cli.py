@@ -10,6 +10,8 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import hashlib
+import io
 import json
 import math
 import os
@@ -34,10 +36,12 @@ from tpnet.core.model_file import LoadedModel, ModelFileError, load_model_file
 from tpnet.core.overlay import render_overlay
 from tpnet.core.postprocess import TriggerPoint
 from tpnet.core.run_lock import FolderLockedError, lock_folder, unlock_folder
+from tpnet.core.scanner_profile import ProfileError, ScannerProfile, load_profile
 from tpnet.core.terminal import progress_bar
 from tpnet.inference import fault_injection
 from tpnet.inference.inputs import FrameInput, InputError, InputWarning, Rejection, discover_inputs
 from tpnet.inference.interrupt import Interrupted, StopRequests, exit_code
+from tpnet.inference.loops import DEFAULT_MIN_FRAMES, LOOP_COLUMNS, LoopDetection, summarise_loop
 from tpnet.inference.memory import bound_cpu_memory, release_freed_memory
 from tpnet.inference.output_folder import (
     LOCK_NAME,
@@ -56,10 +60,23 @@ from tpnet.inference.report import HtmlReport, frame_section
 
 EXIT_OK, EXIT_USAGE, EXIT_REJECTED = 0, 2, 3
 CSV_COLUMNS: tuple[str, ...] = (
-    "stem", "trp_id", "class", "x_px", "y_px", "x_mm", "y_mm", "area_mm2",
+    "stem", "t_s", "trp_id", "class", "x_px", "y_px", "x_mm", "y_mm", "area_mm2",
     "stiffness_kpa_mean", "confidence", "nearest_vessel_mm",
 )  # fmt: skip
-__all__ = ["CSV_COLUMNS", "LOCK_NAME", "OUTPUT_DIRS", "OUTPUT_FILES", "OUTPUT_MARKER", "main"]
+# One row per frame found, analysed or not: where it came from and the pixel size its millimetres rest on.
+FRAME_COLUMNS: tuple[str, ...] = (
+    "stem", "name", "kind", "frame", "t_s", "width_px", "height_px", "spacing_mm", "spacing_source",
+    "trp_count", "status",
+)  # fmt: skip
+__all__ = [
+    "CSV_COLUMNS",
+    "FRAME_COLUMNS",
+    "LOCK_NAME",
+    "OUTPUT_DIRS",
+    "OUTPUT_FILES",
+    "OUTPUT_MARKER",
+    "main",
+]
 
 
 class UsageError(ValueError):
@@ -70,8 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tpnet-infer",
         description="Detect myofascial trigger points in ultrasound frames with an exported tpnet model.",
-        epilog="Input: a dataset root (manifest.csv + dataset.yaml) or a folder of <name>_bmode.<png|tif|tiff|npy> "
-        'files with optional <name>_elasto.<tif|tiff|npy> (kPa) and <name>.json ({"spacing_mm": S}). '
+        epilog="Input: a dataset root (manifest.csv + dataset.yaml) or a folder, nested folders included, of "
+        "DICOM files (stills and cine loops; pixel size from the file), scanner screenshots (PNG/JPEG/BMP, "
+        "with --profile), plain B-mode images (PNG/TIFF/.npy/JPEG/BMP) and <name>_bmode.* + "
+        '<name>_elasto.<tif|tiff|npy> (kPa) pairs; <name>.json ({"spacing_mm": S}) gives a pixel size. '
         "Exit codes: 0 all analysed, 3 some inputs rejected, 2 usage error or unusable model.",
     )
     parser.add_argument("--model", required=True, type=Path, help="exported model file (.pt or .pt2)")
@@ -83,6 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--spacing-mm", type=_positive_float, help="pixel size in mm for frames without their own"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="scanner profile (YAML): where the B-mode and elastography views and the colour bar are on a "
+        "screenshot; PNG/JPEG/BMP files not named *_bmode/*_elasto are then read as screenshots",
+    )
+    parser.add_argument(
+        "--min-frames",
+        type=_positive_int,
+        default=DEFAULT_MIN_FRAMES,
+        help=f"cine loops: a trigger point seen at the same place in this many consecutive frames is "
+        f"stable (default {DEFAULT_MIN_FRAMES})",
     )
     parser.add_argument("--tta", action="store_true", help="average with a left-right flipped pass (slower)")
     parser.add_argument(
@@ -165,7 +197,15 @@ def _run_key(input_dir: Path, args: argparse.Namespace) -> dict[str, object]:
         "tta": args.tta,
         "spacing_mm": args.spacing_mm,
         "strict": args.strict,
+        "profile": _file_identity(args.profile) if args.profile else None,
+        "min_frames": args.min_frames,
     }
+
+
+def _file_identity(path: Path) -> dict[str, object]:
+    """A profile's path and content: a resume with an edited profile would mix two readings of the screen."""
+    data = Path(path).read_bytes()
+    return {"path": str(Path(path).resolve()), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _finished_run_exit_code(output_dir: Path) -> int | None:
@@ -185,10 +225,30 @@ def _fmt(value: float, digits: int) -> str:
     return "" if not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _csv_row(stem: str, p: TriggerPoint) -> list[str]:
+def _csv_row(frame: FrameInput, p: TriggerPoint) -> list[str]:
+    """A trigger point's row. Without a known pixel size the millimetre columns stay empty: a figure from an
+    assumed spacing would read as a measurement."""
+    known = frame.spacing_mm is not None
+    mm = (lambda v, d: _fmt(v, d)) if known else (lambda v, d: "")  # noqa: E731
     return [
-        stem, str(p.trp_id), p.class_name, _fmt(p.x_px, 2), _fmt(p.y_px, 2), _fmt(p.x_mm, 3), _fmt(p.y_mm, 3),
-        _fmt(p.area_mm2, 3), _fmt(p.stiffness_kpa_mean, 2), _fmt(p.confidence, 4), _fmt(p.nearest_vessel_mm, 3),
+        frame.stem, _opt(frame.t_s, 4), str(p.trp_id), p.class_name, _fmt(p.x_px, 2), _fmt(p.y_px, 2),
+        mm(p.x_mm, 3), mm(p.y_mm, 3), mm(p.area_mm2, 3), _fmt(p.stiffness_kpa_mean, 2), _fmt(p.confidence, 4),
+        mm(p.nearest_vessel_mm, 3),
+    ]  # fmt: skip
+
+
+def _opt(value: float | None, digits: int) -> str:
+    return "" if value is None else _fmt(value, digits)
+
+
+def _frame_row(
+    frame: FrameInput, shape: tuple[int, ...] | None, trp_count: int | None, status: str
+) -> list[str]:
+    return [
+        frame.stem, frame.name, frame.kind, "" if frame.frame_index is None else str(frame.frame_index),
+        _opt(frame.t_s, 4), "" if shape is None else str(shape[1]), "" if shape is None else str(shape[0]),
+        _opt(frame.spacing_mm, 5), frame.spacing_source or "unknown", "" if trp_count is None else str(trp_count),
+        status,
     ]  # fmt: skip
 
 
@@ -235,18 +295,25 @@ def _main(argv: list[str] | None, stops: StopRequests) -> int:
         model = load_model_file(args.model, device)
     except ModelFileError as exc:
         return _error(f"unusable model: {exc}")
+    profile: ScannerProfile | None = None
+    if args.profile is not None:
+        try:
+            profile = load_profile(args.profile)
+        except ProfileError as exc:
+            return _error(f"unusable --profile: {exc}")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", InputWarning)
             frames, rejected = discover_inputs(
-                input_dir, args.spacing_mm, model.spacing_mm, strict=args.strict
+                input_dir, args.spacing_mm, model.spacing_mm, strict=args.strict, profile=profile
             )
     except InputError as exc:
         return _error(str(exc))
     run_warnings = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
     if not frames and not rejected:
         return _error(
-            f"{input_dir}: no frames found (expected <name>_bmode.<png|tif|tiff|npy> files or a dataset root)"
+            f"{input_dir}: no frames found (expected DICOM files, images (PNG/TIFF/.npy/JPEG/BMP), "
+            "screenshots with --profile, or a dataset root)"
         )
 
     frames = [dataclasses.replace(f, stem=bounded_stem(f.stem)) for f in frames]  # names the disk accepts
@@ -304,6 +371,7 @@ def _analyse(
     for record in journal.records:
         stats.add(record)
     report = HtmlReport(output_dir / "report.html")
+    loop_summaries: list[dict] = []
 
     def all_warnings() -> list[str]:  # the run's, then each analysed frame's (journal order)
         return run_warnings + [note for record in journal.records for note in record.notes]
@@ -327,6 +395,8 @@ def _analyse(
                 "tta": args.tta,
                 "spacing_mm": args.spacing_mm,
                 "strict": args.strict,
+                "profile": str(Path(args.profile).resolve()) if args.profile else None,
+                "min_frames": args.min_frames,
             },
             "counts": counts,
             "trp_by_class": stats.trp_counts,
@@ -337,7 +407,16 @@ def _analyse(
             "model": {"file": str(Path(args.model).resolve()), "kind": model.kind, "meta": model.meta},
             "rejected": [{"name": r.name, "reason": r.reason} for r in rejected],
             "warnings": all_warnings(),
+            "frames_without_spacing": sum(
+                1
+                for r in journal.records
+                if r.rejected_reason is None
+                and r.frame_row
+                and r.frame_row[FRAME_COLUMNS.index("spacing_mm")] == ""
+            ),
         }
+        if complete:
+            data["loops"] = loop_summaries
         if not complete:  # what was done, what is left, and how to continue
             data["interrupted_by"] = signal.Signals(stats.stopped_by).name if stats.stopped_by else None
             data["frames_finished"] = len(journal.records)
@@ -365,6 +444,7 @@ def _analyse(
             file=sys.stderr,
         )
         return exit_code(stats.stopped_by)
+    loop_summaries = _write_tables(output_dir, frames, journal, model, args.min_frames)
     _write_json(output_dir / "summary.json", summary(complete=True))
     report.finish(
         model_name=str(model.meta["model_name"]),
@@ -493,11 +573,67 @@ def _record_frame(
     return FrameRecord(
         frame.stem,
         frame.name,
-        rows=[_csv_row(frame.stem, p) for p in points],
+        rows=[_csv_row(frame, p) for p in points],
+        frame_row=_frame_row(frame, result.bmode.shape, len(points), "analysed"),
         section=frame_section(frame, f"overlays/{frame.stem}.png", points, result.bmode.shape),
         trp_counts=counts,
         notes=[note.replace(f"{input_dir}{os.sep}", "") for note in result.notes],
     )
+
+
+def _write_tables(
+    output_dir: Path, frames: list[FrameInput], journal: ProgressJournal, model: LoadedModel, min_frames: int
+) -> list[dict]:
+    """frames.csv (every frame found) and loops.csv (trigger points followed through each cine loop, from the
+    journal's rows, so a resumed run's frames count too); the loops' summaries for summary.json."""
+    by_stem = {f.stem: f for f in frames}
+    records = {r.stem: r for r in journal.records}
+    lines = [FRAME_COLUMNS]
+    for frame in frames:
+        record = records.get(frame.stem)
+        if record is not None and record.frame_row:
+            lines.append(record.frame_row)
+        else:
+            status = f"rejected: {record.rejected_reason}" if record is not None else "not analysed"
+            lines.append(_frame_row(frame, frame.shape, None, status))
+    _write_csv(output_dir / "frames.csv", lines)
+
+    column = {name: i for i, name in enumerate(CSV_COLUMNS)}
+    per_loop: dict[str, list[tuple[int, list[LoopDetection]]]] = {}
+    for record in journal.records:
+        frame = by_stem.get(record.stem)
+        if frame is None or frame.loop is None or record.rejected_reason is not None:
+            continue
+        detections = [
+            LoopDetection(
+                frame.frame_index or 0,
+                frame.stem,
+                frame.t_s,
+                row[column["class"]],
+                float(row[column["x_px"]]),
+                float(row[column["y_px"]]),
+                float(row[column["confidence"]] or "nan"),
+            )  # fmt: skip
+            for row in record.rows
+        ]
+        per_loop.setdefault(frame.loop, []).append((frame.frame_index or 0, detections))
+    summaries: list[dict] = []
+    loop_lines = [LOOP_COLUMNS]
+    for loop in sorted(per_loop):
+        first = next(f for f in frames if f.loop == loop)
+        working = first.spacing_mm if first.spacing_mm is not None else model.spacing_mm
+        summary, rows = summarise_loop(loop, per_loop[loop], first.spacing_mm, working, min_frames)
+        summaries.append(summary)
+        loop_lines += rows
+    _write_csv(output_dir / "loops.csv", loop_lines)
+    return summaries
+
+
+def _write_csv(path: Path, lines: list) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerows(safe_row(list(line)) for line in lines)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _write_json(path: Path, data: dict) -> None:

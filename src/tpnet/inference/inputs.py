@@ -1,7 +1,10 @@
-"""Finding the frames to analyse: a contract dataset root or a plain folder of ``<stem>_bmode.*`` files.
+"""Finding the frames to analyse: a contract dataset root, or a folder (nested folders too) of what scanners
+and people export: DICOM stills and cine loops, scanner screenshots (with a ``--profile``), plain images, and
+``<stem>_bmode.*`` + ``<stem>_elasto.*`` pairs.
 
-Discovery only lists files and decides each frame's pixel spacing; pixels are read lazily, one frame
-at a time, by ``load_frame``, so a broken file rejects that frame and never the whole run.
+Discovery only lists files, reads DICOM headers (never pixels) and decides each frame's pixel spacing; pixels
+are read lazily, one frame at a time, by ``load_frame``, so a broken file rejects that frame (or that file) and
+never the whole run.
 """
 
 from __future__ import annotations
@@ -10,21 +13,29 @@ import json
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from tpnet.core import contract
+from tpnet.core.dicom import DicomHeader, is_dicom_file, read_dicom_frame, read_dicom_header
 from tpnet.core.encoding import elasto_to_kpa
 from tpnet.core.io import FrameReadError, declared_shape, read_bmode, read_elasto
 from tpnet.core.plausibility import parse_spacing_mm, spacing_warnings, stiffness_problem
+from tpnet.core.scanner_profile import ScannerProfile, read_screenshot
 from tpnet.inference.output_names import bounded_stem
 
-BMODE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".npy")
+BMODE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".npy", ".jpg", ".jpeg", ".bmp")
 ELASTO_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".npy")  # kPa needs floats: no PNG
-IMAGE_LIKE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".npy", ".jpg", ".jpeg", ".bmp", ".dcm")
+# With --profile these are scanner screenshots (unless named *_bmode / *_elasto); TIFF and .npy never are.
+SCREENSHOT_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp")
+DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
+IMAGE_LIKE_SUFFIXES: tuple[str, ...] = BMODE_SUFFIXES + DICOM_SUFFIXES
 _NAME_RE = re.compile(r"^(?P<stem>.+)_(?P<role>bmode|elasto)(?P<suffix>\.[A-Za-z]+)$")
+# sub/folder/img.png -> stem "sub__folder__img": two img.png in two folders never collide.
+PATH_SEPARATOR = "__"
+NOT_IMAGES = ("DICOMDIR",)  # a DICOM export's index of its files: no pixels of its own
 
 
 class InputError(ValueError):
@@ -35,8 +46,8 @@ class InputWarning(UserWarning):
     """Something about the input the reader of the results must know; listed in the summary and report."""
 
 
-class SpacingAssumedWarning(InputWarning):
-    """Some frames carry no pixel spacing: the model's training spacing is assumed for them."""
+class SpacingUnknownWarning(InputWarning):
+    """Some frames carry no pixel size anywhere: their millimetre columns are left empty."""
 
 
 class ImplausibleSpacingWarning(InputWarning):
@@ -55,9 +66,19 @@ class FrameInput:
     name: str
     bmode_path: Path
     elasto_path: Path | None
-    spacing_mm: float
-    spacing_source: str  # "manifest", "dataset.yaml", "sidecar", "cli" or "model"
+    spacing_mm: float | None  # None: the pixel size is unknown, so no millimetre figure is given
+    # "manifest", "dataset.yaml", "sidecar", "dicom", "profile", "cli" or "" (unknown)
+    spacing_source: str
     elasto_unit: str = "kPa"
+    kind: str = "image"  # "image" (PNG/TIFF/.npy/JPEG/BMP), "dicom" or "screenshot"
+    frame_index: int | None = None  # a DICOM file's frame (0-based)
+    t_s: float | None = None  # the frame's time in its cine loop, s from the first frame
+    loop: str | None = None  # the stem of the multi-frame file (cine loop) the frame belongs to
+    # (x0, y0, x1, y1): the part of the frame holding the image (a DICOM ultrasound region); the network sees
+    # only it and its results are placed back into the whole frame. None = the whole frame.
+    image_box: tuple[int, int, int, int] | None = None
+    shape: tuple[int, int] | None = None  # (H, W) as discovery learnt it (DICOM header, profile), if it did
+    profile: ScannerProfile | None = None  # screenshots: where the views and the colour bar are
 
 
 @dataclass(frozen=True)
@@ -67,9 +88,18 @@ class Rejection:
 
 
 def load_frame(frame: FrameInput, notes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(B-mode float32 [0, 1], elastography kPa or None); FrameReadError names the file and the reason.
-    What was assumed while reading (a guessed bit depth, clipped values) is appended to ``notes`` when given
-    (thread-safe, unlike ``warnings``), else warned."""
+    """(B-mode float32 [0, 1], elastography kPa or None) for the whole frame; FrameReadError names the file
+    and the reason. What was assumed while reading (a guessed bit depth, clipped values, a few coloured
+    pixels read as grey) is appended to ``notes`` when given (thread-safe, unlike ``warnings``), else warned."""
+    if frame.kind == "dicom":
+        return read_dicom_frame(frame.bmode_path, frame.frame_index or 0).grey, None
+    if frame.kind == "screenshot":
+        if frame.profile is None:
+            raise FrameReadError(f"{frame.bmode_path}: a screenshot needs a scanner profile (--profile)")
+        shot = read_screenshot(frame.bmode_path, frame.profile)
+        if notes is not None:
+            notes.extend(shot.notes)
+        return shot.bmode, shot.elasto_kpa
     bmode = read_bmode(frame.bmode_path, on_rescale=notes.append if notes is not None else None)
     if frame.elasto_path is None:
         return bmode, None
@@ -87,11 +117,16 @@ def load_frame(frame: FrameInput, notes: list[str] | None = None) -> tuple[np.nd
 
 
 def discover_inputs(
-    input_dir: str | Path, spacing_mm_cli: float | None, model_spacing_mm: float, strict: bool = False
+    input_dir: str | Path,
+    spacing_mm_cli: float | None,
+    model_spacing_mm: float,
+    strict: bool = False,
+    profile: ScannerProfile | None = None,
 ) -> tuple[list[FrameInput], list[Rejection]]:
     """Frames (sorted by stem) and rejected inputs. Spacing precedence: the input's own (manifest row,
-    dataset.yaml or ``<stem>.json`` sidecar), then ``--spacing-mm``, then the model's training spacing,
-    which raises one ``SpacingAssumedWarning`` for the whole run. A frame whose pixel size or field of view
+    DICOM file, dataset.yaml, ``<stem>.json`` sidecar, or the scanner profile for screenshots), then
+    ``--spacing-mm``; a frame with none keeps ``spacing_mm=None`` (its millimetre figures stay empty) and
+    the run gets one ``SpacingUnknownWarning`` naming such frames. A frame whose pixel size or field of view
     is implausible, or far from the model's spacing, raises an ``ImplausibleSpacingWarning`` naming it, or
     with ``strict`` is rejected."""
     input_dir = Path(input_dir)
@@ -106,20 +141,26 @@ def discover_inputs(
         raise InputError(f"--spacing-mm: {exc}") from None
     # lexists: a dataset root whose dataset.yaml is a broken link is reported as such, not read as a folder.
     if os.path.lexists(input_dir / "manifest.csv") and os.path.lexists(input_dir / "dataset.yaml"):
-        frames, rejected = _discover_contract(input_dir, spacing_mm_cli, model_spacing_mm)
+        frames, rejected = _discover_contract(input_dir, spacing_mm_cli)
     else:
-        frames, rejected = _discover_folder(input_dir, spacing_mm_cli, model_spacing_mm)
+        frames, rejected = _discover_folder(input_dir, spacing_mm_cli, profile)
     frames = _check_spacing(frames, rejected, model_spacing_mm, strict)
-    assumed = sum(f.spacing_source == "model" for f in frames)
-    if assumed:
+    unknown = [f.name for f in frames if f.spacing_mm is None]
+    if unknown:
         warnings.warn(
-            SpacingAssumedWarning(
-                f"{assumed} frame(s) have no pixel spacing (no sidecar <stem>.json, no --spacing-mm): "
-                f"millimetre figures for them assume the model's training spacing of {model_spacing_mm:g} mm/pixel"
+            SpacingUnknownWarning(
+                f"{len(unknown)} frame(s) have no pixel size (not in the file, no sidecar <stem>.json, no "
+                f"profile, no --spacing-mm), e.g. {_names(unknown)}: their millimetre columns are left empty "
+                f"and the network reads them as if at its training spacing of {model_spacing_mm:g} mm/pixel"
             ),
             stacklevel=2,
         )
     return frames, rejected
+
+
+def _names(names: list[str]) -> str:
+    more = len(names) - _LISTED_NAMES
+    return ", ".join(names[:_LISTED_NAMES]) + (f" and {more} more" if more > 0 else "")
 
 
 def _check_spacing(
@@ -130,9 +171,11 @@ def _check_spacing(
     kept: list[FrameInput] = []
     names_by_reason: dict[str, list[str]] = {}
     for frame in frames:
-        # An assumed spacing is the model's own: only its field of view can be judged.
-        reference = None if frame.spacing_source == "model" else model_spacing_mm
-        reasons = spacing_warnings(frame.spacing_mm, declared_shape(frame.bmode_path), reference)
+        if frame.spacing_mm is None:  # nothing to judge: the frame is flagged as without a pixel size
+            kept.append(frame)
+            continue
+        shape = frame.shape or declared_shape(frame.bmode_path)
+        reasons = spacing_warnings(frame.spacing_mm, shape, model_spacing_mm)
         if reasons and strict:
             rejected.append(Rejection(frame.name, f"{'; '.join(reasons)} ({STRICT_NOTE})"))
             continue
@@ -140,11 +183,9 @@ def _check_spacing(
             names_by_reason.setdefault(reason, []).append(frame.name)
         kept.append(frame)
     for reason, names in names_by_reason.items():
-        more = len(names) - _LISTED_NAMES
-        shown = ", ".join(names[:_LISTED_NAMES]) + (f" and {more} more" if more > 0 else "")
         warnings.warn(
             ImplausibleSpacingWarning(
-                f"{shown}: {reason}; check the pixel size (sidecar, manifest or --spacing-mm), "
+                f"{_names(names)}: {reason}; check the pixel size (sidecar, manifest or --spacing-mm), "
                 f"or run with --strict to reject such frames"
             ),
             stacklevel=3,
@@ -152,20 +193,58 @@ def _check_spacing(
     return kept
 
 
-def _fallback_spacing(spacing_mm_cli: float | None, model_spacing_mm: float) -> tuple[float, str]:
-    if spacing_mm_cli is not None:
-        return float(spacing_mm_cli), "cli"
-    return float(model_spacing_mm), "model"
-
-
 def _safe_stem(name: str) -> str:
     """Sample ids may hold '/' or spaces and be any length; output file names may not."""
     return bounded_stem(re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "frame")
 
 
-def _discover_contract(
-    root: Path, spacing_mm_cli: float | None, model_spacing_mm: float
-) -> tuple[list[FrameInput], list[Rejection]]:
+def _dicom_frames(
+    path: Path, stem: str, name: str, spacing: tuple[float | None, str], frame_index: int | None = None
+) -> list[FrameInput]:
+    """One FrameInput per frame of a DICOM file (``frame_index``: only that one). ``spacing`` is the pixel
+    size decided before the file's own (a manifest row's); (None, "") lets the file's own count first.
+    FrameReadError when the header is unusable or the index is out of range."""
+    header = read_dicom_header(path)
+    spacing_mm, source = spacing
+    if spacing_mm is None and header.spacing_mm is not None:
+        spacing_mm, source = header.spacing_mm, "dicom"
+    indices = range(header.n_frames) if frame_index is None else [frame_index]
+    if frame_index is not None and not 0 <= frame_index < header.n_frames:
+        raise FrameReadError(f"{path}: frame {frame_index} asked for, but the file holds {header.n_frames}")
+    multi = header.n_frames > 1
+    return [
+        FrameInput(
+            stem=f"{stem}_f{i:04d}" if multi else stem,
+            name=f"{name} frame {i}" if multi else name,
+            bmode_path=path,
+            elasto_path=None,
+            spacing_mm=spacing_mm,
+            spacing_source=source if spacing_mm is not None else "",
+            kind="dicom",
+            frame_index=i,
+            t_s=_frame_time(header, i),
+            loop=stem if multi else None,
+            image_box=header.image_box,
+            shape=_box_shape(header),
+        )
+        for i in indices
+    ]
+
+
+def _frame_time(header: DicomHeader, index: int) -> float | None:
+    times = header.frame_times_s
+    return float(times[index]) if times is not None and index < len(times) else None
+
+
+def _box_shape(header: DicomHeader) -> tuple[int, int]:
+    """What the network sees: the image region's (H, W), else the frame's."""
+    if header.image_box is None:
+        return header.rows, header.columns
+    x0, y0, x1, y1 = header.image_box
+    return y1 - y0, x1 - x0
+
+
+def _discover_contract(root: Path, spacing_mm_cli: float | None) -> tuple[list[FrameInput], list[Rejection]]:
     try:
         spec = contract.load_spec(root)
         raw_rows = contract.read_manifest_raw(root)
@@ -188,77 +267,198 @@ def _discover_contract(
             rejected.append(Rejection(name, f"sample_id gives the output name {stem!r} a second time"))
             continue
         stems.add(stem)
+        if is_dicom_file(bmode_path):
+            # The contract's order: the row's spacing, then the file's own, then dataset.yaml's.
+            spacing = (row.spacing_mm, "manifest") if row.spacing_mm is not None else (None, "")
+            try:
+                found = _dicom_frames(bmode_path, stem, row.sample_id, spacing, row.frame or 0)
+            except FrameReadError as exc:
+                rejected.append(Rejection(name, str(exc)))
+                continue
+            frame = found[0]
+            if frame.spacing_mm is None:
+                frame = _with_spacing(frame, *_spec_or_cli(spec.spacing_mm, spacing_mm_cli))
+            frames.append(frame)
+            continue
         spacing = contract.row_spacing_mm(row, spec)
         if spacing is not None:
             source = "manifest" if row.spacing_mm is not None else "dataset.yaml"
         else:
-            spacing, source = _fallback_spacing(spacing_mm_cli, model_spacing_mm)
+            spacing, source = _spec_or_cli(None, spacing_mm_cli)
         frames.append(
             FrameInput(stem, row.sample_id, bmode_path, elasto_path, spacing, source, spec.elasto_unit)
         )
     return sorted(frames, key=lambda f: f.stem), rejected
 
 
+def _spec_or_cli(spec_spacing: float | None, spacing_mm_cli: float | None) -> tuple[float | None, str]:
+    if spec_spacing is not None:
+        return spec_spacing, "dataset.yaml"
+    if spacing_mm_cli is not None:
+        return float(spacing_mm_cli), "cli"
+    return None, ""
+
+
+def _with_spacing(frame: FrameInput, spacing_mm: float | None, source: str) -> FrameInput:
+    return replace(frame, spacing_mm=spacing_mm, spacing_source=source if spacing_mm is not None else "")
+
+
+def _walk(folder: Path, rejected: list[Rejection]) -> list[Path]:
+    """Every file below ``folder`` (hidden ones skipped), sorted; folder links are not followed (no loops)."""
+    found: list[Path] = []
+
+    def on_error(exc: OSError) -> None:
+        if Path(exc.filename) == folder:
+            raise InputError(f"{folder}: cannot list the input folder ({exc.strerror or exc})")
+        rejected.append(Rejection(_relative(Path(exc.filename), folder), f"cannot list ({exc.strerror})"))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=on_error):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+    return found
+
+
+def _relative(path: Path, folder: Path) -> str:
+    return path.relative_to(folder).as_posix()
+
+
 def _discover_folder(
-    folder: Path, spacing_mm_cli: float | None, model_spacing_mm: float
+    folder: Path, spacing_mm_cli: float | None, profile: ScannerProfile | None
 ) -> tuple[list[FrameInput], list[Rejection]]:
-    bmodes: dict[str, list[Path]] = {}
-    elastos: dict[str, list[Path]] = {}
+    """Frames from every file below ``folder``. Per file, in this order: ``*_bmode.*`` / ``*_elasto.*``
+    pairs (same folder, same stem); DICOM (by suffix or by its 'DICM' preamble: exports often carry no
+    suffix); with a profile, PNG/JPEG/BMP screenshots; any other image is a B-mode-only frame."""
     rejected: list[Rejection] = []
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError as exc:
-        raise InputError(f"{folder}: cannot list the input folder ({exc.strerror or exc})") from None
-    for path in entries:
-        if path.name.startswith("."):
-            continue
+    paths = _walk(folder, rejected)
+    bmodes: dict[str, list[Path]] = {}  # key: relative path of the stem, e.g. "visit1/a"
+    elastos: dict[str, list[Path]] = {}
+    singles: list[tuple[str, Path, str]] = []  # (relative stem, path, kind)
+    for path in paths:
+        rel = _relative(path, folder)
         if path.is_symlink() and not path.exists():  # is_file() would silently skip it
             if _NAME_RE.match(path.name) or path.suffix.lower() in IMAGE_LIKE_SUFFIXES:
-                rejected.append(Rejection(path.name, "broken or looping symbolic link"))
+                rejected.append(Rejection(rel, "broken or looping symbolic link"))
             continue
-        if not path.is_file():
+        if not path.is_file() or path.name in NOT_IMAGES:
             continue
         suffix = path.suffix.lower()
         match = _NAME_RE.match(path.name)
+        rel_stem = _relative(path.with_name(match["stem"]), folder) if match else ""
         if match and match["role"] == "bmode" and suffix in BMODE_SUFFIXES:
-            bmodes.setdefault(match["stem"], []).append(path)
+            bmodes.setdefault(rel_stem, []).append(path)
         elif match and match["role"] == "elasto" and suffix in ELASTO_SUFFIXES:
-            elastos.setdefault(match["stem"], []).append(path)
+            elastos.setdefault(rel_stem, []).append(path)
         elif match and match["role"] == "elasto":
-            rejected.append(Rejection(path.name, f"elastography must be TIFF or .npy in kPa, not {suffix}"))
-        elif suffix in IMAGE_LIKE_SUFFIXES:
-            rejected.append(
-                Rejection(
-                    path.name, "not named <name>_bmode.<png|tif|tiff|npy> or <name>_elasto.<tif|tiff|npy>"
-                )
-            )
+            rejected.append(Rejection(rel, f"elastography must be TIFF or .npy in kPa, not {suffix}"))
+        elif suffix in DICOM_SUFFIXES or (not suffix and is_dicom_file(path)):
+            singles.append((_relative(path.with_suffix(""), folder), path, "dicom"))
+        elif profile is not None and suffix in SCREENSHOT_SUFFIXES:
+            singles.append((_relative(path.with_suffix(""), folder), path, "screenshot"))
+        elif suffix in BMODE_SUFFIXES:
+            singles.append((_relative(path.with_suffix(""), folder), path, "image"))
         # Anything else (sidecar .json, notes, spreadsheets) is not an image: ignored.
 
-    for stem, paths in elastos.items():
-        if stem not in bmodes:
+    for rel_stem, found in elastos.items():
+        if rel_stem not in bmodes:
             rejected.extend(
-                Rejection(p.name, f"elastography without a B-mode image {stem}_bmode.*") for p in paths
+                Rejection(
+                    _relative(p, folder), f"elastography without a B-mode image {Path(rel_stem).name}_bmode.*"
+                )
+                for p in found
             )
 
     frames: list[FrameInput] = []
-    for stem in sorted(bmodes):
-        name = bmodes[stem][0].name
-        candidates = bmodes[stem] + elastos.get(stem, [])
-        if len(bmodes[stem]) > 1 or len(elastos.get(stem, [])) > 1:
+    for rel_stem in sorted(bmodes):
+        name = _relative(bmodes[rel_stem][0], folder)
+        candidates = bmodes[rel_stem] + elastos.get(rel_stem, [])
+        if len(bmodes[rel_stem]) > 1 or len(elastos.get(rel_stem, [])) > 1:
             rejected.append(
-                Rejection(name, f"ambiguous: several files for {stem!r}: {[p.name for p in candidates]}")
+                Rejection(name, f"ambiguous: several files for {rel_stem!r}: {[p.name for p in candidates]}")
             )
             continue
         try:
-            spacing, source = _sidecar_spacing(folder / f"{stem}.json")
+            spacing = _sidecar_spacing(folder / f"{rel_stem}.json")
         except InputError as exc:
             rejected.append(Rejection(name, str(exc)))
             continue
-        if spacing is None:
-            spacing, source = _fallback_spacing(spacing_mm_cli, model_spacing_mm)
-        elasto = elastos[stem][0] if stem in elastos else None
-        frames.append(FrameInput(stem, name, bmodes[stem][0], elasto, spacing, source))
-    return frames, rejected
+        spacing = _or_cli(spacing, spacing_mm_cli)
+        elasto = elastos[rel_stem][0] if rel_stem in elastos else None
+        frames.append(FrameInput(_stem_of(rel_stem), name, bmodes[rel_stem][0], elasto, *spacing))
+
+    for rel_stem, path, kind in singles:
+        name = _relative(path, folder)
+        try:
+            sidecar = _sidecar_spacing(path.with_suffix(".json"))
+        except InputError as exc:
+            rejected.append(Rejection(name, str(exc)))
+            continue
+        if kind == "dicom":
+            try:
+                frames += _dicom_file_frames(path, _stem_of(rel_stem), name, sidecar, spacing_mm_cli)
+            except FrameReadError as exc:
+                rejected.append(Rejection(name, _strip_path(str(exc), path)))
+            continue
+        if kind == "screenshot" and profile is not None:
+            own = sidecar if sidecar[0] is not None else (profile.spacing_mm(), "profile")
+            spacing = _or_cli(own if own[0] is not None else (None, ""), spacing_mm_cli)
+            box = profile.bmode_box
+            frames.append(
+                FrameInput(
+                    _stem_of(rel_stem),
+                    name,
+                    path,
+                    None,
+                    *spacing,
+                    kind="screenshot",
+                    shape=(box[3], box[2]),
+                    profile=profile,
+                )  # fmt: skip
+            )
+            continue
+        frames.append(FrameInput(_stem_of(rel_stem), name, path, None, *_or_cli(sidecar, spacing_mm_cli)))
+    return _unique_stems(frames, rejected), rejected
+
+
+def _dicom_file_frames(
+    path: Path, stem: str, name: str, sidecar: tuple[float | None, str], spacing_mm_cli: float | None
+) -> list[FrameInput]:
+    """A DICOM file's frames: its own pixel size first, then a sidecar, then --spacing-mm."""
+    frames = _dicom_frames(path, stem, name, (None, ""))
+    if frames and frames[0].spacing_mm is None:
+        spacing = _or_cli(sidecar, spacing_mm_cli)
+        frames = [_with_spacing(f, *spacing) for f in frames]
+    return frames
+
+
+def _or_cli(spacing: tuple[float | None, str], spacing_mm_cli: float | None) -> tuple[float | None, str]:
+    if spacing[0] is not None:
+        return spacing
+    if spacing_mm_cli is not None:
+        return float(spacing_mm_cli), "cli"
+    return None, ""
+
+
+def _stem_of(rel_stem: str) -> str:
+    return rel_stem.replace("/", PATH_SEPARATOR)  # bounded in length by the CLI, like every stem
+
+
+def _strip_path(message: str, path: Path) -> str:
+    return message.removeprefix(f"{path}: ")
+
+
+def _unique_stems(frames: list[FrameInput], rejected: list[Rejection]) -> list[FrameInput]:
+    """Sorted by stem; a second frame whose output name is taken is rejected (never overwrites the first)."""
+    seen: dict[str, str] = {}
+    kept = []
+    for frame in sorted(frames, key=lambda f: (f.stem, f.name)):
+        if frame.stem in seen:
+            rejected.append(
+                Rejection(frame.name, f"its output name {frame.stem!r} is taken by {seen[frame.stem]}")
+            )
+            continue
+        seen[frame.stem] = frame.name
+        kept.append(frame)
+    return kept
 
 
 def _sidecar_spacing(path: Path) -> tuple[float | None, str]:

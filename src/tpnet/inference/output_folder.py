@@ -15,7 +15,7 @@ from tpnet import __version__
 from tpnet.core.atomic import atomic_write_text
 
 OUTPUT_MARKER = "tpnet-infer-output.json"
-OUTPUT_FILES: tuple[str, ...] = ("detections.csv", "summary.json", "report.html")
+OUTPUT_FILES: tuple[str, ...] = ("detections.csv", "frames.csv", "loops.csv", "summary.json", "report.html")
 OUTPUT_DIRS: tuple[str, ...] = ("masks", "overlays")
 LOCK_NAME = ".tpnet-infer.lock"
 REPORT_SECTIONS_TMP = ".report.html.sections.tmp"

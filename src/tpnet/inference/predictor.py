@@ -57,6 +57,7 @@ class _Prepared:
     model_bmode: np.ndarray
     model_elasto_kpa: np.ndarray | None
     notes: list[str]  # what reading assumed (bit depth, clipping): reported with the frame
+    box: tuple[int, int, int, int] | None = None  # the image region the network saw, in frame pixels
 
 
 class Predictor:
@@ -73,14 +74,25 @@ class Predictor:
         self.encoding = model.encoding
         self.params = PostprocessParams(**{k: float(v) for k, v in model.meta["postprocess"].items()})
 
+    def working_spacing_mm(self, frame: FrameInput) -> float:
+        """The frame's pixel size; for a frame without one, the model's (the network needs a scale to read
+        it at; its millimetre figures are left empty by the writer)."""
+        return frame.spacing_mm if frame.spacing_mm is not None else self.model.spacing_mm
+
     def prepare(self, frame: FrameInput) -> _Prepared:
-        """Read one frame and resample it to the model's spacing (runs in a worker thread)."""
+        """Read one frame, keep its image region, resample that to the model's spacing (in a worker thread)."""
         notes: list[str] = []
         bmode, elasto_kpa = load_frame(frame, notes)
+        box = _clip_box(frame.image_box, bmode.shape, frame.bmode_path)
+        region_bmode, region_elasto = bmode, elasto_kpa
+        if box is not None:  # the network sees the image region only, never the scanner's text and rulers
+            x0, y0, x1, y1 = box
+            region_bmode = bmode[y0:y1, x0:x1]
+            region_elasto = None if elasto_kpa is None else elasto_kpa[y0:y1, x0:x1]
         model_bmode, model_elasto, _ = resample_frame(
-            bmode, elasto_kpa, None, frame.spacing_mm, self.model.spacing_mm
+            region_bmode, region_elasto, None, self.working_spacing_mm(frame), self.model.spacing_mm
         )
-        return _Prepared(frame, bmode, elasto_kpa, model_bmode, model_elasto, notes)
+        return _Prepared(frame, bmode, elasto_kpa, model_bmode, model_elasto, notes, box)
 
     def run(
         self,
@@ -186,14 +198,35 @@ class Predictor:
     def _postprocess(self, item: _Prepared, probs: np.ndarray) -> FramePrediction:
         # Back to the frame's own pixels before thresholding: masks come out at the input's size and
         # positions/areas use the frame's own spacing, not the model's.
-        probs = resize_probs(probs, item.bmode.shape)
-        spacing_mm = item.frame.spacing_mm
+        if item.box is None:
+            probs = resize_probs(probs, item.bmode.shape)
+        else:  # the region's result placed back into the whole frame; outside it, background
+            x0, y0, x1, y1 = item.box
+            region = resize_probs(probs, (y1 - y0, x1 - x0))
+            probs = np.zeros((region.shape[0], *item.bmode.shape), np.float32)
+            probs[0] = 1.0
+            probs[:, y0:y1, x0:x1] = region
+        spacing_mm = self.working_spacing_mm(item.frame)
         label_map = labels_from_probs(probs, self.classes, self.params, spacing_mm)
         points = find_trigger_points(
             label_map, spacing_mm, self.classes, probs=probs, elasto_kpa=item.elasto_kpa,
             min_area_mm2=self.params.min_area_mm2,
         )  # fmt: skip
         return FramePrediction(item.frame, item.bmode, item.elasto_kpa, label_map, points, item.notes)
+
+
+def _clip_box(
+    box: tuple[int, int, int, int] | None, shape: tuple[int, ...], path: object
+) -> tuple[int, int, int, int] | None:
+    """The box inside the frame; None when there is none or it covers the whole frame."""
+    if box is None:
+        return None
+    height, width = shape[:2]
+    x0, y0 = max(0, box[0]), max(0, box[1])
+    x1, y1 = min(width, box[2]), min(height, box[3])
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        raise FrameReadError(f"{path}: image region {box} lies outside the {width}x{height} frame")
+    return None if (x0, y0, x1, y1) == (0, 0, width, height) else (x0, y0, x1, y1)
 
 
 def _done(value: FrameFailure) -> Future[FramePrediction | FrameFailure]:

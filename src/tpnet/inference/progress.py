@@ -32,6 +32,7 @@ class FrameRecord:
     trp_counts: dict[str, int] = field(default_factory=dict)
     rejected_reason: str | None = None  # set: the frame was rejected while the run analysed it
     notes: list[str] = field(default_factory=list)  # what reading it assumed (bit depth, clipping)
+    frame_row: list[str] = field(default_factory=list)  # its frames.csv line (cli.FRAME_COLUMNS)
 
 
 class ProgressJournal:

@@ -28,7 +28,9 @@ SPACING_SOURCES = {
     "dataset.yaml": "from the dataset description",
     "sidecar": "from the frame's .json file",
     "cli": "given on the command line",
-    "model": "ASSUMED: the model's training spacing; distances may be wrong",
+    "dicom": "from the DICOM file",
+    "profile": "from the scanner profile",
+    "": "UNKNOWN: no millimetre figures for this frame",
 }
 
 CSS = """
@@ -167,13 +169,16 @@ def frame_section(
     """The report's HTML for one analysed frame."""
     href = quote(overlay_relpath)
     spacing_note = SPACING_SOURCES.get(frame.spacing_source, frame.spacing_source)
+    size = "unknown" if frame.spacing_mm is None else f"{frame.spacing_mm:.3g} mm"
+    when = "" if frame.t_s is None else f" &middot; t = {frame.t_s:.3f} s in its loop"
+    has_elasto = frame.elasto_path is not None or frame.kind == "screenshot"
     parts = [
         '<section class="frame">',
         f'<a href="{href}"><img src="{href}" alt="Overlay for {_esc(frame.name)}" loading="lazy"></a>',
         "<div>",
         f"<h2>{_esc(frame.name)}</h2>",
-        f'<div class="meta">{shape[1]} &times; {shape[0]} pixels &middot; pixel size {frame.spacing_mm:.3g} mm '
-        f"({_esc(spacing_note)}) &middot; elastography: {'yes' if frame.elasto_path else 'none'}</div>",
+        f'<div class="meta">{shape[1]} &times; {shape[0]} pixels &middot; pixel size {size} '
+        f"({_esc(spacing_note)}){when} &middot; elastography: {'yes' if has_elasto else 'none'}</div>",
     ]
     if not trigger_points:
         parts.append('<p class="none">No trigger points detected.</p>')
@@ -183,14 +188,19 @@ def frame_section(
             "<th>Depth (mm)</th><th>Area (mm&sup2;)</th><th>Mean stiffness (kPa)</th>"
             "<th>Distance to nearest vessel (mm)</th><th>Model confidence (%)</th></tr>"
         )
+        known = frame.spacing_mm is not None
+
+        def mm(value: float) -> str:
+            return f"{value:.1f}" if known else "?"
+
         for p in trigger_points:
             colour = _hex(class_colour(p.class_name, p.label))
             parts.append(
                 f"<tr><td>{p.trp_id}</td>"
                 f"<td class='text'><span class='swatch' style='background:{colour}'></span>{_esc(class_label(p.class_name))}</td>"
-                f"<td>{p.x_mm:.1f}</td><td>{p.y_mm:.1f}</td><td>{p.area_mm2:.1f}</td>"
+                f"<td>{mm(p.x_mm)}</td><td>{mm(p.y_mm)}</td><td>{mm(p.area_mm2)}</td>"
                 f"<td>{_num(p.stiffness_kpa_mean, 0, '&mdash;')}</td>"
-                f"<td>{_num(p.nearest_vessel_mm, 1, '&mdash;')}</td>"
+                f"<td>{_num(p.nearest_vessel_mm, 1, '&mdash;') if known else '?'}</td>"
                 f"<td>{_num(100.0 * p.confidence, 0, '')}</td></tr>"
             )
         parts.append("</table>")
@@ -201,6 +211,10 @@ def frame_section(
         if any(not math.isfinite(p.nearest_vessel_mm) for p in trigger_points):
             parts.append(
                 "<p class='note'>&mdash; under distance: no blood vessel detected in this image.</p>"
+            )
+        if not known:
+            parts.append(
+                "<p class='note'>? : the pixel size is unknown, so no millimetre figure is given.</p>"
             )
     parts.append("</div></section>\n")
     return "".join(parts)
