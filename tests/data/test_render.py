@@ -43,3 +43,23 @@ def test_swe_overlay_only_where_valid_and_mask_colours():
     overlay = mask_panel(bmode, mask, ("background", "active_trp"))
     assert overlay[10, 30, 0] > overlay[10, 30, 2]  # active TrP tinted red
     assert overlay[30, 5].tolist() == [127, 127, 127]
+
+
+def test_render_reads_a_dicom_row_as_training_does(tmp_path: Path):
+    """A DICOM cine row: its frame, cropped to the image region, with a full-frame mask cropped alike."""
+    from dicom_files import write_us_dicom
+    from tpnet.core.io import write_png
+
+    root = tmp_path / "ds"
+    root.mkdir()
+    pixels = np.stack([np.full((40, 60), 50 * (i + 1), np.uint8) for i in range(3)])
+    write_us_dicom(root / "loop.dcm", pixels=pixels, region=(10, 5, 50, 35), delta_cm=(0.01, 0.01))
+    write_png(root / "mask.png", np.zeros((40, 60), np.uint8))  # the full frame's size
+    (root / "dataset.yaml").write_text("name: d\n")
+    (root / "manifest.csv").write_text("sample_id,subject_id,bmode,mask,frame\nf2,p1,loop.dcm,mask.png,2\n")
+
+    (path,) = render_samples(root, tmp_path / "out", n=1)
+
+    image = read_array(path)
+    assert image.shape == (TITLE_PX + 30, 3 * 40 + COLOUR_BAR_PX, 3)  # the 40x30 region, not the 60x40 frame
+    assert abs(int(image[TITLE_PX + 15, 20, 0]) - 150) <= 2  # frame 2's grey, not frame 0's

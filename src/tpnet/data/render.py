@@ -11,8 +11,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tpnet.core.contract import load_manifest, load_spec, resolve_path, row_spacing_mm, trp_class_indices
-from tpnet.core.io import read_bmode, read_elasto, read_mask, write_png
+from tpnet.core.contract import load_manifest, load_spec, resolve_path, trp_class_indices
+from tpnet.core.contract_frames import fit_to_bmode, read_row_bmode, row_spacing
+from tpnet.core.io import read_elasto, read_mask, write_png
 
 SWE_RANGE_KPA = (0.0, 100.0)
 SWE_OPACITY = 0.5
@@ -141,10 +142,14 @@ def render_samples(root: Path, out_dir: Path, n: int = 3, seed: int = 0) -> list
         scored.append((row, score))
     written = []
     for k, row in enumerate(_pick_rows(scored, n, seed)):
-        bmode = read_bmode(resolve_path(root, row.bmode))
+        # The contract's one reading of a row: a DICOM frame cropped to its image region, maps fitted to it.
+        row_bmode = read_row_bmode(resolve_path(root, row.bmode), row.frame)
         elasto = read_elasto(resolve_path(root, row.elasto), spec.elasto_unit) if row.elasto else None
+        elasto = None if elasto is None else fit_to_bmode(elasto, "elasto", row_bmode)
         mask = read_mask(resolve_path(root, row.mask)) if row.mask else None
-        image = render_frame(bmode, elasto, mask, spec.classes, row_spacing_mm(row, spec))
+        mask = None if mask is None else fit_to_bmode(mask, "mask", row_bmode)
+        spacing_mm, _ = row_spacing(root, row, spec, row_bmode.header)
+        image = render_frame(row_bmode.grey, elasto, mask, spec.classes, spacing_mm)
         path = out_dir / f"sample_{k}.png"
         write_png(path, image)
         written.append(path)
