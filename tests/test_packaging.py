@@ -29,7 +29,7 @@ CONFIGS = REPO / "src" / "tpnet" / "configs"
 # The training stack's top-level modules (hydra-core, omegaconf, mlflow, albumentations, torchvision, scipy).
 TRAINING_ONLY = ("hydra", "omegaconf", "mlflow", "albumentations", "torchvision", "scipy")
 # What tpnet-infer needs, and so the base install (distribution names as the wheel's metadata writes them).
-BASE_REQUIREMENTS = {"torch", "numpy", "opencv-python-headless", "tifffile", "pyyaml", "tqdm"}
+BASE_REQUIREMENTS = {"torch", "numpy", "opencv-python-headless", "tifffile", "pyyaml", "tqdm", "pydicom", "pillow"}
 
 # Runs an installed console script (argv[1]) in this process, after printing where tpnet was imported from;
 # with BLOCKED set, a meta-path finder makes those modules look not installed.

@@ -21,7 +21,14 @@ import numpy as np
 from tpnet.core import contract
 from tpnet.core.dicom import DicomHeader, is_dicom_file, read_dicom_frame, read_dicom_header
 from tpnet.core.encoding import elasto_to_kpa
-from tpnet.core.io import FrameReadError, declared_shape, read_bmode, read_elasto
+from tpnet.core.io import (
+    COLOURED_NOTE_FRACTION,
+    GREY_CHANNEL_TOLERANCE,
+    FrameReadError,
+    declared_shape,
+    read_bmode,
+    read_elasto,
+)
 from tpnet.core.plausibility import parse_spacing_mm, spacing_warnings, stiffness_problem
 from tpnet.core.scanner_profile import ScannerProfile, read_screenshot
 from tpnet.inference.output_names import bounded_stem
@@ -92,7 +99,12 @@ def load_frame(frame: FrameInput, notes: list[str] | None = None) -> tuple[np.nd
     and the reason. What was assumed while reading (a guessed bit depth, clipped values, a few coloured
     pixels read as grey) is appended to ``notes`` when given (thread-safe, unlike ``warnings``), else warned."""
     if frame.kind == "dicom":
-        return read_dicom_frame(frame.bmode_path, frame.frame_index or 0).grey, None
+        dicom_frame = read_dicom_frame(frame.bmode_path, frame.frame_index or 0)
+        if dicom_frame.rgb is not None and notes is not None:
+            note = _colour_note(frame, dicom_frame.rgb)
+            if note:
+                notes.append(note)
+        return dicom_frame.grey, None
     if frame.kind == "screenshot":
         if frame.profile is None:
             raise FrameReadError(f"{frame.bmode_path}: a screenshot needs a scanner profile (--profile)")
@@ -114,6 +126,22 @@ def load_frame(frame: FrameInput, notes: list[str] | None = None) -> tuple[np.nd
     if problem is not None:
         raise FrameReadError(f"{frame.elasto_path}: {problem}")
     return bmode, elasto_to_kpa(stored, frame.elasto_unit)
+
+
+def _colour_note(frame: FrameInput, rgb: np.ndarray) -> str | None:
+    """A colour DICOM frame is read as luma; say so when its image region holds real colour (a Doppler or SWE
+    map would otherwise pass unnoticed as grey)."""
+    if frame.image_box is not None:
+        x0, y0, x1, y1 = frame.image_box
+        rgb = rgb[y0:y1, x0:x1]
+    spread = rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1)
+    fraction = float(np.count_nonzero(spread > GREY_CHANNEL_TOLERANCE)) / max(spread.size, 1)
+    if fraction <= COLOURED_NOTE_FRACTION:
+        return None
+    return (
+        f"{frame.name}: {fraction:.1%} of the image is coloured (colour Doppler or elastography?); it was read "
+        "as grey (luma): colour in DICOM frames is not decoded to kPa"
+    )
 
 
 def discover_inputs(
@@ -205,6 +233,8 @@ def _dicom_frames(
     size decided before the file's own (a manifest row's); (None, "") lets the file's own count first.
     FrameReadError when the header is unusable or the index is out of range."""
     header = read_dicom_header(path)
+    for note in header.notes:  # e.g. a region clipped to the frame: the reader of the results must know
+        warnings.warn(InputWarning(f"{name}: {note}"), stacklevel=4)
     spacing_mm, source = spacing
     if spacing_mm is None and header.spacing_mm is not None:
         spacing_mm, source = header.spacing_mm, "dicom"
