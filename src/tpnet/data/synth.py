@@ -533,6 +533,20 @@ def _write_subject(args: tuple[Path, int, int, int, int, int]) -> list[dict[str,
     return rows
 
 
+def check_synth_arguments(
+    out: Path, subjects: int, frames_per_subject: int, seed: int, height: int, width: int
+) -> None:
+    """ValueError naming ``out`` for settings no generator can honour (checked before anything is written)."""
+    if subjects < 1 or frames_per_subject < 1:
+        raise ValueError(
+            f"{out}: need at least one subject and one frame (got {subjects}, {frames_per_subject})"
+        )
+    if height < 32 or width < 32:
+        raise ValueError(f"{out}: frames must be at least 32x32 pixels (got {height}x{width})")
+    if seed < 0:
+        raise ValueError(f"{out}: seed must be non-negative (got {seed})")
+
+
 def write_synthetic_dataset(
     out: Path,
     subjects: int,
@@ -543,14 +557,7 @@ def write_synthetic_dataset(
     workers: int = 1,
 ) -> Path:
     """Write a contract dataset (dataset.yaml, manifest.csv, bmode/, elasto/, masks/) to ``out``."""
-    if subjects < 1 or frames_per_subject < 1:
-        raise ValueError(
-            f"{out}: need at least one subject and one frame (got {subjects}, {frames_per_subject})"
-        )
-    if height < 32 or width < 32:
-        raise ValueError(f"{out}: frames must be at least 32x32 pixels (got {height}x{width})")
-    if seed < 0:
-        raise ValueError(f"{out}: seed must be non-negative (got {seed})")
+    check_synth_arguments(out, subjects, frames_per_subject, seed, height, width)
     out = Path(out)
     for sub in ("bmode", "elasto", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)

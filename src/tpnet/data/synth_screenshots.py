@@ -29,7 +29,7 @@ import yaml
 
 from tpnet.core.contract import DEFAULT_CLASSES
 from tpnet.core.io import atomic_write_bytes, read_elasto, write_png, write_tiff
-from tpnet.data.synth import GENERATOR_VERSION, MANIFEST_COLUMNS, generate_frame
+from tpnet.data.synth import GENERATOR_VERSION, MANIFEST_COLUMNS, check_synth_arguments, generate_frame
 
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO}
 LAYOUTS = ("dual", "overlay")
@@ -321,14 +321,7 @@ def write_screenshot_dataset(
     ``alpha``: the colour's opacity; None = one drawn from ``seed`` in 0.60-0.70 for the whole dataset (one
     scanner preset), not written to the profile: the decoder has to estimate it, as with a real profile
     whose author does not know it."""
-    if subjects < 1 or frames_per_subject < 1:
-        raise ValueError(
-            f"{out}: need at least one subject and one frame (got {subjects}, {frames_per_subject})"
-        )
-    if height < 32 or width < 32:
-        raise ValueError(f"{out}: frames must be at least 32x32 pixels (got {height}x{width})")
-    if seed < 0:
-        raise ValueError(f"{out}: seed must be non-negative (got {seed})")
+    check_synth_arguments(out, subjects, frames_per_subject, seed, height, width)
     # Unknown names and bad settings fail before anything is written.
     colormap_lut(colormap)
     screen_geometry(height, width, layout)
