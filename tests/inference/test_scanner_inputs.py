@@ -79,6 +79,10 @@ def test_pydicom_real_ultrasound_files_every_frame_with_spacing_and_frame_times(
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     (loop,) = summary["loops"]
     assert loop["loop"] == "sonosite__cine" and loop["frames_analysed"] == 30
+    # Its frames carry colour, read as grey: said once for the file, not once per frame.
+    colour = [w for w in summary["warnings"] if "read as grey" in w]
+    assert len(colour) == 1 and colour[0].startswith("sonosite/cine.dcm: its frames hold colour")
+    assert any(w.startswith("sonosite/cine.dcm: ultrasound region") for w in summary["warnings"])
 
 
 def test_dicom_region_the_network_sees_and_results_mapped_back_to_the_whole_frame(tmp_path, model_path):

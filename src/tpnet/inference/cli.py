@@ -374,7 +374,9 @@ def _analyse(
     loop_summaries: list[dict] = []
 
     def all_warnings() -> list[str]:  # the run's, then each analysed frame's (journal order)
-        return run_warnings + [note for record in journal.records for note in record.notes]
+        # Each distinct note once: every frame of a cine loop saying the same thing is one warning.
+        notes = run_warnings + [note for record in journal.records for note in record.notes]
+        return list(dict.fromkeys(notes))
 
     def summary(complete: bool) -> dict:
         counts = {
@@ -499,6 +501,7 @@ def _run(
     finished = journal.finished_stems
     todo = [f for f in frames if f.stem not in finished]
     write_failures: dict[str, str] = {}  # stem -> why its images could not be written
+    printed: set[str] = set()  # notes already shown: a loop's frames often share one
     started = time.perf_counter()
     with (output_dir / "detections.csv").open("w", newline="", encoding="utf-8") as csv_file:
         writer = csv.writer(csv_file)
@@ -532,7 +535,9 @@ def _run(
                     fault_injection.slow_frame()
                     record = _record_frame(result, input_dir, write_failures)
                     for note in record.notes:
-                        tqdm.write(f"WARNING: {note}", file=sys.stderr)
+                        if note not in printed:
+                            printed.add(note)
+                            tqdm.write(f"WARNING: {note}", file=sys.stderr)
                     if record.rejected_reason is not None:
                         rejected.append(Rejection(record.name, record.rejected_reason))
                         tqdm.write(f"REJECTED {record.name}: {record.rejected_reason}")

@@ -138,9 +138,16 @@ def _colour_note(frame: FrameInput, rgb: np.ndarray) -> str | None:
     fraction = float(np.count_nonzero(spread > GREY_CHANNEL_TOLERANCE)) / max(spread.size, 1)
     if fraction <= COLOURED_NOTE_FRACTION:
         return None
+    if frame.loop is not None:  # one note for the loop's file (the same text for every frame: shown once)
+        where, share = (
+            frame.name.rsplit(" frame ", 1)[0],
+            f"its frames hold colour (over {COLOURED_NOTE_FRACTION:.0%}",
+        )
+    else:
+        where, share = frame.name, f"{fraction:.1%} of the image is coloured ("
     return (
-        f"{frame.name}: {fraction:.1%} of the image is coloured (colour Doppler or elastography?); it was read "
-        "as grey (luma): colour in DICOM frames is not decoded to kPa"
+        f"{where}: {share} of the image region; colour Doppler or elastography?); read as grey (luma): "
+        "colour in DICOM frames is not decoded to kPa"
     )
 
 
