@@ -123,9 +123,12 @@ def test_interrupted_run_is_marked_incomplete_and_resume_completes_it(tmp_path, 
 def test_ctrl_c_while_the_tool_is_still_importing_prints_no_traceback(tmp_path):
     """The console script's entry imports torch inside its handler: a Ctrl-C in the first seconds is quiet."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # A suite started in the background of a non-interactive shell inherits SIGINT ignored, and so would the
+    # tool: give it the default disposition a terminal's Ctrl-C meets.
     proc = subprocess.Popen(
         [sys.executable, "-m", "tpnet.inference.entry", "--help"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     time.sleep(0.4)  # the interpreter is up; torch (several seconds) is still importing
     proc.send_signal(signal.SIGINT)
