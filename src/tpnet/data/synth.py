@@ -508,29 +508,35 @@ def _form_swe(rng, kpa, tissue, z, x, subj: Subject, trps) -> np.ndarray:
 MANIFEST_COLUMNS = ("sample_id", "subject_id", "bmode", "elasto", "mask", "spacing_mm")
 
 
+def write_frame_files(root: Path, sample: dict, sample_id: str, subject_id: str) -> dict[str, str]:
+    """One generated frame's files (bmode/, masks/, elasto/) below ``root``; its manifest row."""
+    write_png(root / "bmode" / f"{sample_id}.png", sample["bmode"])
+    write_png(root / "masks" / f"{sample_id}.png", sample["mask"])
+    elasto = ""
+    if sample["elasto"] is not None:
+        elasto = f"elasto/{sample_id}.tif"
+        write_tiff(root / elasto, sample["elasto"])
+    return {
+        "sample_id": sample_id,
+        "subject_id": subject_id,
+        "bmode": f"bmode/{sample_id}.png",
+        "elasto": elasto,
+        "mask": f"masks/{sample_id}.png",
+        "spacing_mm": f"{sample['spacing_mm']:.5f}",
+    }
+
+
 def _write_subject(args: tuple[Path, int, int, int, int, int]) -> list[dict[str, str]]:
     root, seed, subject, frames, height, width = args
-    rows = []
-    for frame in range(frames):
-        sample = generate_frame(seed, subject, frame, height, width)
-        sample_id = f"s{subject:03d}_f{frame:03d}"
-        write_png(root / "bmode" / f"{sample_id}.png", sample["bmode"])
-        write_png(root / "masks" / f"{sample_id}.png", sample["mask"])
-        elasto = ""
-        if sample["elasto"] is not None:
-            elasto = f"elasto/{sample_id}.tif"
-            write_tiff(root / elasto, sample["elasto"])
-        rows.append(
-            {
-                "sample_id": sample_id,
-                "subject_id": f"s{subject:03d}",
-                "bmode": f"bmode/{sample_id}.png",
-                "elasto": elasto,
-                "mask": f"masks/{sample_id}.png",
-                "spacing_mm": f"{sample['spacing_mm']:.5f}",
-            }
+    return [
+        write_frame_files(
+            root,
+            generate_frame(seed, subject, frame, height, width),
+            f"s{subject:03d}_f{frame:03d}",
+            f"s{subject:03d}",
         )
-    return rows
+        for frame in range(frames)
+    ]
 
 
 def check_synth_arguments(

@@ -29,7 +29,13 @@ import yaml
 
 from tpnet.core.contract import DEFAULT_CLASSES
 from tpnet.core.io import atomic_write_bytes, read_elasto, write_png, write_tiff
-from tpnet.data.synth import GENERATOR_VERSION, MANIFEST_COLUMNS, check_synth_arguments, generate_frame
+from tpnet.data.synth import (
+    GENERATOR_VERSION,
+    MANIFEST_COLUMNS,
+    check_synth_arguments,
+    generate_frame,
+    write_frame_files,
+)
 
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO}
 LAYOUTS = ("dual", "overlay")
@@ -362,21 +368,7 @@ def write_screenshot_dataset(
 
 def _write_raw_frame(raw: Path, sample: dict, subject_id: str, frame: int) -> dict[str, str]:
     """One frame of out/raw/, as tpnet.data.synth writes its frames (same layout, names, manifest row)."""
-    sample_id = f"{subject_id}_f{frame:03d}"
-    write_png(raw / "bmode" / f"{sample_id}.png", sample["bmode"])
-    write_png(raw / "masks" / f"{sample_id}.png", sample["mask"])
-    elasto = ""
-    if sample["elasto"] is not None:
-        elasto = f"elasto/{sample_id}.tif"
-        write_tiff(raw / elasto, sample["elasto"])
-    return {
-        "sample_id": sample_id,
-        "subject_id": subject_id,
-        "bmode": f"bmode/{sample_id}.png",
-        "elasto": elasto,
-        "mask": f"masks/{sample_id}.png",
-        "spacing_mm": f"{sample['spacing_mm']:.5f}",
-    }
+    return write_frame_files(raw, sample, f"{subject_id}_f{frame:03d}", subject_id)
 
 
 def _write_raw_manifest(
