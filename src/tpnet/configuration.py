@@ -77,6 +77,7 @@ class SyntheticSchema:
     seed: int = 0
     height: int = 256
     width: int = 256
+    appearance: str = "literature"
 
 
 @dataclass
@@ -124,6 +125,7 @@ class CalibrationSchema:
     enabled: bool = True
     thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
     min_areas_mm2: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 6.0])
+    min_mean_probs: list[float] = field(default_factory=lambda: [0.0])
 
 
 @dataclass

@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PNG",
         help="image to write (default ./<stem>_profile_check.png)",
     )
+    plan = sub.add_parser(
+        "plan",
+        help="derive the experiment plan (spacing, patch, depth, batch, normalisation) from a dataset",
+    )
+    plan.add_argument("root", type=Path)
+    plan.add_argument("--out", type=Path, default=None, metavar="JSON", help="also write the plan here")
     return parser
 
 
@@ -99,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         return _import_screenshots(args)
     if args.command == "profile-check":
         return _profile_check(args)
+    if args.command == "plan":
+        from tpnet.planning.cli import main_plan
+
+        return main_plan(args.root, args.out)
     from tpnet.data.render import render_samples
 
     for path in render_samples(args.root, args.out, n=args.n, seed=args.seed):

@@ -51,6 +51,7 @@ def dataset_root(data_cfg: Any) -> Path:
         seed=int(s.seed),
         height=int(s.height),
         width=int(s.width),
+        appearance=str(s.get("appearance", "literature")),
     )
 
 

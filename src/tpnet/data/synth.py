@@ -561,9 +561,12 @@ def write_synthetic_dataset(
     height: int = 256,
     width: int = 256,
     workers: int = 1,
+    appearance: str = "literature",
 ) -> Path:
     """Write a contract dataset (dataset.yaml, manifest.csv, bmode/, elasto/, masks/) to ``out``."""
     check_synth_arguments(out, subjects, frames_per_subject, seed, height, width)
+    if appearance != "literature":  # placeholder until the domain-randomised ranges land
+        raise ValueError(f"unknown appearance {appearance!r}")
     out = Path(out)
     for sub in ("bmode", "elasto", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -600,6 +603,7 @@ def ensure_synthetic_dataset(
     height: int = 256,
     width: int = 256,
     workers: int = 1,
+    appearance: str = "literature",
 ) -> Path:
     """Generate once into ``cache_dir/<name from the arguments>`` and reuse it afterwards.
 
@@ -612,7 +616,7 @@ def ensure_synthetic_dataset(
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{target.name}.tmp-"))
     try:
-        write_synthetic_dataset(tmp, subjects, frames_per_subject, seed, height, width, workers)
+        write_synthetic_dataset(tmp, subjects, frames_per_subject, seed, height, width, workers, appearance)
         try:
             os.rename(tmp, target)
         except OSError:

@@ -26,8 +26,11 @@ class UNet(nn.Module):
         norm: str = "batch",
         dropout: float = 0.0,
         upsample: str = "bilinear",
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
+        if deep_supervision:
+            raise NotImplementedError("deep_supervision")
         widths = encoder_widths(base_width, depth)
         self.size_multiple: int = 2**depth
         self.encoder = Encoder(in_channels, widths, norm, dropout)

@@ -29,6 +29,7 @@ def calibrate_postprocess(
     amp_dtype: torch.dtype | None,
     thresholds: Sequence[float],
     min_areas_mm2: Sequence[float],
+    min_mean_probs: Sequence[float] = (0.0,),
 ) -> tuple[PostprocessParams, list[dict]]:
     """Returns the best parameters and the whole grid (one dict per setting) for the record."""
     model.eval()

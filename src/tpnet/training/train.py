@@ -257,7 +257,7 @@ def train_one_epoch(
             state.device.type, dtype=state.amp_dtype or torch.float32, enabled=state.amp_dtype is not None
         ):
             logits = state.forward(images)
-        loss = state.loss_fn(logits.float(), masks)
+        loss = state.loss_fn(_float32(logits), masks)
         # Every rank must take the same decision, or DDP's next all-reduce hangs.
         if distributed.any_across_ranks(not bool(torch.isfinite(loss)), info, state.device):
             skipped += 1
@@ -283,6 +283,13 @@ def train_one_epoch(
         total_loss / n_batches if n_batches else math.nan, info, state.device
     )
     return EpochStats(mean_loss, n_images * info.world_size / max(elapsed, 1e-9), wait.seconds, n_images)
+
+
+def _float32(logits: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """Losses run in float32; a deep-supervised model returns one logit map per decoder level."""
+    if isinstance(logits, list | tuple):
+        return [x.float() for x in logits]
+    return logits.float()
 
 
 class _WaitClock:
@@ -553,6 +560,7 @@ def calibrate_checkpoint(
     best, grid = calibrate_postprocess(
         model, split_frames(data, "val", cfg.data.num_workers), classes, params, device, amp_dtype,
         cfg.calibration.thresholds, cfg.calibration.min_areas_mm2,
+        min_mean_probs=cfg.calibration.get("min_mean_probs") or (0.0,),
     )  # fmt: skip
     state["meta"]["postprocess"] = best.to_dict()
     save_checkpoint(state, path)
