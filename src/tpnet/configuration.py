@@ -118,6 +118,7 @@ class PostprocessSchema:
     threshold: float = 0.5
     min_area_mm2: float = 2.0
     match_mm: float = 5.0
+    min_mean_prob: float = 0.0
 
 
 @dataclass

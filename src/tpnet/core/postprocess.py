@@ -30,6 +30,7 @@ class PostprocessParams:
     threshold: float = 0.5
     min_area_mm2: float = 2.0
     match_mm: float = 5.0
+    min_mean_prob: float = 0.0  # TrP components whose mean summed TrP probability is below this are dropped
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -38,6 +39,8 @@ class PostprocessParams:
             raise ValueError(f"min_area_mm2 must be >= 0; got {self.min_area_mm2}")
         if self.match_mm <= 0.0:
             raise ValueError(f"match_mm must be > 0; got {self.match_mm}")
+        if not 0.0 <= self.min_mean_prob < 1.0:
+            raise ValueError(f"min_mean_prob must be in [0, 1); got {self.min_mean_prob}")
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)

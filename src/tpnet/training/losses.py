@@ -8,7 +8,7 @@ rare trigger points from producing a noisy per-image ratio.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -157,3 +157,11 @@ class CompoundLoss(nn.Module):
         values = {name: term(logits, target) for name, term in self.terms.items()}
         self._last_terms = {name: value.detach() for name, value in values.items()}
         return sum(self.weights[name] * value for name, value in values.items())
+
+
+def deep_supervision(loss_fn: Callable, enabled: bool) -> Callable:
+    """The loss for a model's output: ``loss_fn`` itself, or (deep supervision) a weighted sum over the decoder
+    levels' logit maps. Placeholder until deep supervision lands."""
+    if enabled:
+        raise NotImplementedError("deep supervision loss")
+    return loss_fn

@@ -51,6 +51,7 @@ from tpnet.training.checkpoint import capture_rng_state, restore_rng_state, save
 from tpnet.training.distributed import DistInfo, EpochSampler
 from tpnet.training.ema import EMA
 from tpnet.training.label_set import choose_monitor, label_set_warnings, summarise_labels
+from tpnet.training.losses import deep_supervision
 from tpnet.training.overlays import write_overlays
 from tpnet.training.validate import validate_frames
 
@@ -353,7 +354,7 @@ def build_train_state(
     # channels_last helps oneDNN on CPU too (about +25 % for the demo U-Net here), not only cuDNN.
     memory_format = torch.channels_last if tcfg.channels_last else torch.preserve_format
     model = model.to(memory_format=memory_format)
-    loss_fn = instantiate(cfg.loss)
+    loss_fn = deep_supervision(instantiate(cfg.loss), bool(cfg.model.get("deep_supervision", False)))
     optimizer = instantiate(cfg.optim)(params=model.parameters())
     accumulate = int(tcfg.accumulate_grad_batches)
     steps_per_epoch = max(1, batches_per_epoch // accumulate)
