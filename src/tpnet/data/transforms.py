@@ -3,6 +3,15 @@
 albumentations 2.0.8 (MIT) is unmaintained upstream since 2025 and its successor is AGPL, so every call sits
 behind ``build_train_transform`` here: swapping it for ``torchvision.transforms.v2`` touches this file alone.
 
+Ultrasound-specific artefacts come from ``usaugment`` 1.0.1 (MIT, small, maintained, published with a benchmark
+of ultrasound augmentations): depth attenuation and haze (Ostvik et al. 2021), Gaussian acoustic shadows and
+speckle reduction by a bilateral filter (Smistad et al. 2018). They are the physics of a scan we would otherwise
+hand-write; they are off by default (``configs/augment/default.yaml``) and on in ``augment=ultrasound``, which
+also widens the gain/contrast/gamma ranges: together they make a model lean less on one simulator's texture.
+They act on the imaged region of the patch (B-mode > 0: not the zero fill of rotations or of padding), and
+"depth" is the patch's own top-to-bottom axis (a patch rarely starts at the skin; as a gain/TGC error that is
+what we want).
+
 Rules that keep the data meaningful:
 - geometric transforms move B-mode, elastography, its validity mask and the label map together; label map and
   elastography use nearest-neighbour interpolation, so labels stay labels and kPa values are never blended;
@@ -14,6 +23,9 @@ Rules that keep the data meaningful:
 from __future__ import annotations
 
 import os
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 # On import albumentations asks PyPI for a newer release: a network call at run time (and a warning on offline
@@ -23,6 +35,23 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+from usaugment.albumentations import (  # noqa: E402
+    DepthAttenuation,
+    GaussianShadow,
+    HazeArtifact,
+    SpeckleReduction,
+)
+
+# Ultrasound artefact strengths, for B-mode in [0, 1]. usaugment's own defaults except: attenuation up to
+# exp(-2) at the patch bottom (its 3 darkens a patch almost to black), a haze ring never thinner than 2 % of
+# the patch (its 0 divides by zero), bilateral colour sigma kept in the range where it smooths speckle but
+# keeps edges of [0, 1] images, and a 3x3 window: 2.5x cheaper than 5x5 at 256 px (see the README).
+ATTENUATION_RATE = (0.0, 2.0)
+SHADOW_STRENGTH = (0.25, 0.8)
+HAZE_SIGMA = (0.02, 0.1)
+SPECKLE_SIGMA_SPATIAL = (0.1, 2.0)
+SPECKLE_SIGMA_COLOR = (0.05, 0.3)
+SPECKLE_WINDOW = 3
 
 
 @dataclass
@@ -43,9 +72,16 @@ class TrainTransform:
         rotate_deg: float = 10.0,
         translate: float = 0.05,
         brightness_contrast_p: float = 0.5,
+        brightness_limit: float = 0.1,
+        contrast_limit: float = 0.15,
         gamma_p: float = 0.3,
+        gamma_limit: tuple[float, float] = (80, 120),
         speckle_noise_p: float = 0.3,
         blur_p: float = 0.2,
+        depth_attenuation_p: float = 0.0,
+        shadow_p: float = 0.0,
+        haze_p: float = 0.0,
+        speckle_reduction_p: float = 0.0,
         elasto_noise_std: float = 0.05,
         elasto_void_p: float = 0.2,
         elasto_drop_p: float = 0.2,
@@ -67,12 +103,28 @@ class TrainTransform:
             ],
             additional_targets={"elasto": "mask", "elasto_valid": "mask"},
         )
+        # Acquisition artefacts first, then the display mapping (gain, contrast, gamma) as on a scanner.
+        # None when all are off: no extra random draws, so runs without them are exactly as before.
+        ultrasound = [
+            DepthAttenuation(attenuation_rate=ATTENUATION_RATE, p=depth_attenuation_p),
+            GaussianShadow(strength=SHADOW_STRENGTH, p=shadow_p),
+            HazeArtifact(sigma=HAZE_SIGMA, p=haze_p),
+            SpeckleReduction(
+                sigma_spatial=SPECKLE_SIGMA_SPATIAL,
+                sigma_color=SPECKLE_SIGMA_COLOR,
+                window_size=SPECKLE_WINDOW,
+                p=speckle_reduction_p,
+            ),
+        ]
+        self.ultrasound = (
+            A.Compose([t for t in ultrasound if t.p > 0]) if any(t.p > 0 for t in ultrasound) else None
+        )
         self.intensity = A.Compose(
             [
                 A.RandomBrightnessContrast(
-                    brightness_limit=0.1, contrast_limit=0.15, p=brightness_contrast_p
+                    brightness_limit=brightness_limit, contrast_limit=contrast_limit, p=brightness_contrast_p
                 ),
-                A.RandomGamma(gamma_limit=(80, 120), p=gamma_p),
+                A.RandomGamma(gamma_limit=tuple(gamma_limit), p=gamma_p),
                 A.MultiplicativeNoise(
                     multiplier=(0.9, 1.1), per_channel=False, elementwise=True, p=speckle_noise_p
                 ),
@@ -97,12 +149,24 @@ class TrainTransform:
         out = self.geometric(
             image=frame.bmode, mask=frame.mask, elasto=kpa, elasto_valid=valid.astype(np.uint8)
         )
-        bmode = np.clip(self.intensity(image=out["image"])["image"], 0.0, 1.0).astype(np.float32)
+        bmode = out["image"]
+        if self.ultrasound is not None:
+            bmode = self._ultrasound_artefacts(bmode, int(rng.integers(2**31)))
+        bmode = np.clip(self.intensity(image=bmode)["image"], 0.0, 1.0).astype(np.float32)
         elasto = None
         if has_elasto and rng.random() >= self.elasto_drop_p:
             elasto = np.where(out["elasto_valid"] > 0, out["elasto"], np.nan).astype(np.float32)
             elasto = self._elasto_artefacts(elasto, rng)
         return Frame(bmode=bmode, elasto_kpa=elasto, mask=out["mask"])
+
+    def _ultrasound_artefacts(self, bmode: np.ndarray, seed: int) -> np.ndarray:
+        self.ultrasound.set_random_seed(seed)
+        scan_mask = (bmode > 0).astype(np.uint8)  # the imaged region, not the zero fill around it
+        # usaugment draws its parameters from the global ``random`` and ``np.random``, not from the seed
+        # albumentations hands each transform: seed both from our generator for this call only.
+        with _global_random_seeded(seed):
+            out = self.ultrasound(image=bmode, scan_mask=scan_mask)["image"]
+        return np.clip(out, 0.0, 1.0).astype(np.float32)
 
     def _elasto_artefacts(self, kpa: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.elasto_noise_std > 0:
@@ -117,6 +181,20 @@ class TrainTransform:
             kpa = kpa.copy()
             kpa[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0] = np.nan
         return kpa
+
+
+@contextmanager
+def _global_random_seeded(seed: int) -> Iterator[None]:
+    """Seed Python's and NumPy's global generators, restoring their states afterwards (no other code that
+    draws from them sees a difference)."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def build_train_transform(enabled: bool = True, **kwargs) -> TrainTransform | None:
