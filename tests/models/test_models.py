@@ -187,3 +187,58 @@ def test_count_flops_leaves_model_mode_and_statistics_alone() -> None:
     for p in model.encoder.parameters():
         p.requires_grad_(False)
     assert count_parameters(model, trainable_only=True) == count_parameters(model) - frozen
+
+
+# ---- deep supervision ----------------------------------------------------------------------------------
+
+
+def test_deep_supervision_gives_coarser_logits_in_training_and_one_tensor_in_eval() -> None:
+    torch.manual_seed(0)
+    model = UNet(3, NUM_CLASSES, base_width=4, depth=3, deep_supervision=True)
+    x = torch.randn(2, 3, 32, 48)
+    outputs = model.train()(x)
+    assert isinstance(outputs, list)
+    # Full resolution, then 1/2 and 1/4; the coarsest decoder level (1/8 here) has no head.
+    assert [tuple(o.shape) for o in outputs] == [
+        (2, NUM_CLASSES, 32, 48),
+        (2, NUM_CLASSES, 16, 24),
+        (2, NUM_CLASSES, 8, 12),
+    ]
+    with torch.no_grad():
+        eval_logits = model.eval()(x)
+    assert isinstance(eval_logits, torch.Tensor) and eval_logits.shape == (2, NUM_CLASSES, 32, 48)
+    # Eval mode is the plain network: the same weights without the auxiliary heads give the same logits.
+    plain = UNet(3, NUM_CLASSES, base_width=4, depth=3).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("aux_heads.")})
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), eval_logits)
+
+
+CLASSES = ["background", "active_trp", "latent_trp", "vessel"]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_deep_supervised_checkpoint_deploys_without_heads_and_exports_to_torchscript(tmp_path: Path) -> None:
+    from tpnet.core.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+    from tpnet.models.from_checkpoint import load_deployable_model
+
+    torch.manual_seed(0)
+    model_cfg = {"_target_": "tpnet.models.unet.UNet", "base_width": 4, "depth": 3, "deep_supervision": True}
+    trained = build_model(model_cfg, in_channels=3, num_classes=NUM_CLASSES)
+    trained.train()(torch.randn(4, 3, 16, 16))  # non-trivial BatchNorm statistics
+    assert any(k.startswith("aux_heads.") for k in trained.state_dict())
+    state = {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": trained.state_dict(), "epoch": 1,
+        "global_step": 1, "best_metric": 0.0, "bad_epochs": 0, "config": {"model": model_cfg},
+        "meta": {"encoding": {"channels": ["bmode", "elasto", "elasto_valid"]}, "classes": CLASSES},
+    }  # fmt: skip
+    torch.save(state, tmp_path / "best.pt")
+    deployable, _ = load_deployable_model(tmp_path / "best.pt")
+    assert not getattr(deployable, "deep_supervision", True)
+    assert not any(k.startswith("aux_heads.") for k in deployable.state_dict())
+    scripted = torch.jit.script(deployable)
+    torch.jit.save(scripted, str(tmp_path / "model.pt"))
+    loaded = torch.jit.load(str(tmp_path / "model.pt"))
+    x = torch.randn(1, 3, 24, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), trained.eval()(x), atol=1e-5, rtol=1e-5)

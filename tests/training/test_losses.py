@@ -11,7 +11,15 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tpnet.models.unet import UNet
-from tpnet.training.losses import CompoundLoss, CrossEntropyLoss, DiceLoss, FocalLoss, TverskyLoss
+from tpnet.training.losses import (
+    CompoundLoss,
+    CrossEntropyLoss,
+    DeepSupervisionLoss,
+    DiceLoss,
+    FocalLoss,
+    TverskyLoss,
+    deep_supervision,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "src" / "tpnet" / "configs" / "loss"
 NUM_CLASSES = 4
@@ -130,3 +138,59 @@ def test_tversky_with_equal_weights_is_dice_and_beta_penalises_misses() -> None:
 def test_compound_loss_needs_one_weight_per_term() -> None:
     with pytest.raises(ValueError, match="one weight per term"):
         CompoundLoss({"ce": CrossEntropyLoss(), "dice": DiceLoss()}, {"ce": 1.0})
+
+
+# ---- deep supervision ----------------------------------------------------------------------------------
+
+
+def test_deep_supervision_weights_halve_per_level_and_sum_to_one() -> None:
+    assert DeepSupervisionLoss.level_weights(1) == [1.0]
+    assert DeepSupervisionLoss.level_weights(3) == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+
+
+def test_deep_supervision_loss_is_the_weighted_sum_against_the_nearest_downsampled_target() -> None:
+    torch.manual_seed(0)
+    target = blob_target(size=16)
+    target[:, 0, :] = 255  # ignore_index must survive the downsampling as a label, not be blended
+    ce = CrossEntropyLoss()
+    logits = [
+        torch.randn(2, NUM_CLASSES, 16, 16),
+        torch.randn(2, NUM_CLASSES, 8, 8),
+        torch.randn(2, NUM_CLASSES, 4, 4),
+    ]
+    expected = (
+        4 / 7 * ce(logits[0], target)
+        + 2 / 7 * ce(logits[1], target[:, ::2, ::2])  # nearest of an exact halving = every second pixel
+        + 1 / 7 * ce(logits[2], target[:, ::4, ::4])
+    )
+    torch.testing.assert_close(deep_supervision(ce, enabled=True)(logits, target), expected)
+
+
+def test_deep_supervision_passes_a_single_tensor_through_and_is_absent_when_disabled() -> None:
+    ce = CrossEntropyLoss()
+    assert deep_supervision(ce, enabled=False) is ce
+    logits, target = torch.randn(2, NUM_CLASSES, 16, 16), blob_target()
+    torch.testing.assert_close(deep_supervision(ce, enabled=True)(logits, target), ce(logits, target))
+
+
+def test_deep_supervision_training_step_trains_every_head() -> None:
+    """One optimiser step of a deep-supervised U-Net: finite loss, a gradient for every parameter (DDP would hang
+    on a head without one), the loss goes down on the batch it saw."""
+    torch.manual_seed(0)
+    model = UNet(3, NUM_CLASSES, base_width=4, depth=3, deep_supervision=True).train()
+    loss_fn = deep_supervision(
+        CompoundLoss({"ce": CrossEntropyLoss(), "dice": DiceLoss()}, {"ce": 1, "dice": 1}), True
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, target = torch.randn(2, 3, 16, 16), blob_target()
+    losses = []
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), target)
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.aux_heads.parameters())
+        assert all(p.grad is not None for p in model.parameters())
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]

@@ -137,3 +137,10 @@ class Decoder(nn.Module):
         for i, up in enumerate(self.ups):
             x = up(x, features[-2 - i])
         return x
+
+    def forward_levels(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The output of every UpBlock, coarsest first (the last is ``forward``'s): for deep supervision."""
+        levels = [features[-1]]
+        for i, up in enumerate(self.ups):
+            levels.append(up(levels[-1], features[-2 - i]))
+        return levels[1:]

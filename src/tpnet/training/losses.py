@@ -159,9 +159,39 @@ class CompoundLoss(nn.Module):
         return sum(self.weights[name] * value for name, value in values.items())
 
 
+class DeepSupervisionLoss(nn.Module):
+    """nnU-Net's deep supervision: ``loss_fn`` on each decoder level's logits against the label map downsampled
+    (nearest neighbour, so labels and ``ignore_index`` stay labels) to that level's size, weighted 1, 1/2,
+    1/4 ... (finest first) and normalised to sum 1. nnU-Net also gives its coarsest output weight 0; tpnet's
+    models do not make that output at all (tpnet.models.unet). A single tensor (validation, eval mode) gets
+    ``loss_fn`` itself."""
+
+    def __init__(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.loss_fn = loss_fn
+
+    @staticmethod
+    def level_weights(n_levels: int) -> list[float]:
+        raw = [0.5**level for level in range(n_levels)]
+        return [w / sum(raw) for w in raw]
+
+    def forward(self, logits: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        if isinstance(logits, torch.Tensor):
+            return self.loss_fn(logits, target)
+        if not logits:
+            raise ValueError("deep supervision needs at least one logits tensor")
+        total = logits[0].new_zeros((), dtype=torch.float32)
+        for weight, level in zip(self.level_weights(len(logits)), logits, strict=True):
+            if level.shape[-2:] != target.shape[-2:]:
+                small = F.interpolate(target[:, None].float(), size=level.shape[-2:], mode="nearest")
+                level_target = small[:, 0].to(target.dtype)
+            else:
+                level_target = target
+            total = total + weight * self.loss_fn(level, level_target)
+        return total
+
+
 def deep_supervision(loss_fn: Callable, enabled: bool) -> Callable:
-    """The loss for a model's output: ``loss_fn`` itself, or (deep supervision) a weighted sum over the decoder
-    levels' logit maps. Placeholder until deep supervision lands."""
-    if enabled:
-        raise NotImplementedError("deep supervision loss")
-    return loss_fn
+    """The loss for a model's output: ``loss_fn`` itself, or (``enabled``) the weighted sum over the decoder
+    levels' logit maps that a deep-supervised model returns in training mode (``DeepSupervisionLoss``)."""
+    return DeepSupervisionLoss(loss_fn) if enabled else loss_fn
