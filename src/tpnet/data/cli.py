@@ -21,6 +21,13 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--width", type=int, default=256)
     synth.add_argument("--workers", type=int, default=1)
     synth.add_argument(
+        "--appearance",
+        choices=("literature", "wide", "shifted"),
+        default="literature",
+        help="appearance preset (docs/synthetic-data.md): literature ranges, wide (domain randomisation), "
+        "or shifted (the generalisation benchmark's domain B)",
+    )
+    synth.add_argument(
         "--screenshots",
         action="store_true",
         help="draw the frames as scanner screenshots (colour map, colour bar, UI) with the true kPa and a profile",
@@ -94,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             height=args.height,
             width=args.width,
             workers=args.workers,
+            appearance=args.appearance,
         )
         print(f"wrote {args.subjects * args.frames_per_subject} frames to {root}")
         return 0
@@ -119,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
 def _synth_screenshots(args: argparse.Namespace) -> int:
     from tpnet.data.synth_screenshots import write_screenshot_dataset
 
+    if args.appearance != "literature":
+        # The screenshot layout is drawn for one fixed frame size and pixel size; presets vary both.
+        print("tpnet-data synth: --screenshots supports only --appearance literature", file=sys.stderr)
+        return 2
     if args.jpeg_quality is not None and not 1 <= args.jpeg_quality <= 100:
         print(f"tpnet-data synth: --jpeg-quality must be 1-100, got {args.jpeg_quality}", file=sys.stderr)
         return 2

@@ -39,6 +39,204 @@ NEAR_FIELD, SKIN, FAT, FASCIA, MUSCLE, DEEP_MUSCLE, BONE, SHADOW = range(8)
 TRP, VESSEL_TISSUE, FIBROTIC, SOFT_HYPOECHOIC = range(8, 12)
 
 
+Range = tuple[float, float]  # (low, high) of a uniform draw; low == high is a fixed value
+
+
+@dataclass(frozen=True)
+class AppearanceRanges:
+    """Every appearance parameter's range, for one preset (docs/synthetic-data.md explains each).
+
+    Per subject (one scanner setting and one body per subject; its frames share the draws): pixel size, frame
+    size, layer thicknesses, echogenicity, PSF, attenuation and TGC, dynamic range and compression curve, speckle
+    statistics, noise floor, SWE noise and confounder rates. Per frame: SWE box, object contrasts. Trigger-point
+    size, shape and prevalence are the same in every preset (16 +/- 11 mm^2, Sikdar 2009): the presets change
+    how a frame looks, not what is in it."""
+
+    # Geometry (per subject). Frame height/width = requested size x scale, rounded to even pixels.
+    spacing_mm: Range
+    height_scale: Range
+    width_scale: Range
+    # Anatomy (per subject), mm, and fibre obliquity in degrees (either sign).
+    skin_mm: Range
+    fat_mm: Range
+    fascia_mm: Range
+    trapezius_mm: Range
+    deep_muscle_mm: Range
+    fibre_angle_deg: Range
+    muscle_db: Range
+    fat_db: Range
+    # B-mode formation (per subject).
+    gain_db: Range
+    f0_mhz: Range
+    cycles: Range
+    lateral_fwhm_mm: Range
+    lateral_sidelobe: Range  # weight of a sinc (focused-aperture) component in the lateral PSF; 0 = Gaussian
+    alpha_db_cm_mhz: Range
+    tgc_fraction: Range  # share of the round-trip attenuation the TGC undoes
+    tgc_error_db: Range  # peak of a smooth depth gain error (TGC sliders off their centre), +/-
+    dynamic_range_db: Range
+    log_gamma: Range  # display curve grey**gamma after log compression; 1 = linear in dB
+    speckle_log10_nu: Range | None  # K-distributed speckle, shape nu (scatterers per cell); None = Rayleigh
+    noise_floor_db: Range | None  # electronic noise re. the brightest reflector, before TGC; None = none
+    display_blur_px: Range  # scan conversion / display interpolation
+    # SWE (fwhm, box per frame; noise per subject).
+    swe_fwhm_mm: Range
+    swe_box_width_mm: Range
+    swe_box_height_mm: Range
+    swe_box_top_mm: Range
+    swe_on_trp: float  # probability that the box is centred near a TrP (when the frame has one)
+    swe_on_trp_jitter_mm: float
+    swe_noise_sd: Range  # log-normal sd at the skin ...
+    swe_noise_sd_per_30mm: Range  # ... growing by this much per 30 mm depth
+    # Objects (contrasts per object; rates per subject).
+    trp_contrast_db: Range
+    fibrotic_contrast_db: Range
+    soft_contrast_db: Range  # darker than the tissue around it by this much
+    confounder_rate: Range | None  # mean count per frame of each confounder kind; None = literature tables
+    shadow_rate: Range  # mean count per frame of acoustic shadows from small calcifications / contact loss
+
+
+APPEARANCES: dict[str, AppearanceRanges] = {
+    # Today's narrow, sourced ranges (docs/synthetic-data.md, "Parameters and sources"). Byte-identical output
+    # to the generator before presets existed: the demo, the tests and the cached datasets rely on it.
+    "literature": AppearanceRanges(
+        spacing_mm=(0.08, 0.12),
+        height_scale=(1.0, 1.0),
+        width_scale=(1.0, 1.0),
+        skin_mm=(1.2, 2.0),
+        fat_mm=(2.0, 6.0),
+        fascia_mm=(1.1, 1.3),
+        trapezius_mm=(11.0, 12.0),
+        deep_muscle_mm=(2.5, 7.0),
+        fibre_angle_deg=(6.0, 18.0),
+        muscle_db=(-35.0, -32.0),
+        fat_db=(-41.0, -37.0),
+        gain_db=(-2.0, 2.0),
+        f0_mhz=(7.0, 12.0),
+        cycles=(2.0, 3.0),
+        lateral_fwhm_mm=(0.4, 0.6),
+        lateral_sidelobe=(0.0, 0.0),
+        alpha_db_cm_mhz=(0.5, 1.0),
+        tgc_fraction=(0.7, 0.9),
+        tgc_error_db=(0.0, 0.0),
+        dynamic_range_db=(50.0, 60.0),
+        log_gamma=(1.0, 1.0),
+        speckle_log10_nu=None,
+        noise_floor_db=None,
+        display_blur_px=(0.6, 0.6),
+        swe_fwhm_mm=(1.0, 1.5),
+        swe_box_width_mm=(15.0, 25.0),
+        swe_box_height_mm=(15.0, 25.0),
+        swe_box_top_mm=(0.8, 4.0),
+        swe_on_trp=0.7,
+        swe_on_trp_jitter_mm=3.0,
+        swe_noise_sd=(0.04, 0.04),
+        swe_noise_sd_per_30mm=(0.12, 0.12),
+        trp_contrast_db=(3.0, 9.0),
+        fibrotic_contrast_db=(6.0, 12.0),
+        soft_contrast_db=(3.0, 9.0),
+        confounder_rate=None,
+        shadow_rate=(0.0, 0.0),
+    ),
+    # Domain randomisation: deliberately beyond the literature, so that no single texture, scale or grey
+    # curve is a shortcut; a model trained on it has seen "other scanners" of the same anatomy.
+    "wide": AppearanceRanges(
+        spacing_mm=(0.06, 0.20),
+        height_scale=(0.75, 1.25),
+        width_scale=(0.75, 1.25),
+        skin_mm=(0.8, 2.5),
+        fat_mm=(1.0, 10.0),
+        fascia_mm=(0.6, 2.0),
+        trapezius_mm=(8.0, 16.0),
+        deep_muscle_mm=(2.0, 12.0),
+        fibre_angle_deg=(0.0, 25.0),
+        muscle_db=(-40.0, -28.0),
+        fat_db=(-46.0, -33.0),
+        gain_db=(-6.0, 6.0),
+        f0_mhz=(5.0, 15.0),
+        cycles=(1.5, 4.0),
+        lateral_fwhm_mm=(0.3, 1.0),
+        lateral_sidelobe=(0.0, 0.6),
+        alpha_db_cm_mhz=(0.3, 1.5),
+        tgc_fraction=(0.4, 1.0),
+        tgc_error_db=(0.0, 6.0),
+        dynamic_range_db=(35.0, 75.0),
+        log_gamma=(0.7, 1.5),
+        speckle_log10_nu=(-0.3, 2.0),
+        noise_floor_db=(-80.0, -50.0),
+        display_blur_px=(0.3, 1.2),
+        swe_fwhm_mm=(0.8, 2.5),
+        swe_box_width_mm=(8.0, 30.0),
+        swe_box_height_mm=(8.0, 30.0),
+        swe_box_top_mm=(0.5, 8.0),
+        swe_on_trp=0.5,
+        swe_on_trp_jitter_mm=6.0,
+        swe_noise_sd=(0.02, 0.12),
+        swe_noise_sd_per_30mm=(0.05, 0.30),
+        trp_contrast_db=(3.0, 12.0),
+        fibrotic_contrast_db=(3.0, 15.0),
+        soft_contrast_db=(2.0, 12.0),
+        confounder_rate=(0.2, 1.6),
+        shadow_rate=(0.0, 0.8),
+    ),
+    # Domain B of the generalisation benchmark: "another simulator" - another scanner preset (deeper, coarser
+    # pixels, a 3-4 cm depth setting over a wider field), lower frequency and longer pulses (coarser speckle),
+    # K-distributed speckle, a mis-set TGC, small off-centre SWE boxes, more confounders. Physically plausible,
+    # and the trigger points are the same clinical size.
+    "shifted": AppearanceRanges(
+        spacing_mm=(0.13, 0.17),
+        height_scale=(0.875, 0.875),  # 256 x 256 asked -> 224 rows x 320 columns
+        width_scale=(1.25, 1.25),
+        skin_mm=(1.5, 2.5),
+        fat_mm=(3.0, 8.0),
+        fascia_mm=(0.8, 1.6),
+        trapezius_mm=(10.0, 14.0),
+        deep_muscle_mm=(5.0, 10.0),
+        fibre_angle_deg=(2.0, 12.0),
+        muscle_db=(-34.0, -30.0),
+        fat_db=(-40.0, -36.0),
+        gain_db=(3.0, 7.0),
+        f0_mhz=(5.0, 7.5),
+        cycles=(3.0, 4.0),
+        lateral_fwhm_mm=(0.7, 1.0),
+        lateral_sidelobe=(0.3, 0.5),
+        alpha_db_cm_mhz=(0.8, 1.2),
+        tgc_fraction=(0.5, 0.7),
+        tgc_error_db=(3.0, 6.0),
+        dynamic_range_db=(42.0, 50.0),
+        log_gamma=(1.1, 1.3),
+        speckle_log10_nu=(0.0, 0.5),
+        noise_floor_db=(-60.0, -52.0),
+        display_blur_px=(0.9, 1.2),
+        swe_fwhm_mm=(2.0, 3.0),
+        swe_box_width_mm=(8.0, 14.0),
+        swe_box_height_mm=(8.0, 14.0),
+        swe_box_top_mm=(2.0, 10.0),
+        swe_on_trp=0.4,
+        swe_on_trp_jitter_mm=6.0,
+        swe_noise_sd=(0.08, 0.12),
+        swe_noise_sd_per_30mm=(0.20, 0.30),
+        trp_contrast_db=(3.5, 9.0),
+        fibrotic_contrast_db=(4.0, 10.0),
+        soft_contrast_db=(2.0, 6.0),
+        confounder_rate=(1.2, 2.0),
+        shadow_rate=(0.5, 1.0),
+    ),
+}
+
+# Confounder count tables of the literature preset: P(0), P(1), P(2) per frame.
+_LITERATURE_COUNTS = {"vessel": (0.45, 0.4, 0.15), "fibrotic": (0.5, 0.35, 0.15), "soft": (0.4, 0.4, 0.2)}
+
+
+def appearance_ranges(appearance: str) -> AppearanceRanges:
+    """The preset's ranges; ValueError naming the allowed presets for an unknown name."""
+    try:
+        return APPEARANCES[appearance]
+    except (KeyError, TypeError):
+        allowed = ", ".join(APPEARANCES)
+        raise ValueError(f"unknown appearance {appearance!r}: use one of {allowed}") from None
+
+
 @dataclass(frozen=True)
 class Subject:
     """Per-subject anatomy and scanner settings; frames of one subject jitter around these."""
@@ -63,45 +261,117 @@ class Subject:
     muscle_kpa: float
     fat_kpa: float
     deep_kpa_ratio: float
+    # Appearance knobs beyond the literature generator; the defaults are the literature's (they change nothing).
+    appearance: str = "literature"
+    height_scale: float = 1.0
+    width_scale: float = 1.0
+    lateral_sidelobe: float = 0.0
+    tgc_error_db: tuple[float, ...] = ()  # gain error (dB) at evenly spaced depths from skin to frame bottom
+    log_gamma: float = 1.0
+    speckle_nu: float | None = None
+    noise_floor_db: float | None = None
+    display_blur_px: float = 0.6
+    swe_noise_sd: float = 0.04
+    swe_noise_sd_per_30mm: float = 0.12
+    counts: tuple[tuple[float, ...], ...] = (
+        _LITERATURE_COUNTS["vessel"],
+        _LITERATURE_COUNTS["fibrotic"],
+        _LITERATURE_COUNTS["soft"],
+    )  # P(0), P(1), ... per frame for vessels, fibrotic and soft confounders
+    shadow_counts: tuple[float, ...] = (1.0,)
+
+    def frame_size(self, height: int, width: int) -> tuple[int, int]:
+        """This subject's frame size when ``height`` x ``width`` is asked (even, at least 32 px)."""
+        return _scaled(height, self.height_scale), _scaled(width, self.width_scale)
+
+
+def _scaled(size: int, scale: float) -> int:
+    if scale == 1.0:
+        return size
+    return max(32, 2 * int(round(size * scale / 2)))
+
+
+def _truncated_poisson(mean: float, largest: int = 3) -> tuple[float, ...]:
+    """P(0..largest) of a Poisson count with ``mean``, the tail folded into ``largest``."""
+    probs = [math.exp(-mean) * mean**k / math.factorial(k) for k in range(largest)]
+    return (*probs, max(0.0, 1.0 - sum(probs)))
 
 
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
 
 
-@functools.lru_cache(maxsize=16)
-def sample_subject(seed: int, subject: int) -> Subject:
-    """Draw one subject (cached: every frame of a subject reuses it)."""
+def _uniform(rng: np.random.Generator, bounds: Range) -> float:
+    return float(rng.uniform(*bounds))
+
+
+@functools.lru_cache(maxsize=64)
+def sample_subject(seed: int, subject: int, appearance: str = "literature") -> Subject:
+    """Draw one subject from the ``appearance`` preset (cached: every frame of a subject reuses it).
+
+    The literature draws come from the stream (seed, 1, subject) in their historic order, so "literature"
+    subjects are the same as before presets existed; the newer knobs come from their own stream
+    (seed, 3, subject)."""
+    ranges = appearance_ranges(appearance)
     rng = _rng(seed, 1, subject)
+
     # Shear-wave speed of a normal upper trapezius 3.35 +/- 0.79 m/s (Hao 2023); E = 3 rho c^2.
     speed = float(np.clip(rng.normal(3.35, 0.79), 2.3, 4.6))
-    angle = math.radians(rng.uniform(6.0, 18.0)) * rng.choice([-1.0, 1.0])
+    angle = math.radians(_uniform(rng, ranges.fibre_angle_deg)) * rng.choice([-1.0, 1.0])
     undulation = tuple(
         (float(rng.uniform(0.1, 0.6)), float(rng.uniform(15.0, 45.0)), float(rng.uniform(0, 2 * math.pi)))
         for _ in range(6)
     )
-    return Subject(
-        # 0.08-0.12 mm: the upper half of the 0.06-0.12 mm range, so 256 px reach below the muscle.
-        spacing_mm=round(float(rng.uniform(0.08, 0.12)), 5),
-        skin_mm=float(rng.uniform(1.2, 2.0)),
-        fat_mm=float(rng.uniform(2.0, 6.0)),  # skin + fat = 3-8 mm subcutis (Salavati 2017, facts file)
-        fascia_mm=float(rng.uniform(1.1, 1.3)),
-        trapezius_mm=float(rng.uniform(11.0, 12.0)),
-        deep_muscle_mm=float(rng.uniform(2.5, 7.0)),
+    literature = dict(
+        # Literature 0.08-0.12 mm: the upper half of the 0.06-0.12 mm range, so 256 px reach below the muscle.
+        spacing_mm=round(_uniform(rng, ranges.spacing_mm), 5),
+        skin_mm=_uniform(rng, ranges.skin_mm),
+        fat_mm=_uniform(rng, ranges.fat_mm),  # skin + fat = 3-8 mm subcutis (Salavati 2017, facts file)
+        fascia_mm=_uniform(rng, ranges.fascia_mm),
+        trapezius_mm=_uniform(rng, ranges.trapezius_mm),
+        deep_muscle_mm=_uniform(rng, ranges.deep_muscle_mm),
         fibre_angle_rad=angle,
         undulation=undulation,
-        muscle_db=float(rng.uniform(-35.0, -32.0)),
-        fat_db=float(rng.uniform(-41.0, -37.0)),
-        gain_db=float(rng.uniform(-2.0, 2.0)),
-        f0_mhz=float(rng.uniform(7.0, 12.0)),
-        cycles=float(rng.uniform(2.0, 3.0)),
-        lateral_fwhm_mm=float(rng.uniform(0.4, 0.6)),
-        alpha_db_cm_mhz=float(rng.uniform(0.5, 1.0)),
-        tgc_fraction=float(rng.uniform(0.7, 0.9)),
-        dynamic_range_db=float(rng.uniform(50.0, 60.0)),
+        muscle_db=_uniform(rng, ranges.muscle_db),
+        fat_db=_uniform(rng, ranges.fat_db),
+        gain_db=_uniform(rng, ranges.gain_db),
+        f0_mhz=_uniform(rng, ranges.f0_mhz),
+        cycles=_uniform(rng, ranges.cycles),
+        lateral_fwhm_mm=_uniform(rng, ranges.lateral_fwhm_mm),
+        alpha_db_cm_mhz=_uniform(rng, ranges.alpha_db_cm_mhz),
+        tgc_fraction=_uniform(rng, ranges.tgc_fraction),
+        dynamic_range_db=_uniform(rng, ranges.dynamic_range_db),
         muscle_kpa=float(shear_speed_to_kpa(speed**2)),
         fat_kpa=float(rng.uniform(8.0, 18.0)),
         deep_kpa_ratio=float(rng.uniform(0.8, 1.2)),
+    )
+    if appearance == "literature":
+        return Subject(**literature)
+
+    extra = _rng(seed, 3, subject)
+    tgc_peak = _uniform(extra, ranges.tgc_error_db)
+    tgc_error = tuple(float(v) for v in tgc_peak * extra.uniform(-1.0, 1.0, 6))
+    nu = None if ranges.speckle_log10_nu is None else 10.0 ** _uniform(extra, ranges.speckle_log10_nu)
+    floor = None if ranges.noise_floor_db is None else _uniform(extra, ranges.noise_floor_db)
+    if ranges.confounder_rate is None:
+        counts = tuple(_LITERATURE_COUNTS.values())
+    else:
+        counts = tuple(_truncated_poisson(_uniform(extra, ranges.confounder_rate)) for _ in range(3))
+    return Subject(
+        **literature,
+        appearance=appearance,
+        height_scale=_uniform(extra, ranges.height_scale),
+        width_scale=_uniform(extra, ranges.width_scale),
+        lateral_sidelobe=_uniform(extra, ranges.lateral_sidelobe),
+        tgc_error_db=tgc_error,
+        log_gamma=_uniform(extra, ranges.log_gamma),
+        speckle_nu=nu,
+        noise_floor_db=floor,
+        display_blur_px=_uniform(extra, ranges.display_blur_px),
+        swe_noise_sd=_uniform(extra, ranges.swe_noise_sd),
+        swe_noise_sd_per_30mm=_uniform(extra, ranges.swe_noise_sd_per_30mm),
+        counts=counts,
+        shadow_counts=_truncated_poisson(_uniform(extra, ranges.shadow_rate), largest=2),
     )
 
 
@@ -177,15 +447,22 @@ def _draw_count(rng, probs) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- frame
-def generate_frame(seed: int, subject: int, frame: int, height: int = 256, width: int = 256) -> dict:
-    """One synthetic frame.
+def generate_frame(
+    seed: int, subject: int, frame: int, height: int = 256, width: int = 256, appearance: str = "literature"
+) -> dict:
+    """One synthetic frame, drawn from the ``appearance`` preset (``APPEARANCES``).
 
-    Returns ``{"bmode": uint8 (H, W), "elasto": float32 kPa (H, W) with NaN = no signal, or None,
+    ``height`` x ``width`` is the size asked for; presets that vary the frame size scale it per subject
+    (``Subject.frame_size``), so read the size from the arrays. Returns ``{"bmode": uint8 (H, W), "elasto": float32 kPa (H, W) with NaN = no signal, or None,
     "mask": uint8 (H, W) labels, "spacing_mm": float, "tissue": uint8 (H, W) tissue codes,
     "objects": list of dicts (kind, label, cx_mm, cz_mm, area_mm2, contrast_db, stiffness_ratio)}``.
     """
-    subj = sample_subject(seed, subject)
+    ranges = appearance_ranges(appearance)
+    subj = sample_subject(seed, subject, appearance)
     rng = _rng(seed, 2, subject, frame)
+    # The newer knobs' per-frame randomness has its own stream, so the literature stream stays as it was.
+    extra = None if appearance == "literature" else _rng(seed, 4, subject, frame)
+    height, width = subj.frame_size(height, width)
     s = subj.spacing_mm
     shape = (height, width)
     z = ((np.arange(height, dtype=np.float32) + 0.5) * s)[:, None]  # depth, mm
@@ -301,7 +578,7 @@ def generate_frame(seed: int, subject: int, frame: int, height: int = 256, width
     muscle_layer = (trap_top, trap_bottom)
     # --- vessels: anechoic lumen, bright wall, posterior enhancement; no SWE signal
     vessels: list[_Blob] = []
-    for _ in range(_draw_count(rng, [0.45, 0.4, 0.15])):
+    for _ in range(_draw_count(rng, subj.counts[0])):
         for _try in range(12):
             in_fat = rng.random() < 0.5
             layer = (skin_bottom, fascia_top) if in_fat else (trap_top, bone_top)
@@ -345,7 +622,8 @@ def generate_frame(seed: int, subject: int, frame: int, height: int = 256, width
                 blobs.append(_Blob(TRP, cx, cz, a, b, theta, wobble))
             snapshot = occupied.copy()
             if all(place(blob, muscle_layer) for blob in blobs):
-                trps.extend((blob, label, rng.uniform(3.0, 9.0), rng.uniform(1.0, 2.0)) for blob in blobs)
+                contrast = ranges.trp_contrast_db
+                trps.extend((blob, label, rng.uniform(*contrast), rng.uniform(1.0, 2.0)) for blob in blobs)
                 placed = True
                 break
             occupied[:] = snapshot
@@ -354,7 +632,7 @@ def generate_frame(seed: int, subject: int, frame: int, height: int = 256, width
 
     # --- confounders (background): stiff bright fibrotic patches; soft, round or irregular dark regions
     confounders: list[tuple[_Blob, float, float]] = []
-    for _ in range(_draw_count(rng, [0.5, 0.35, 0.15])):
+    for _ in range(_draw_count(rng, subj.counts[1])):
         for _try in range(10):
             area = rng.uniform(3.0, 20.0)
             aspect = rng.uniform(1.0, 2.0)
@@ -364,9 +642,9 @@ def generate_frame(seed: int, subject: int, frame: int, height: int = 256, width
             wobble = tuple((rng.uniform(-0.2, 0.2), rng.uniform(0, 2 * np.pi)) for _ in range(3))
             blob = _Blob(FIBROTIC, cx, cz, a, b, theta, wobble)
             if place(blob, (fascia_top - 0.5, trap_bottom + 0.5)):
-                confounders.append((blob, rng.uniform(6.0, 12.0), rng.uniform(1.5, 2.5)))
+                confounders.append((blob, rng.uniform(*ranges.fibrotic_contrast_db), rng.uniform(1.5, 2.5)))
                 break
-    for _ in range(_draw_count(rng, [0.4, 0.4, 0.2])):
+    for _ in range(_draw_count(rng, subj.counts[2])):
         for _try in range(10):
             area = float(np.clip(rng.normal(16.0, 9.0), 4.0, 40.0))
             irregular = rng.random() < 0.5
@@ -380,7 +658,7 @@ def generate_frame(seed: int, subject: int, frame: int, height: int = 256, width
             wobble = tuple((rng.uniform(-amp, amp), rng.uniform(0, 2 * np.pi)) for _ in range(3))
             blob = _Blob(SOFT_HYPOECHOIC, cx, cz, a, b, theta, wobble)
             if place(blob, layer):
-                confounders.append((blob, -rng.uniform(3.0, 9.0), rng.uniform(0.6, 1.0)))
+                confounders.append((blob, -rng.uniform(*ranges.soft_contrast_db), rng.uniform(0.6, 1.0)))
                 break
 
     # --- paint objects into echo, stiffness, labels
@@ -417,8 +695,12 @@ def generate_frame(seed: int, subject: int, frame: int, height: int = 256, width
         db += (4.0 * lateral * np.exp(-behind / 6.0) * (z > blob.cz + blob.b)).astype(np.float32)
         objects.append(_describe(blob, VESSEL, -60.0, float("nan")))
 
-    bmode = _form_bmode(rng, db, z, subj)
-    elasto = None if rng.random() < 0.15 else _form_swe(rng, kpa, tissue, z, x, subj, trps)
+    shadowed = None
+    if extra is not None:
+        shadowed = _paint_shadows(extra, db, z, x, subj, top_mm=skin_bottom.max(), bottom_mm=bone_top.min())
+    bmode = _form_bmode(rng, db, z, subj, extra)
+    swe_off = rng.random() < 0.15
+    elasto = None if swe_off else _form_swe(rng, kpa, tissue, z, x, subj, trps, ranges, shadowed)
     return {
         "bmode": bmode,
         "elasto": elasto,
@@ -441,25 +723,92 @@ def _describe(blob: _Blob, label: int, contrast_db: float, ratio: float) -> dict
     }
 
 
-def _form_bmode(rng, db: np.ndarray, z: np.ndarray, subj: Subject) -> np.ndarray:
+def _paint_shadows(
+    rng: np.random.Generator,
+    db: np.ndarray,
+    z: np.ndarray,
+    x: np.ndarray,
+    subj: Subject,
+    top_mm: float,
+    bottom_mm: float,
+) -> np.ndarray | None:
+    """Acoustic shadows (in place on ``db``): a small bright calcification, or a patch of lost probe contact at
+    the skin, that darkens a vertical band below it. Returns where the SWE has no signal (None if none)."""
+    width_mm = x.shape[1] * subj.spacing_mm
+    no_signal = None
+    for _ in range(_draw_count(rng, subj.shadow_counts)):
+        cx = rng.uniform(0.1 * width_mm, 0.9 * width_mm)
+        half_width = rng.uniform(0.5, 2.0)
+        loss_db = rng.uniform(8.0, 20.0)
+        contact_loss = rng.random() < 0.3
+        start = 0.0 if contact_loss else rng.uniform(top_mm, max(top_mm + 0.5, bottom_mm))
+        lateral = np.exp(-(((x - cx) / half_width) ** 4))
+        below = np.clip((z - start) / 0.5, 0.0, 1.0)  # sets in over 0.5 mm
+        db -= (loss_db * lateral * below).astype(np.float32)
+        if not contact_loss:  # the calcification itself: a bright speck at the shadow's top
+            spot = np.exp(-(((x - cx) / (0.7 * half_width)) ** 2) - ((z - start) / 0.3) ** 2)
+            np.maximum(db, (-6.0 - 40.0 * (1.0 - spot)).astype(np.float32), out=db)
+        dark = (lateral * below) > 0.5
+        no_signal = dark if no_signal is None else no_signal | dark
+    return no_signal
+
+
+def _form_bmode(
+    rng: np.random.Generator,
+    db: np.ndarray,
+    z: np.ndarray,
+    subj: Subject,
+    extra: np.random.Generator | None = None,
+) -> np.ndarray:
     s = subj.spacing_mm
     amplitude = np.power(10.0, db / 20.0).astype(np.float32)
     # Fully developed speckle: circular complex Gaussian scatterers -> Rayleigh envelope.
     field = rng.standard_normal((*db.shape, 2), dtype=np.float32) * amplitude[..., None]
+    if subj.speckle_nu is not None and extra is not None:
+        # Few scatterers per resolution cell: a gamma-distributed local density makes the envelope
+        # K-distributed (heavier tail, spikier speckle); nu -> infinity is Rayleigh again.
+        density = extra.gamma(subj.speckle_nu, 1.0 / subj.speckle_nu, db.shape).astype(np.float32)
+        field *= np.sqrt(density)[..., None]
     # Baseband PSF: axial envelope of a ``cycles``-cycle pulse (resolution = pulse length / 2), lateral Gaussian.
     wavelength = SPEED_OF_SOUND_MM_PER_US / subj.f0_mhz
     axial_sigma = subj.cycles * wavelength / 2 / 2.355 / s
     lateral_sigma = subj.lateral_fwhm_mm / 2.355 / s
-    field = cv2.sepFilter2D(
-        field, -1, _gauss(lateral_sigma), _gauss(axial_sigma), borderType=cv2.BORDER_REFLECT
-    )
+    lateral = _gauss(lateral_sigma)
+    if subj.lateral_sidelobe > 0.0:
+        lateral = _focused_lateral(subj.lateral_fwhm_mm / s, subj.lateral_sidelobe)
+    field = cv2.sepFilter2D(field, -1, lateral, _gauss(axial_sigma), borderType=cv2.BORDER_REFLECT)
     envelope = np.sqrt(field[..., 0] ** 2 + field[..., 1] ** 2 + 1e-12)
     # Round-trip attenuation exp(-2 alpha f0 z), only partly undone by time-gain compensation.
     residual_db = -2.0 * subj.alpha_db_cm_mhz * subj.f0_mhz * (z / 10.0) * (1.0 - subj.tgc_fraction)
+    if subj.tgc_error_db:  # TGC sliders off their centre: a smooth gain error over depth
+        depth_fraction = z / (z[-1, 0] + 0.5 * s)
+        sliders = np.linspace(0.0, 1.0, len(subj.tgc_error_db))
+        residual_db = residual_db + np.interp(depth_fraction, sliders, subj.tgc_error_db).astype(np.float32)
     log_db = 20.0 * np.log10(envelope) + residual_db + subj.gain_db
+    if subj.noise_floor_db is not None and extra is not None:
+        # Electronic noise enters before the TGC, so the gain that undoes the attenuation amplifies it with depth.
+        compensated_db = 2.0 * subj.alpha_db_cm_mhz * subj.f0_mhz * (z / 10.0) * subj.tgc_fraction
+        noise_db = subj.noise_floor_db + compensated_db + subj.gain_db
+        noise_power = extra.exponential(1.0, db.shape).astype(np.float32) * np.power(10.0, noise_db / 10.0)
+        log_db = 10.0 * np.log10(np.power(10.0, log_db / 10.0) + noise_power)
     grey = np.clip((log_db + subj.dynamic_range_db) / subj.dynamic_range_db, 0.0, 1.0)
-    grey = cv2.GaussianBlur(grey.astype(np.float32), (0, 0), 0.6)  # scan conversion / display interpolation
+    if subj.log_gamma != 1.0:  # the display's grey curve (knee) after log compression
+        grey = np.power(grey, subj.log_gamma)
+    # Scan conversion / display interpolation.
+    grey = cv2.GaussianBlur(grey.astype(np.float32), (0, 0), subj.display_blur_px)
     return (grey * 255.0 + 0.5).astype(np.uint8)
+
+
+def _focused_lateral(fwhm_px: float, sidelobe: float) -> np.ndarray:
+    """Unit-energy lateral amplitude PSF: a Gaussian mixed with the sinc of a focused rectangular aperture
+    (same FWHM), whose side lobes give the lateral smear a Gaussian lacks. ``sidelobe`` = the sinc's weight."""
+    first_zero = fwhm_px / 1.207  # sinc FWHM = 1.207 x its first zero
+    radius = max(2, int(math.ceil(3 * first_zero)))
+    t = np.arange(-radius, radius + 1, dtype=np.float32)
+    gauss = np.exp(-0.5 * (t / max(fwhm_px / 2.355, 1e-3)) ** 2)
+    sinc = np.sinc(t / first_zero) * np.hanning(len(t) + 2)[1:-1]
+    k = (1.0 - sidelobe) * gauss + sidelobe * sinc
+    return (k / np.sqrt((k * k).sum())).astype(np.float32)
 
 
 def _gauss(sigma_px: float) -> np.ndarray:
@@ -469,23 +818,35 @@ def _gauss(sigma_px: float) -> np.ndarray:
     return (k / np.sqrt((k * k).sum())).astype(np.float32)  # unit energy keeps speckle power = echo power
 
 
-def _form_swe(rng, kpa, tissue, z, x, subj: Subject, trps) -> np.ndarray:
+def _form_swe(
+    rng: np.random.Generator,
+    kpa: np.ndarray,
+    tissue: np.ndarray,
+    z: np.ndarray,
+    x: np.ndarray,
+    subj: Subject,
+    trps: list,
+    ranges: AppearanceRanges,
+    shadowed: np.ndarray | None = None,
+) -> np.ndarray:
     s = subj.spacing_mm
     h, w = kpa.shape
     width_mm, depth_mm = w * s, h * s
     # Coarse (~1-1.5 mm resolution) and noisier with depth; speed drops slightly with depth (ex vivo).
-    fwhm = rng.uniform(1.0, 1.5)
+    fwhm = rng.uniform(*ranges.swe_fwhm_mm)
     kpa = cv2.GaussianBlur(kpa, (0, 0), sigmaX=fwhm / 2.355 / s)
-    noise_sd = 0.04 + 0.12 * (z / 30.0)
+    noise_sd = subj.swe_noise_sd + subj.swe_noise_sd_per_30mm * (z / 30.0)
     kpa = kpa * np.exp(noise_sd * _smooth_noise(rng, kpa.shape, 0.6 / s)) * (1.0 - 0.004 * z)
     kpa = kpa.astype(np.float32)
 
-    # SWE box 15-25 mm wide (or the frame), usually centred on a nodule the sonographer is examining.
-    box_w = min(rng.uniform(15.0, 25.0), 0.9 * width_mm)
-    box_h = min(rng.uniform(15.0, 25.0), depth_mm - 1.0)
-    top = rng.uniform(0.8, max(0.9, min(4.0, depth_mm - box_h)))
-    if trps and rng.random() < 0.7:
-        centre = trps[int(rng.integers(len(trps)))][0].cx + rng.uniform(-3.0, 3.0)
+    # SWE box (literature 15-25 mm wide, or the frame), often centred on a nodule the sonographer examines.
+    box_w = min(rng.uniform(*ranges.swe_box_width_mm), 0.9 * width_mm)
+    box_h = min(rng.uniform(*ranges.swe_box_height_mm), depth_mm - 1.0)
+    top_low, top_high = ranges.swe_box_top_mm
+    top = rng.uniform(top_low, max(top_low + 0.1, min(top_high, depth_mm - box_h)))
+    if trps and rng.random() < ranges.swe_on_trp:
+        jitter = ranges.swe_on_trp_jitter_mm
+        centre = trps[int(rng.integers(len(trps)))][0].cx + rng.uniform(-jitter, jitter)
     else:
         centre = rng.uniform(box_w / 2, width_mm - box_w / 2)
     left = float(np.clip(centre - box_w / 2, 0.0, width_mm - box_w))
@@ -494,6 +855,8 @@ def _form_swe(rng, kpa, tissue, z, x, subj: Subject, trps) -> np.ndarray:
     # No signal: fluid (vessels), behind bone, and random "black hole" voids.
     no_signal = np.isin(tissue, (VESSEL_TISSUE, BONE, SHADOW)).astype(np.uint8)
     no_signal = cv2.dilate(no_signal, np.ones((3, 3), np.uint8), iterations=max(1, int(0.3 / s))) > 0
+    if shadowed is not None:
+        no_signal |= shadowed
     for _ in range(_draw_count(rng, [0.6, 0.25, 0.15])):
         void = _Blob(
             0, rng.uniform(left, left + box_w), rng.uniform(top, top + box_h), *rng.uniform(0.8, 2.5, 2), 0.0
@@ -526,12 +889,12 @@ def write_frame_files(root: Path, sample: dict, sample_id: str, subject_id: str)
     }
 
 
-def _write_subject(args: tuple[Path, int, int, int, int, int]) -> list[dict[str, str]]:
-    root, seed, subject, frames, height, width = args
+def _write_subject(args: tuple[Path, int, int, int, int, int, str]) -> list[dict[str, str]]:
+    root, seed, subject, frames, height, width, appearance = args
     return [
         write_frame_files(
             root,
-            generate_frame(seed, subject, frame, height, width),
+            generate_frame(seed, subject, frame, height, width, appearance),
             f"s{subject:03d}_f{frame:03d}",
             f"s{subject:03d}",
         )
@@ -563,25 +926,29 @@ def write_synthetic_dataset(
     workers: int = 1,
     appearance: str = "literature",
 ) -> Path:
-    """Write a contract dataset (dataset.yaml, manifest.csv, bmode/, elasto/, masks/) to ``out``."""
+    """Write a contract dataset (dataset.yaml, manifest.csv, bmode/, elasto/, masks/) to ``out``.
+
+    ``appearance``: a preset of ``APPEARANCES`` ("literature", "wide", "shifted"); with "wide" and "shifted"
+    frame size and pixel size vary per subject (each manifest row has its own spacing_mm)."""
     check_synth_arguments(out, subjects, frames_per_subject, seed, height, width)
-    if appearance != "literature":  # placeholder until the domain-randomised ranges land
-        raise ValueError(f"unknown appearance {appearance!r}")
+    appearance_ranges(appearance)  # an unknown preset fails before anything is written
     out = Path(out)
     for sub in ("bmode", "elasto", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    jobs = [(out, seed, subject, frames_per_subject, height, width) for subject in range(subjects)]
+    jobs = [
+        (out, seed, subject, frames_per_subject, height, width, appearance) for subject in range(subjects)
+    ]
     if workers > 1:
         with multiprocessing.get_context().Pool(min(workers, subjects)) as pool:
             per_subject = pool.map(_write_subject, jobs, chunksize=1)
     else:
         per_subject = [_write_subject(job) for job in jobs]
-    spec = {
-        "name": f"synthetic-trapezius-s{seed}",
-        "classes": list(DEFAULT_CLASSES),
-        "elasto_unit": "kPa",
-        "generator": {"name": "tpnet.data.synth", "version": GENERATOR_VERSION, "seed": seed},
-    }
+    generator = {"name": "tpnet.data.synth", "version": GENERATOR_VERSION, "seed": seed}
+    name = f"synthetic-trapezius-s{seed}"
+    if appearance != "literature":  # literature datasets keep the dataset.yaml they always had
+        generator["appearance"] = appearance
+        name += f"-{appearance}"
+    spec = {"name": name, "classes": list(DEFAULT_CLASSES), "elasto_unit": "kPa", "generator": generator}
     (out / "dataset.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     with (out / "manifest.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
@@ -591,8 +958,12 @@ def write_synthetic_dataset(
     return out
 
 
-def synthetic_dataset_name(subjects: int, frames_per_subject: int, seed: int, height: int, width: int) -> str:
-    return f"synth-v{GENERATOR_VERSION}-seed{seed}-{subjects}x{frames_per_subject}-{height}x{width}"
+def synthetic_dataset_name(
+    subjects: int, frames_per_subject: int, seed: int, height: int, width: int, appearance: str = "literature"
+) -> str:
+    """Cache folder name; the appearance is part of it unless it is "literature" (older names stay valid)."""
+    name = f"synth-v{GENERATOR_VERSION}-seed{seed}-{subjects}x{frames_per_subject}-{height}x{width}"
+    return name if appearance == "literature" else f"{name}-{appearance}"
 
 
 def ensure_synthetic_dataset(
@@ -610,7 +981,8 @@ def ensure_synthetic_dataset(
     Generation goes to a hidden temp folder renamed at the end, so a killed run never leaves a
     folder that looks complete."""
     cache_dir = Path(cache_dir)
-    target = cache_dir / synthetic_dataset_name(subjects, frames_per_subject, seed, height, width)
+    appearance_ranges(appearance)
+    target = cache_dir / synthetic_dataset_name(subjects, frames_per_subject, seed, height, width, appearance)
     if (target / "manifest.csv").is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
