@@ -18,6 +18,14 @@ DEFAULT_KPA_SCALE = 100.0
 DEFAULT_KPA_CLIP = 300.0
 CHANNEL_NAMES: tuple[str, ...] = ("bmode", "elasto", "elasto_valid")
 ELASTO_CHANNELS: tuple[str, ...] = ("elasto", "elasto_valid")
+# How the B-mode channel is scaled: "none" keeps the reader's [0, 1]; "zscore_frame" subtracts the frame's mean
+# and divides by its standard deviation over the imaged region (nnU-Net's choice for non-CT images: gain, TGC
+# and dynamic range differ between scanners and presets, so absolute grey levels carry no tissue meaning).
+BMODE_NORMS: tuple[str, ...] = ("none", "zscore_frame")
+# Pixels at or below this grey level are outside the imaged region (sector corners, crop and pad fill): they
+# are left out of the frame's statistics and stay 0 after normalisation, as the network's zero padding is.
+IMAGED_GREY_MIN = 0.0
+BmodeStats = tuple[float, float]  # (mean, std) of the imaged region
 
 
 def elasto_to_kpa(values: np.ndarray, unit: str) -> np.ndarray:
@@ -39,11 +47,13 @@ def shear_speed_to_kpa(speed_squared: np.ndarray | float) -> np.ndarray | float:
 class Encoding:
     """Input encoding. Defaults: B-mode in [0, 1]; elasto = clip(E_kPa, 0, kpa_clip) / kpa_scale
     (0-300 kPa -> 0-3, covering the 0-180 kPa scanner scales with room); elasto_valid = 1 where SWE
-    has signal. Missing SWE (NaN or no file) gives elasto = 0 and elasto_valid = 0."""
+    has signal. Missing SWE (NaN or no file) gives elasto = 0 and elasto_valid = 0. ``bmode_norm`` (see
+    ``BMODE_NORMS``) scales the B-mode plane; SWE stays physical (kPa / kpa_scale) whatever it is."""
 
     channels: tuple[str, ...] = CHANNEL_NAMES
     kpa_scale: float = DEFAULT_KPA_SCALE
     kpa_clip: float = DEFAULT_KPA_CLIP
+    bmode_norm: str = "none"
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.channels if c not in CHANNEL_NAMES]
@@ -51,6 +61,8 @@ class Encoding:
             raise ValueError(
                 f"channels must start with 'bmode' and use only {list(CHANNEL_NAMES)}; got {list(self.channels)}"
             )
+        if self.bmode_norm not in BMODE_NORMS:
+            raise ValueError(f"bmode_norm must be one of {list(BMODE_NORMS)}; got {self.bmode_norm!r}")
 
     @property
     def in_channels(self) -> int:
@@ -67,17 +79,30 @@ class Encoding:
             channels=tuple(d.get("channels", CHANNEL_NAMES)),
             kpa_scale=float(d.get("kpa_scale", DEFAULT_KPA_SCALE)),
             kpa_clip=float(d.get("kpa_clip", DEFAULT_KPA_CLIP)),
+            # Model files and checkpoints from before the key existed were trained on [0, 1] B-mode.
+            bmode_norm=str(d.get("bmode_norm", "none")),
         )
 
-    def encode(self, bmode: np.ndarray, elasto_kpa: np.ndarray | None) -> np.ndarray:
-        """(H, W) B-mode in [0, 1] and optional (H, W) kPa map -> (C, H, W) float32."""
+    def bmode_stats(self, bmode: np.ndarray) -> BmodeStats | None:
+        """The statistics ``encode`` normalises with, from a whole frame; None when ``bmode_norm`` is "none".
+        Training takes them from the whole resampled frame before it crops a patch, so a patch is scaled as
+        the same frame is at inference (which encodes whole frames)."""
+        if self.bmode_norm == "none":
+            return None
+        return imaged_region_stats(bmode)
+
+    def encode(
+        self, bmode: np.ndarray, elasto_kpa: np.ndarray | None, bmode_stats: BmodeStats | None = None
+    ) -> np.ndarray:
+        """(H, W) B-mode in [0, 1] and optional (H, W) kPa map -> (C, H, W) float32. ``bmode_stats``: the
+        whole frame's (mean, std) when ``bmode`` is a crop of it; None = computed from ``bmode`` itself."""
         planes = []
         valid = None
         if elasto_kpa is not None:
             valid = np.isfinite(elasto_kpa)
         for name in self.channels:
             if name == "bmode":
-                planes.append(bmode.astype(np.float32, copy=False))
+                planes.append(self._bmode_plane(bmode, bmode_stats))
             elif name == "elasto":
                 if valid is None:
                     planes.append(np.zeros_like(bmode, dtype=np.float32))
@@ -87,6 +112,24 @@ class Encoding:
             elif name == "elasto_valid":
                 planes.append(np.zeros_like(bmode, np.float32) if valid is None else valid.astype(np.float32))
         return np.stack(planes, axis=0)
+
+    def _bmode_plane(self, bmode: np.ndarray, stats: BmodeStats | None) -> np.ndarray:
+        grey = bmode.astype(np.float32, copy=False)
+        if self.bmode_norm == "none":
+            return grey
+        mean, std = stats if stats is not None else imaged_region_stats(grey)
+        imaged = grey > IMAGED_GREY_MIN
+        return np.where(imaged, (grey - np.float32(mean)) / np.float32(std), np.float32(0.0)).astype(np.float32)
+
+
+def imaged_region_stats(bmode: np.ndarray) -> BmodeStats:
+    """(mean, std) of the B-mode over its imaged region (grey > ``IMAGED_GREY_MIN``); the whole frame when
+    nothing is imaged. std has a floor, so a flat frame gives finite values."""
+    grey = np.asarray(bmode, dtype=np.float32)
+    values = grey[grey > IMAGED_GREY_MIN]
+    if values.size == 0:
+        values = grey.ravel()
+    return float(values.mean()), max(float(values.std()), 1e-3)
 
 
 def resample_scale(src_spacing_mm: float, dst_spacing_mm: float) -> float:

@@ -27,6 +27,8 @@ from tpnet.data.transforms import TrainTransform
 
 log = logging.getLogger(__name__)
 
+DEFAULT_FG_FRACTION = 0.33  # nnU-Net: a third of every batch holds foreground
+
 
 @dataclass
 class DataSetup:
@@ -90,6 +92,8 @@ def setup_data(
         channels=tuple(data_cfg.channels),
         kpa_scale=float(data_cfg.kpa_scale),
         kpa_clip=float(data_cfg.kpa_clip),
+        # null = not planned yet (training's plan fills it in); checkpoints from before the key: "none".
+        bmode_norm=str(data_cfg.get("bmode_norm") or "none"),
     )
     log.info(
         "dataset %s at %s: %s frames (train/val/test), spacing %.4f mm/px",
@@ -125,7 +129,7 @@ def train_loader(
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=PatchSampler(sampler, batch_size, float(data_cfg.fg_fraction)),
+        sampler=PatchSampler(sampler, batch_size, _fg_fraction(data_cfg)),
         num_workers=workers,
         pin_memory=device.type == "cuda",
         # Full batches only (BatchNorm statistics), unless the epoch holds less than one batch: a small dataset
@@ -135,6 +139,13 @@ def train_loader(
         prefetch_factor=4 if workers > 0 else None,
     )
     return loader
+
+
+def _fg_fraction(data_cfg: Any) -> float:
+    """``data.fg_fraction``; null (not planned: a caller that composes the config without training's plan)
+    is nnU-Net's third, the plan's default too."""
+    value = data_cfg.get("fg_fraction")
+    return DEFAULT_FG_FRACTION if value is None else float(value)
 
 
 def frame_dataset(setup: DataSetup, split: str) -> FullFrameDataset:

@@ -77,7 +77,7 @@ def read_elasto_kpa(spec: DatasetSpec, row: ManifestRow) -> np.ndarray:
 
 class PatchSampler(Sampler):
     """Yields ``(index, force_foreground, epoch)``: the first ``ceil(fg_fraction * batch_size)`` items of every
-    batch are forced to contain a trigger point, as nnU-Net forces a third of each batch to hold foreground, so
+    batch are forced to contain a trigger point (any labelled structure in a dataset without TrP classes), as nnU-Net forces a third of each batch to hold foreground, so
     rare, small TrPs are seen often enough. Wraps any index sampler (random, distributed).
 
     The epoch travels with each index because the sampler runs in the main process while ``__getitem__`` runs in
@@ -129,7 +129,10 @@ class TrainPatchDataset(Dataset):
         self.transform = transform
         self.seed = seed
         self.epoch = 0
-        self.trp_labels = np.array(trp_class_indices(spec.classes), dtype=np.uint8)
+        # Forced-foreground patches centre on a trigger point; a dataset without TrP classes (nerves, vessels,
+        # aponeuroses) centres them on any labelled structure instead.
+        foreground = trp_class_indices(spec.classes) or list(range(1, len(spec.classes)))
+        self.foreground_labels = np.array(foreground, dtype=np.uint8)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -149,6 +152,8 @@ class TrainPatchDataset(Dataset):
             frame = load_frame(self.spec, row, self.target_spacing_mm)
         except Exception as exc:
             raise RuntimeError(f"{row.sample_id}: cannot load training frame: {exc}") from exc
+        # B-mode statistics of the whole frame (not the patch): inference normalises whole frames.
+        bmode_stats = self.encoding.bmode_stats(frame.bmode)
         # Crop with a margin first so rotation corners come from real tissue, then augment, then crop exactly.
         margin = tuple(int(s * 1.25) for s in self.patch_size)
         frame = _crop(frame, self._crop_origin(frame, margin, force_fg, rng), margin)
@@ -156,7 +161,7 @@ class TrainPatchDataset(Dataset):
             frame = self.transform(frame, rng)
         offset = ((margin[0] - self.patch_size[0]) // 2, (margin[1] - self.patch_size[1]) // 2)
         frame = _crop(frame, offset, self.patch_size)
-        image = torch.from_numpy(self.encoding.encode(frame.bmode, frame.elasto_kpa))
+        image = torch.from_numpy(self.encoding.encode(frame.bmode, frame.elasto_kpa, bmode_stats))
         return image, torch.from_numpy(frame.mask.astype(np.int64))
 
     def _crop_origin(
@@ -164,7 +169,7 @@ class TrainPatchDataset(Dataset):
     ) -> tuple[int, int]:
         h, w = frame.mask.shape
         if force_fg:
-            ys, xs = np.nonzero(np.isin(frame.mask, self.trp_labels))
+            ys, xs = np.nonzero(np.isin(frame.mask, self.foreground_labels))
             if ys.size:
                 k = rng.integers(ys.size)
                 # Centre on a TrP pixel with jitter, so the nodule is not always in the middle.
