@@ -87,14 +87,22 @@ class DataSchema:
     channels: list[str] = field(default_factory=lambda: ["bmode", "elasto", "elasto_valid"])
     kpa_scale: float = DEFAULT_KPA_SCALE
     kpa_clip: float = DEFAULT_KPA_CLIP
+    # null = planned at the start of training (tpnet.planning); a value wins
     spacing_mm: float | None = None
-    patch_size: list[int] = field(default_factory=lambda: [128, 128])
-    batch_size: int = 8
+    patch_size: list[int] | None = None
+    batch_size: int | None = None
     num_workers: int = 2
-    fg_fraction: float = 0.33
+    fg_fraction: float | None = None
+    bmode_norm: str | None = None
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     samples_per_epoch: int | None = None
+
+
+@dataclass
+class PlanSchema:
+    enabled: bool = True
+    memory_budget_mb: float | None = None
 
 
 @dataclass
@@ -135,7 +143,7 @@ class EvaluationSchema:
 
 
 _SCHEMAS = {
-    "trainer": TrainerSchema, "data": DataSchema, "cv": CVSchema, "logger": LoggerSchema,
+    "trainer": TrainerSchema, "data": DataSchema, "plan": PlanSchema, "cv": CVSchema, "logger": LoggerSchema,
     "postprocess": PostprocessSchema, "calibration": CalibrationSchema, "evaluation": EvaluationSchema,
 }  # fmt: skip
 # The sections of tpnet-train's config: the schemas above, the seed, and the groups whose keys are the
@@ -146,6 +154,7 @@ _CHOICES = {
     "trainer.precision": ("auto", "fp32", "bf16", "fp16"),
     "trainer.monitor_mode": ("min", "max"),
     "trainer.nan_policy": ("skip", "stop"),
+    "data.bmode_norm": (None, "none", "zscore_frame"),  # tpnet.core.encoding.BMODE_NORMS, or null = planned
 }
 
 
@@ -183,6 +192,8 @@ def validate_train_config(cfg: DictConfig) -> None:
         if key not in TRAIN_KEYS:
             raise ConfigError(str(key), _unknown_key_reason(str(key), set(TRAIN_KEYS), "tpnet-train"))
     for key, schema in _SCHEMAS.items():
+        if key == "plan" and "plan" not in cfg:
+            continue  # a config folder from before planning (TPNET_CONFIG_DIR): planning with its defaults
         try:
             OmegaConf.merge(OmegaConf.structured(schema), cfg[key])
         except Exception as exc:  # omegaconf's ValidationError / ConfigKeyError
@@ -196,7 +207,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     for dotted, allowed in _CHOICES.items():
         value = OmegaConf.select(cfg, dotted)
         if value not in allowed:
-            raise ConfigError(dotted, f"{value!r} is not one of {list(allowed)}")
+            shown = [a if a is not None else "null" for a in allowed]
+            raise ConfigError(dotted, f"{value!r} is not one of {shown}")
     fold = cfg.cv.fold
     if fold is not None and not 0 <= int(fold) < int(cfg.cv.folds):
         raise ConfigError("cv.fold", f"{fold} must be in [0, cv.folds={cfg.cv.folds})")
@@ -207,7 +219,9 @@ def validate_train_config(cfg: DictConfig) -> None:
         if not _is_number(value) or not allowed(value):
             raise ConfigError(key, f"{value!r} is out of range: {why}")
     _check_seed(cfg.get("seed"))
-    _check_patch_size(list(cfg.data.patch_size))
+    if cfg.data.patch_size is not None:
+        _check_patch_size(list(cfg.data.patch_size))
+    _check_depth(cfg.model.get("depth"))
     _check_channels(list(cfg.data.channels))
     _check_fractions(float(cfg.data.val_fraction), float(cfg.data.test_fraction))
     _check_device(str(cfg.trainer.device))
@@ -425,10 +439,11 @@ _RANGES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
     ("trainer.max_skipped_steps", lambda v: v >= 0, "must be 0 or more"),
     ("trainer.ddp_timeout_s", lambda v: v > 0, "must be positive"),
     ("cv.folds", lambda v: v >= 2, "k-fold needs at least 2 folds"),
+    ("plan.memory_budget_mb", lambda v: 0 < v < math.inf, "must be positive (MB), or null: per device"),
 )
 _OPTIONAL = {
     "data.spacing_mm", "data.samples_per_epoch", "trainer.grad_clip_norm", "trainer.ema_decay",
-    "trainer.early_stopping_patience",
+    "trainer.early_stopping_patience", "data.batch_size", "data.fg_fraction", "plan.memory_budget_mb",
 }  # fmt: skip
 
 
@@ -447,6 +462,12 @@ def _check_patch_size(patch: list[Any]) -> None:
         raise ConfigError(
             "data.patch_size", f"{patch} must be two positive integers [height, width] in pixels"
         )
+
+
+def _check_depth(depth: Any) -> None:
+    # model.depth of the U-Net; null = planned. Other models have no depth key.
+    if depth is not None and (not _is_number(depth) or int(depth) != depth or not 1 <= depth <= 8):
+        raise ConfigError("model.depth", f"{depth!r} must be an integer from 1 to 8 (or null: planned)")
 
 
 def _check_channels(channels: list[Any]) -> None:

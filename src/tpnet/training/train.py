@@ -6,6 +6,7 @@ algorithm; each step is a small function below it, and ``train_one_epoch`` takes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -44,6 +45,9 @@ from tpnet.evaluation.metrics import aggregate
 from tpnet.models import build_model
 from tpnet.models.from_checkpoint import load_deployable_model
 from tpnet.models.summary import count_flops, count_parameters
+from tpnet.planning.apply import PLAN_FILE, apply_plan, plan_from_config, stored_plan, write_plan
+from tpnet.planning.apply import mlflow_params as plan_mlflow_params
+from tpnet.planning.plan import Plan
 from tpnet.tracking.mlflow_logger import MlflowTracker, default_tags, flatten
 from tpnet.training import distributed, fault_injection
 from tpnet.training.calibrate import calibrate_postprocess
@@ -174,6 +178,7 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
 
     # ---- set-up: data, monitor, loaders, model and optimisation ---------------------------------------------
     data = _set_up_data(cfg, info)
+    plan = _plan_run(cfg, data, device, run_dir, info)  # fills the null (planned) keys of cfg before any use
     classes = list(data.spec.classes)
     monitor, mode = _check_labels_and_pick_monitor(cfg, data, classes, info)
     loader = train_loader(
@@ -193,7 +198,7 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
     # ---- resume, then wrap for DDP / compile and start tracking ------------------------------------------------
     progress, rng_state = _resume(tcfg.resume, ckpt_dir, run_dir, state, device)
     state.forward = _wrap_for_training(state.model, tcfg, info, device)
-    tracker = _start_tracking(cfg, run_dir, resolved, state.model, data, device, progress, info)
+    tracker = _start_tracking(cfg, run_dir, resolved, state.model, data, device, progress, info, plan)
     # Restore the RNG streams last, just before the first epoch: whatever set-up consumed random numbers above,
     # the resumed epochs then draw exactly what the uninterrupted run drew.
     if rng_state is not None:
@@ -391,6 +396,28 @@ def _set_up_data(cfg: DictConfig, info: DistInfo) -> DataSetup:
     return data
 
 
+def _plan_run(cfg: DictConfig, data: DataSetup, device: torch.device, run_dir: Path, info: DistInfo) -> Plan:
+    """Rank 0 plans (or, resuming, reads the run's plan.json) and writes plan.json; every rank then applies the
+    same plan to its config and data set-up, so config.yaml, the checkpoints' meta and the loaders agree."""
+    text = None
+    if info.is_main:
+        plan = stored_plan(run_dir, cfg.trainer.resume)
+        if plan is None:
+            total_mb = None
+            if device.type == "cuda":
+                total_mb = torch.cuda.get_device_properties(device).total_memory / 2**20
+            plan = plan_from_config(cfg, data.spec, data.splits, device.type, total_mb)
+        write_plan(plan, run_dir)
+        log.info("experiment plan: %s", run_dir / PLAN_FILE)
+        print(f"tpnet-train: {plan.describe()}", file=sys.stderr)  # the table, once (the log has plan.json)
+        text = plan.to_json()
+    plan = Plan.from_json(distributed.broadcast_object(text, info))
+    apply_plan(cfg, plan)
+    data.spacing_mm = float(plan.value("spacing_mm"))
+    data.encoding = dataclasses.replace(data.encoding, bmode_norm=str(plan.value("bmode_norm")))
+    return plan
+
+
 def _model_meta(
     cfg: DictConfig, data: DataSetup, model: torch.nn.Module, params: PostprocessParams, resolved: dict
 ) -> dict[str, Any]:
@@ -447,7 +474,7 @@ def _wrap_for_training(
 
 def _start_tracking(
     cfg: DictConfig, run_dir: Path, resolved: dict, model: torch.nn.Module, data: DataSetup,
-    device: torch.device, progress: Progress, info: DistInfo,
+    device: torch.device, progress: Progress, info: DistInfo, plan: Plan,
 ) -> MlflowTracker:  # fmt: skip
     """The MLflow run (rank 0 only; a new one, or the resumed run's) and the run folder's config.yaml."""
     tracker = MlflowTracker(
@@ -470,7 +497,9 @@ def _start_tracking(
             "model.gflops_per_patch": count_flops(model, sample_shape) / 1e9,
         }
     )
+    tracker.log_params(plan_mlflow_params(plan))
     tracker.log_artifact(run_dir / "config.yaml")
+    tracker.log_artifact(run_dir / PLAN_FILE)
     if tracker.run_id:
         (run_dir / "mlflow_run_id.txt").write_text(tracker.run_id + "\n")
     if progress.epoch:
