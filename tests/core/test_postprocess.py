@@ -178,3 +178,34 @@ def test_ring_around_a_vessel_has_its_centroid_on_the_vessel():
     (ring,) = find_trigger_points(labels, SPACING_MM, CLASSES)
     assert (ring.x_px, ring.y_px) == pytest.approx((16.0, 16.0))
     assert ring.nearest_vessel_mm == pytest.approx(0.0)
+
+
+def test_min_mean_prob_drops_a_component_that_only_just_passes_the_threshold():
+    """A nodule with a confident core and a texture patch just over the threshold, both larger than the minimum
+    area: the minimum mean probability removes the patch (its pixels take the non-TrP argmax) and keeps the
+    nodule whole, rim included; the found trigger points agree."""
+    probs = np.zeros((4, 40, 40), np.float32)
+    probs[BG] = 1.0
+    probs[:, 4:16, 4:16] = np.array([0.45, 0.55, 0.0, 0.0])[:, None, None]  # nodule rim: summed TrP 0.55
+    probs[:, 7:13, 7:13] = np.array([0.05, 0.95, 0.0, 0.0])[:, None, None]  # its core
+    probs[:, 24:34, 20:34] = np.array([0.4, 0.3, 0.25, 0.05])[:, None, None]  # texture: summed TrP 0.55
+    plain = PostprocessParams(threshold=0.5, min_area_mm2=0.5)
+    strict = PostprocessParams(threshold=0.5, min_area_mm2=0.5, min_mean_prob=0.6)
+    assert (
+        len(find_trigger_points(labels_from_probs(probs, CLASSES, plain, SPACING_MM), SPACING_MM, CLASSES))
+        == 2
+    )
+    labels = labels_from_probs(probs, CLASSES, strict, SPACING_MM)
+    assert np.all(labels[4:16, 4:16] == ACTIVE)  # nodule mean (36*0.95 + 108*0.55) / 144 = 0.65: kept whole
+    assert np.all(labels[24:34, 20:34] == BG)  # texture mean 0.55: dropped
+    (point,) = find_trigger_points(labels, SPACING_MM, CLASSES, probs=probs)
+    assert (point.x_px, point.y_px) == pytest.approx((9.5, 9.5))
+    assert point.confidence == pytest.approx(0.65)
+
+
+def test_params_without_min_mean_prob_load_as_zero():
+    """Checkpoints and model files saved before min_mean_prob existed keep working, with nothing dropped."""
+    old = {"threshold": 0.4, "min_area_mm2": 1.0, "match_mm": 3.0}
+    assert PostprocessParams.from_dict(old).min_mean_prob == 0.0
+    with pytest.raises(ValueError, match="min_mean_prob"):
+        PostprocessParams(min_mean_prob=1.0)

@@ -58,3 +58,43 @@ def test_minimum_area_removes_small_false_blobs():
         thresholds=[0.4], min_areas_mm2=[0.0, 1.0],
     )  # fmt: skip
     assert best.min_area_mm2 == 1.0
+
+
+def test_calibration_picks_a_minimum_mean_probability_where_no_threshold_separates_truth_from_texture():
+    """A true TrP: a confident core (0.9) smaller than the minimum area in a 0.45 rim; a texture look-alike:
+    flat 0.55, large. Threshold 0.4 finds both, 0.5 keeps the look-alike and only the TrP's core (too small),
+    0.6 neither. Only a minimum mean probability of 0.6 at threshold 0.4 finds the TrP alone (its mean is
+    (36 * 0.9 + 64 * 0.45) / 100 = 0.61)."""
+    frames = []
+    for index in range(3):
+        prob = torch.full((1, 60, 60), 0.01)
+        mask = torch.zeros(60, 60, dtype=torch.long)
+        prob[0, 10:20, 10:20] = 0.45
+        prob[0, 12:18, 12:18] = 0.9  # 1.44 mm^2 < min_area_mm2
+        mask[10:20, 10:20] = 1
+        prob[0, 40:52, 35:55] = 0.55
+        frames.append({"image": prob, "mask": mask, "elasto_kpa": None, "spacing_mm": 0.2,
+                       "sample_id": f"f{index}", "subject_id": f"s{index}"})  # fmt: skip
+    base = PostprocessParams(threshold=0.5, min_area_mm2=2.0, match_mm=5.0)
+    best, grid = calibrate_postprocess(
+        ProbabilityPassThrough(), frames, CLASSES, base, torch.device("cpu"), None,
+        thresholds=[0.4, 0.5, 0.6], min_areas_mm2=[2.0], min_mean_probs=[0.0, 0.3, 0.6],
+    )  # fmt: skip
+    rows = {(row["threshold"], row["min_mean_prob"]): row for row in grid}
+    # A minimum mean at or under the threshold drops nothing: scored once, as 0.
+    assert set(rows) == {(0.4, 0.0), (0.4, 0.6), (0.5, 0.0), (0.5, 0.6), (0.6, 0.0)}
+    assert rows[(0.4, 0.0)]["det_precision"] == 0.5 and rows[(0.4, 0.0)]["det_recall"] == 1.0
+    assert max(row["det_f1"] for key, row in rows.items() if key[1] == 0.0) < 1.0
+    assert rows[(0.4, 0.6)]["det_f1"] == 1.0
+    assert (best.threshold, best.min_area_mm2, best.min_mean_prob) == (0.4, 2.0, 0.6)
+
+
+def test_calibration_keeps_the_configured_minimum_mean_probability_when_it_makes_no_difference():
+    frames = [_frame(i) for i in range(2)]
+    base = PostprocessParams(threshold=0.4, min_area_mm2=2.0, match_mm=5.0)
+    best, grid = calibrate_postprocess(
+        ProbabilityPassThrough(), frames, CLASSES, base, torch.device("cpu"), None,
+        thresholds=[0.4], min_areas_mm2=[2.0], min_mean_probs=[0.42, 0.0],  # the simpler one last
+    )  # fmt: skip
+    assert [row["det_f1"] for row in grid] == [1.0, 1.0]  # the TrP (mean 0.45) survives 0.42 too
+    assert best.min_mean_prob == 0.0

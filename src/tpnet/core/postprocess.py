@@ -25,12 +25,16 @@ VESSEL_CLASS = "vessel"
 @dataclass
 class PostprocessParams:
     """threshold: summed TrP probability that makes a pixel TrP; min_area_mm2: smaller TrP
-    components are dropped; match_mm: radius for matching predicted and true TrPs."""
+    components are dropped; match_mm: radius for matching predicted and true TrPs; min_mean_prob: TrP
+    components whose mean summed TrP probability is lower are dropped (0 keeps all). A texture false alarm
+    tends to be a patch just over the threshold, a nodule has a confident core: the mean tells them apart
+    where the threshold alone would also cut the true nodules' rims. Models saved before it existed have
+    none in their metadata and get 0 (``from_dict``)."""
 
     threshold: float = 0.5
     min_area_mm2: float = 2.0
     match_mm: float = 5.0
-    min_mean_prob: float = 0.0  # TrP components whose mean summed TrP probability is below this are dropped
+    min_mean_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -105,8 +109,9 @@ def labels_from_probs(
 
     A pixel is TrP where the summed TrP-class probability reaches ``params.threshold``; each TrP
     component takes the TrP class with the largest summed probability inside it (a nodule is never
-    split into active and latent halves); components under ``params.min_area_mm2`` and all other
-    pixels take the argmax among the non-TrP classes.
+    split into active and latent halves); components under ``params.min_area_mm2`` or whose mean summed
+    TrP probability is under ``params.min_mean_prob``, and all other pixels, take the argmax among the
+    non-TrP classes.
     """
     _check_probs(probs, classes)
     if spacing_mm <= 0:
@@ -122,8 +127,9 @@ def labels_from_probs(
         return labels
     mass = np.stack([_per_component_sum(components, probs[k], n) for k in trp])  # (T, n)
     comp_class = np.asarray(trp)[np.argmax(mass, axis=0)]
-    area_mm2 = stats[:, cv2.CC_STAT_AREA] * float(spacing_mm) ** 2
-    keep = area_mm2 >= params.min_area_mm2
+    area_px = stats[:, cv2.CC_STAT_AREA]
+    mean_prob = mass.sum(axis=0) / np.maximum(area_px, 1)
+    keep = (area_px * float(spacing_mm) ** 2 >= params.min_area_mm2) & (mean_prob >= params.min_mean_prob)
     keep[0] = False  # component 0 is the non-TrP background
     comp_label = np.where(keep, comp_class, -1)[components]
     return np.where(comp_label >= 0, comp_label, labels).astype(np.uint8)

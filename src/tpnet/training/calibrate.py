@@ -1,9 +1,10 @@
-"""Choose the detection threshold and minimum trigger-point area on the validation split.
+"""Choose the detection threshold, minimum trigger-point area and minimum mean TrP probability on the
+validation split.
 
 nnU-Net likewise decides its post-processing on validation data. The probabilities are computed once; each
-(threshold, min_area_mm2) pair only re-runs the cheap post-processing. The winner maximises validation TrP
-detection F1 (ties: the setting closest to the configured one), is stored in the checkpoint's metadata and so
-travels into metrics.json, exported models and tpnet-infer.
+(threshold, min_area_mm2, min_mean_prob) setting only re-runs the cheap post-processing. The winner maximises
+validation TrP detection F1 (ties: the setting closest to the configured one), is stored in the checkpoint's
+metadata and so travels into metrics.json, exported models and tpnet-infer.
 """
 
 from __future__ import annotations
@@ -44,26 +45,39 @@ def calibrate_postprocess(
     if not cached:
         return base, []
 
+    # Every pixel of a component reaches the threshold, so a minimum mean at or under it drops nothing: such a
+    # setting is the same as 0 and is scored (and recorded) once, as 0.
+    settings = dict.fromkeys(
+        (float(t), float(a), float(m) if float(m) > float(t) else 0.0)
+        for t in thresholds
+        for a in min_areas_mm2
+        for m in min_mean_probs
+    )
     grid = []
-    for threshold in thresholds:
-        for min_area in min_areas_mm2:
-            params = replace(base, threshold=float(threshold), min_area_mm2=float(min_area))
-            records = [
-                score_frame(probs, gt, frame["elasto_kpa"], spacing, frame, classes, params, gt_points)[0]
-                for probs, gt, spacing, gt_points, frame in cached
-            ]
-            metrics = aggregate(records, classes)
-            grid.append(
-                {
-                    "threshold": params.threshold,
-                    "min_area_mm2": params.min_area_mm2,
-                    **{k: metrics[k] for k in ("det_f1", "det_precision", "det_recall", "dice_mean")},
-                }
-            )
+    for threshold, min_area, min_mean_prob in settings:
+        params = replace(base, threshold=threshold, min_area_mm2=min_area, min_mean_prob=min_mean_prob)
+        records = [
+            score_frame(probs, gt, frame["elasto_kpa"], spacing, frame, classes, params, gt_points)[0]
+            for probs, gt, spacing, gt_points, frame in cached
+        ]
+        metrics = aggregate(records, classes)
+        grid.append(
+            {
+                "threshold": params.threshold,
+                "min_area_mm2": params.min_area_mm2,
+                "min_mean_prob": params.min_mean_prob,
+                **{k: metrics[k] for k in ("det_f1", "det_precision", "det_recall", "dice_mean")},
+            }
+        )
 
     def rank(row: dict) -> tuple[float, float]:
-        distance = abs(row["threshold"] - base.threshold) + abs(row["min_area_mm2"] - base.min_area_mm2) / 10
+        distance = (
+            abs(row["threshold"] - base.threshold)
+            + abs(row["min_area_mm2"] - base.min_area_mm2) / 10
+            + abs(row["min_mean_prob"] - base.min_mean_prob)
+        )
         return (row["det_f1"], -distance)
 
     best = max(grid, key=rank)
-    return replace(base, threshold=best["threshold"], min_area_mm2=best["min_area_mm2"]), grid
+    chosen = {k: best[k] for k in ("threshold", "min_area_mm2", "min_mean_prob")}
+    return replace(base, **chosen), grid
