@@ -33,6 +33,7 @@ from tpnet.core.io import write_png, write_tiff
 GENERATOR_VERSION = 1
 BACKGROUND, ACTIVE_TRP, LATENT_TRP, VESSEL = 0, 1, 2, 3
 SPEED_OF_SOUND_MM_PER_US = 1.54
+MAX_TGC_GAIN_DB = 60.0  # depth gain a scanner's TGC can add (assumption; "wide"/"shifted" presets only)
 
 # Tissue codes of the ``tissue`` map returned by generate_frame (tests and benchmarks use it; not written).
 NEAR_FIELD, SKIN, FAT, FASCIA, MUSCLE, DEEP_MUSCLE, BONE, SHADOW = range(8)
@@ -72,9 +73,13 @@ class AppearanceRanges:
     lateral_fwhm_mm: Range
     lateral_sidelobe: Range  # weight of a sinc (focused-aperture) component in the lateral PSF; 0 = Gaussian
     alpha_db_cm_mhz: Range
-    tgc_fraction: Range  # share of the round-trip attenuation the TGC undoes
+    tgc_fraction: Range  # share of the round-trip attenuation the TGC undoes ...
+    max_residual_db_per_cm: float  # ... raised so that what is left stays below this (the operator's TGC)
     tgc_error_db: Range  # peak of a smooth depth gain error (TGC sliders off their centre), +/-
     dynamic_range_db: Range
+    # The operator turns the gain until mid-trapezius shows at a grey level (0-1, before the display curve)
+    # inside this window; None = the gain is drawn and kept (literature).
+    muscle_grey_window: Range | None
     log_gamma: Range  # display curve grey**gamma after log compression; 1 = linear in dB
     speckle_log10_nu: Range | None  # K-distributed speckle, shape nu (scatterers per cell); None = Rayleigh
     noise_floor_db: Range | None  # electronic noise re. the brightest reflector, before TGC; None = none
@@ -118,8 +123,10 @@ APPEARANCES: dict[str, AppearanceRanges] = {
         lateral_sidelobe=(0.0, 0.0),
         alpha_db_cm_mhz=(0.5, 1.0),
         tgc_fraction=(0.7, 0.9),
+        max_residual_db_per_cm=math.inf,  # at most 2 x 1 x 12 x 0.3 = 7.2 dB/cm anyway
         tgc_error_db=(0.0, 0.0),
         dynamic_range_db=(50.0, 60.0),
+        muscle_grey_window=None,
         log_gamma=(1.0, 1.0),
         speckle_log10_nu=None,
         noise_floor_db=None,
@@ -157,13 +164,15 @@ APPEARANCES: dict[str, AppearanceRanges] = {
         cycles=(1.5, 4.0),
         lateral_fwhm_mm=(0.3, 1.0),
         lateral_sidelobe=(0.0, 0.6),
-        alpha_db_cm_mhz=(0.3, 1.5),
-        tgc_fraction=(0.4, 1.0),
+        alpha_db_cm_mhz=(0.4, 1.2),
+        tgc_fraction=(0.5, 1.0),
+        max_residual_db_per_cm=8.0,
         tgc_error_db=(0.0, 6.0),
         dynamic_range_db=(35.0, 75.0),
+        muscle_grey_window=(0.2, 0.65),
         log_gamma=(0.7, 1.5),
         speckle_log10_nu=(-0.3, 2.0),
-        noise_floor_db=(-80.0, -50.0),
+        noise_floor_db=(-105.0, -75.0),
         display_blur_px=(0.3, 1.2),
         swe_fwhm_mm=(0.8, 2.5),
         swe_box_width_mm=(8.0, 30.0),
@@ -202,11 +211,13 @@ APPEARANCES: dict[str, AppearanceRanges] = {
         lateral_sidelobe=(0.3, 0.5),
         alpha_db_cm_mhz=(0.8, 1.2),
         tgc_fraction=(0.5, 0.7),
+        max_residual_db_per_cm=12.0,
         tgc_error_db=(3.0, 6.0),
         dynamic_range_db=(42.0, 50.0),
+        muscle_grey_window=(0.3, 0.6),
         log_gamma=(1.1, 1.3),
         speckle_log10_nu=(0.0, 0.5),
-        noise_floor_db=(-60.0, -52.0),
+        noise_floor_db=(-80.0, -70.0),
         display_blur_px=(0.9, 1.2),
         swe_fwhm_mm=(2.0, 3.0),
         swe_box_width_mm=(8.0, 14.0),
@@ -322,7 +333,7 @@ def sample_subject(seed: int, subject: int, appearance: str = "literature") -> S
         (float(rng.uniform(0.1, 0.6)), float(rng.uniform(15.0, 45.0)), float(rng.uniform(0, 2 * math.pi)))
         for _ in range(6)
     )
-    literature = dict(
+    drawn = dict(
         # Literature 0.08-0.12 mm: the upper half of the 0.06-0.12 mm range, so 256 px reach below the muscle.
         spacing_mm=round(_uniform(rng, ranges.spacing_mm), 5),
         skin_mm=_uniform(rng, ranges.skin_mm),
@@ -346,9 +357,24 @@ def sample_subject(seed: int, subject: int, appearance: str = "literature") -> S
         deep_kpa_ratio=float(rng.uniform(0.8, 1.2)),
     )
     if appearance == "literature":
-        return Subject(**literature)
+        return Subject(**drawn)
 
+    # What the operator would set for this subject: enough TGC and gain to see the muscle.
     extra = _rng(seed, 3, subject)
+    round_trip_db_per_cm = 2.0 * drawn["alpha_db_cm_mhz"] * drawn["f0_mhz"]
+    least_tgc = 1.0 - ranges.max_residual_db_per_cm / round_trip_db_per_cm
+    drawn["tgc_fraction"] = max(drawn["tgc_fraction"], least_tgc)
+    if ranges.muscle_grey_window is not None:
+        mid_muscle_cm = (
+            drawn["skin_mm"] + drawn["fat_mm"] + drawn["fascia_mm"] + drawn["trapezius_mm"] / 2
+        ) / 10.0
+        residual_db = round_trip_db_per_cm * (1.0 - drawn["tgc_fraction"]) * mid_muscle_cm
+        # grey = (muscle_db + gain - residual + DR) / DR, kept inside the window
+        low, high = (
+            (grey - 1.0) * drawn["dynamic_range_db"] - drawn["muscle_db"] + residual_db
+            for grey in ranges.muscle_grey_window
+        )
+        drawn["gain_db"] = float(np.clip(drawn["gain_db"], low, high))
     tgc_peak = _uniform(extra, ranges.tgc_error_db)
     tgc_error = tuple(float(v) for v in tgc_peak * extra.uniform(-1.0, 1.0, 6))
     nu = None if ranges.speckle_log10_nu is None else 10.0 ** _uniform(extra, ranges.speckle_log10_nu)
@@ -358,7 +384,7 @@ def sample_subject(seed: int, subject: int, appearance: str = "literature") -> S
     else:
         counts = tuple(_truncated_poisson(_uniform(extra, ranges.confounder_rate)) for _ in range(3))
     return Subject(
-        **literature,
+        **drawn,
         appearance=appearance,
         height_scale=_uniform(extra, ranges.height_scale),
         width_scale=_uniform(extra, ranges.width_scale),
@@ -780,6 +806,11 @@ def _form_bmode(
     envelope = np.sqrt(field[..., 0] ** 2 + field[..., 1] ** 2 + 1e-12)
     # Round-trip attenuation exp(-2 alpha f0 z), only partly undone by time-gain compensation.
     residual_db = -2.0 * subj.alpha_db_cm_mhz * subj.f0_mhz * (z / 10.0) * (1.0 - subj.tgc_fraction)
+    compensated_db = None
+    if extra is not None:  # the newer presets: the TGC's gain has a ceiling (deep frames at high f0 go dark)
+        round_trip_db = 2.0 * subj.alpha_db_cm_mhz * subj.f0_mhz * (z / 10.0)
+        compensated_db = np.minimum(round_trip_db * subj.tgc_fraction, MAX_TGC_GAIN_DB)
+        residual_db = compensated_db - round_trip_db
     if subj.tgc_error_db:  # TGC sliders off their centre: a smooth gain error over depth
         depth_fraction = z / (z[-1, 0] + 0.5 * s)
         sliders = np.linspace(0.0, 1.0, len(subj.tgc_error_db))
@@ -787,7 +818,6 @@ def _form_bmode(
     log_db = 20.0 * np.log10(envelope) + residual_db + subj.gain_db
     if subj.noise_floor_db is not None and extra is not None:
         # Electronic noise enters before the TGC, so the gain that undoes the attenuation amplifies it with depth.
-        compensated_db = 2.0 * subj.alpha_db_cm_mhz * subj.f0_mhz * (z / 10.0) * subj.tgc_fraction
         noise_db = subj.noise_floor_db + compensated_db + subj.gain_db
         noise_power = extra.exponential(1.0, db.shape).astype(np.float32) * np.power(10.0, noise_db / 10.0)
         log_db = 10.0 * np.log10(np.power(10.0, log_db / 10.0) + noise_power)
