@@ -188,7 +188,9 @@ def train_config(settings: Settings, compile_model: bool | None = None) -> Any:
         f"data.batch_size={settings.batch_size}",
     ]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name="benchmark"):
-        return compose("train", overrides=overrides)
+        from tpnet.planning.apply import fill_unplanned
+
+        return fill_unplanned(compose("train", overrides=overrides))
 
 
 def build_model(settings: Settings) -> torch.nn.Module:

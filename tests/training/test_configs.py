@@ -35,6 +35,7 @@ from tpnet.configuration import (
 from tpnet.core.encoding import Encoding
 from tpnet.data.transforms import Frame
 from tpnet.models import build_model
+from tpnet.planning.apply import fill_unplanned
 from tpnet.training.ema import EMA
 
 # The groups tpnet-train composes. hydra/ (launchers) is Hydra's, not the training config's.
@@ -110,6 +111,7 @@ def one_training_step(cfg: DictConfig) -> None:
     encoding = Encoding(channels=tuple(data.channels), kpa_scale=data.kpa_scale, kpa_clip=data.kpa_clip)
     # Every option at its configured size: the largest (resnet34_unet, gpu_full's 5-level U-Net) builds and
     # steps in about a second at 32 px, so no width is overridden.
+    fill_unplanned(cfg)  # null = planned at the start of training; outside training: the fixed defaults
     model = build_model(cfg.model, encoding.in_channels, len(CLASSES))
     side = max(32, int(model.size_multiple))
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.preserve_format
