@@ -144,7 +144,7 @@ def train_loader(
 def _fg_fraction(data_cfg: Any) -> float:
     """``data.fg_fraction``; null (not planned: a caller that composes the config without training's plan)
     is nnU-Net's third, the plan's default too."""
-    value = data_cfg.get("fg_fraction")
+    value = getattr(data_cfg, "fg_fraction", None)
     return DEFAULT_FG_FRACTION if value is None else float(value)
 
 

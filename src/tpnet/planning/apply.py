@@ -140,3 +140,17 @@ def mlflow_params(plan: Plan) -> dict[str, str]:
         out[f"plan.{key}.source"] = plan.values[key].source
     out["plan.budget_mb"] = f"{plan.memory_budget_mb:.0f}"
     return out
+
+
+def fill_unplanned(cfg: DictConfig) -> DictConfig:
+    """Give every planned key still null its fixed default (UNPLANNED_DEFAULTS; spacing stays null: the
+    datamodule takes the median). For code that composes tpnet-train's config and builds from it without a
+    dataset to plan from (config tests, the benchmark script). Returns ``cfg``, changed in place."""
+    for key, value in UNPLANNED_DEFAULTS.items():
+        dotted = CONFIG_KEYS[key]
+        if key == "depth" and not model_has_depth(cfg):
+            continue
+        if OmegaConf.select(cfg, dotted, default=None) is None:
+            with open_dict(cfg):
+                OmegaConf.update(cfg, dotted, value, merge=False)
+    return cfg

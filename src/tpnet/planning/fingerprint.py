@@ -179,7 +179,8 @@ def _components(binary: np.ndarray, class_name: str, spacing_mm: float) -> list[
     binary = binary.astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     # Thickness from the distance transform (robust for curved bands, where second moments would measure the
-    # bend): the largest inscribed radius r of a band w px wide is about (w + 1) / 2, so w = 2 r - 1.
+    # bend): the largest distance r to a background pixel of a band w px wide is (w + 1) / 2 for odd w and w / 2
+    # for even w, so w = 2 r - 0.5 within half a pixel.
     padded = np.pad(binary, 1)  # the frame's edge does not end a structure's thickness
     distance = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
     ys, xs = np.nonzero(labels)
@@ -201,7 +202,7 @@ def _components(binary: np.ndarray, class_name: str, spacing_mm: float) -> list[
         vxx, vyy = sum_xx[k] / c - mx * mx + 1 / 12, sum_yy[k] / c - my * my + 1 / 12
         vxy = sum_xy[k] / c - mx * my
         largest = (vxx + vyy) / 2 + math.sqrt(((vxx - vyy) / 2) ** 2 + vxy * vxy)
-        minor_px = max(1.0, 2.0 * float(max_radius[k]) - 1.0)
+        minor_px = max(1.0, 2.0 * float(max_radius[k]) - 0.5)
         major_px = max(4.0 * math.sqrt(largest), minor_px)
         out.append(
             Structure(
