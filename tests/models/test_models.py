@@ -99,6 +99,10 @@ def test_export_with_dynamic_batch_height_width_matches_eager(name: str) -> None
 def test_build_model_from_every_config(config_path: Path) -> None:
     cfg = OmegaConf.load(config_path)
     assert "in_channels" not in cfg and "num_classes" not in cfg and "name" not in cfg
+    if cfg.get("depth", 0) is None:  # null = planned at the start of training (tpnet.planning): plan it here
+        with pytest.raises(Exception, match="planned"):  # hydra wraps the ValueError
+            build_model(cfg, in_channels=3, num_classes=NUM_CLASSES)
+        cfg.depth = 2
     model = build_model(cfg, in_channels=3, num_classes=NUM_CLASSES).eval()
     size = 2 * model.size_multiple
     with torch.no_grad():

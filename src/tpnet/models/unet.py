@@ -34,13 +34,15 @@ class UNet(nn.Module):
         in_channels: int,
         num_classes: int,
         base_width: int = 16,
-        depth: int = 4,
+        depth: int | None = 4,
         norm: str = "batch",
         dropout: float = 0.0,
         upsample: str = "bilinear",
         deep_supervision: bool = False,
     ) -> None:
         super().__init__()
+        if depth is None:  # model/unet.yaml's null: tpnet-train fills it in from the plan before building
+            raise ValueError("UNet depth is None ('planned'): plan it (tpnet-train does) or pass an int")
         widths = encoder_widths(base_width, depth)
         self.size_multiple: int = 2**depth
         self.deep_supervision = bool(deep_supervision)
