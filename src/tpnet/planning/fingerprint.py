@@ -66,7 +66,9 @@ class Fingerprint:
     dataset_name: str
     classes: tuple[str, ...]
     frames: tuple[FrameFingerprint, ...]
-    foreground_bmode: dict[str, float] = field(default_factory=dict)  # mean, std, p005, p995 (NaN: none)
+    foreground_bmode: dict[str, float | None] = field(
+        default_factory=dict
+    )  # mean, std, p005, p995 (None: none)
 
     @property
     def n_frames(self) -> int:
@@ -215,10 +217,10 @@ def _components(binary: np.ndarray, class_name: str, spacing_mm: float) -> list[
     return out
 
 
-def _extent_percentiles(structures: Sequence[Structure]) -> dict[str, float]:
+def _extent_percentiles(structures: Sequence[Structure]) -> dict[str, float | None]:
+    """Structure-size percentiles; None (JSON null) where there is no structure."""
     if not structures:
-        return {"minor_mm_p10": math.nan, "minor_mm_median": math.nan, "major_mm_p90": math.nan,
-                "area_mm2_median": math.nan}  # fmt: skip
+        return {"minor_mm_p10": None, "minor_mm_median": None, "major_mm_p90": None, "area_mm2_median": None}
     minor = np.array([s.minor_mm for s in structures])
     return {
         "minor_mm_p10": _f(np.percentile(minor, 10)),
@@ -228,9 +230,9 @@ def _extent_percentiles(structures: Sequence[Structure]) -> dict[str, float]:
     }
 
 
-def _grey_stats(values: np.ndarray) -> dict[str, float]:
+def _grey_stats(values: np.ndarray) -> dict[str, float | None]:
     if values.size == 0:
-        return {"mean": math.nan, "std": math.nan, "p005": math.nan, "p995": math.nan}
+        return {"mean": None, "std": None, "p005": None, "p995": None}
     p005, p995 = np.percentile(values, [0.5, 99.5])
     return {"mean": _f(values.mean()), "std": _f(values.std()), "p005": _f(p005), "p995": _f(p995)}
 

@@ -93,7 +93,7 @@ class Plan:
         return out
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, allow_nan=True) + "\n"
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
@@ -258,8 +258,8 @@ def make_plan(
     values["bmode_norm"] = given("bmode_norm") or PlanValue(
         "zscore_frame", "default",
         f"nnU-Net for non-CT images: z-score per frame over the imaged region (frames: median mean "
-        f"{stats['median_mean']:.3f}, std {stats['median_std']:.3f}; foreground: mean {fg.get('mean', math.nan):.3f}, "
-        f"std {fg.get('std', math.nan):.3f}); SWE stays in kPa / data.kpa_scale",
+        f"{stats['median_mean']:.3f}, std {stats['median_std']:.3f}; foreground: mean {_num(fg.get('mean'))}, "
+        f"std {_num(fg.get('std'))}); SWE stays in kPa / data.kpa_scale",
     )  # fmt: skip
     if summary["swe_fraction"] == 0:
         notes.append("no frame has SWE: data.channels=[bmode] trains a B-mode-only model")
@@ -365,6 +365,10 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     except TypeError:
         return value
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _show(value: Any) -> str:
