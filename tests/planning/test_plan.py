@@ -14,6 +14,7 @@ from tpnet.planning.plan import (
     CONFIG_KEYS,
     MAX_COARSENING,
     MIN_BOTTLENECK_PX,
+    MIN_COARSENING,
     MIN_STRUCTURE_PX,
     PLAN_KEYS,
     Plan,
@@ -48,7 +49,7 @@ def crafted(
     return Fingerprint("crafted", classes, frames, {"mean": 0.2, "std": 0.1, "p005": 0.0, "p995": 0.6})
 
 
-@pytest.mark.parametrize("minor_mm", [0.6, 1.5, 2.0, 2.6, 10.0])
+@pytest.mark.parametrize("minor_mm", [0.6, 1.3, 1.5, 2.0, 2.6, 10.0])
 def test_spacing_coarsens_only_while_small_structures_keep_their_pixels(minor_mm):
     plan = make_plan(crafted(minor_mm, 6.0), device_type="cpu")
     spacing = plan.value("spacing_mm")
@@ -56,8 +57,8 @@ def test_spacing_coarsens_only_while_small_structures_keep_their_pixels(minor_mm
     assert 0.1 <= spacing <= MAX_COARSENING * 0.1 + 1e-9  # never finer than the median, at most 2x coarser
     if spacing > 0.1:
         assert minor_mm / spacing >= MIN_STRUCTURE_PX  # coarsened, but the structures keep >= 12 px
-    if minor_mm / 0.1 < MIN_STRUCTURE_PX:
-        assert spacing == 0.1  # already below the limit at the median: not coarsened
+    if minor_mm / 0.1 < MIN_STRUCTURE_PX * MIN_COARSENING:
+        assert spacing == 0.1  # below the limit at the median, or too little to gain: not coarsened
     if minor_mm == 2.0:
         assert spacing == pytest.approx(0.16)  # 2.0 mm / 12 px = 0.167, rounded down
     if minor_mm == 10.0:

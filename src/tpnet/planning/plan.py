@@ -4,8 +4,8 @@ Every planned value carries where it came from (``fingerprint``, ``default``, ``
 why, so a run says which of its settings were chosen for these data and which a person set. The rules:
 
 - spacing_mm: the median pixel size of the frames; coarser only while the small structures (10th percentile of
-  the minor extent over every labelled class) stay >= ``MIN_STRUCTURE_PX`` across, and at most
-  ``MAX_COARSENING`` x the median (speckle texture is a few pixels wide at the scanner's own pixel size). Never
+  the minor extent over every labelled class) stay >= ``MIN_STRUCTURE_PX`` across, only when that gains at least
+  ``MIN_COARSENING`` x and at most ``MAX_COARSENING`` x the median (speckle texture is a few pixels wide at the scanner's own pixel size). Never
   finer than the median: finer pixels add no information. Pixels are square (the contract has one pixel size
   per frame), so there is no anisotropy to handle.
 - patch_size: the median frame at the target spacing where the memory budget allows it, never smaller than
@@ -42,6 +42,10 @@ SOURCES: tuple[str, ...] = ("fingerprint", "default", "config", "command line")
 
 MIN_STRUCTURE_PX = 12.0  # the small structures keep at least this many pixels across
 MAX_COARSENING = 2.0  # x the median spacing
+MIN_COARSENING = (
+    1.2  # a coarser spacing must gain at least this factor, else the median is kept (no gain in speed
+)
+# worth blurring every frame, and a patch rounded to 2**depth would lose part of the frame)
 STRUCTURE_CONTEXT = 6.0  # a patch spans at least this many large structures
 MIN_BOTTLENECK_PX = 4
 MAX_DEPTH = 6
@@ -274,11 +278,12 @@ def _plan_spacing(summary: dict[str, Any], structures: list) -> PlanValue:
     small_mm = float(summary["structures"]["all"]["minor_mm_p10"])
     limit = small_mm / MIN_STRUCTURE_PX
     target = _floor_2_significant(min(limit, MAX_COARSENING * median))
-    if target <= median:
+    if target < MIN_COARSENING * median:
         return PlanValue(
             median, "fingerprint",
             f"median pixel size; small structures (10th-percentile minor extent {small_mm:.2f} mm) are "
-            f"{small_mm / median:.1f} px there, coarser would leave fewer than {MIN_STRUCTURE_PX:.0f} px",
+            f"{small_mm / median:.1f} px there; coarsening by {MIN_COARSENING:g}x or more would leave fewer than "
+            f"{MIN_STRUCTURE_PX:.0f} px",
         )  # fmt: skip
     bound = (
         "small-structure limit"
