@@ -125,3 +125,13 @@ def test_metadata_that_is_not_json_refused(tmp_path):
     )
     with pytest.raises(ModelFileError, match="broken_meta.pt: tpnet_meta.json is not valid JSON"):
         load_model_file(path)
+
+
+def test_build_meta_keeps_the_calibrated_min_mean_prob():
+    """An exported model must carry every calibrated post-processing value, or tpnet-infer applies another."""
+    post = {"threshold": 0.4, "min_area_mm2": 2.0, "match_mm": 5.0, "min_mean_prob": 0.6}
+    meta = build_meta(
+        model_name="m", classes=CLASSES, encoding={}, spacing_mm=0.2, size_multiple=4,
+        postprocess=post, export_method="trace",
+    )  # fmt: skip
+    assert meta["postprocess"] == post

@@ -39,6 +39,8 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "export",
 )
 POSTPROCESS_KEYS: tuple[str, ...] = ("threshold", "min_area_mm2", "match_mm")
+# Written when present; model files from before they existed load without them (the default applies).
+OPTIONAL_POSTPROCESS_KEYS: tuple[str, ...] = ("min_mean_prob",)
 KINDS: tuple[str, ...] = ("torchscript", "torch.export")
 
 
@@ -128,7 +130,11 @@ def build_meta(
         "encoding": enc.to_dict(),
         "spacing_mm": float(spacing_mm),
         "size_multiple": int(size_multiple),
-        "postprocess": {k: float(postprocess[k]) for k in POSTPROCESS_KEYS},
+        "postprocess": {
+            k: float(postprocess[k])
+            for k in (*POSTPROCESS_KEYS, *OPTIONAL_POSTPROCESS_KEYS)
+            if k in postprocess
+        },
         "mlflow_run_id": mlflow_run_id,
         "config_fingerprint": config_fingerprint,
         "dataset_name": dataset_name,
@@ -174,6 +180,10 @@ def validate_meta(meta: object, where: str | Path) -> dict:
     post = meta["postprocess"]
     if not isinstance(post, dict) or any(not isinstance(post.get(k), int | float) for k in POSTPROCESS_KEYS):
         raise ModelFileError(f"{where}: 'postprocess' must give numbers for {list(POSTPROCESS_KEYS)}")
+    if any(k in post and not isinstance(post[k], int | float) for k in OPTIONAL_POSTPROCESS_KEYS):
+        raise ModelFileError(
+            f"{where}: 'postprocess' optional keys {list(OPTIONAL_POSTPROCESS_KEYS)} must be numbers"
+        )
 
     # The tensor description must agree with the encoding and classes it summarises.
     try:
