@@ -119,7 +119,8 @@ class Encoding:
             return grey
         mean, std = stats if stats is not None else imaged_region_stats(grey)
         imaged = grey > IMAGED_GREY_MIN
-        return np.where(imaged, (grey - np.float32(mean)) / np.float32(std), np.float32(0.0)).astype(np.float32)
+        scaled = (grey - np.float32(mean)) / np.float32(std)
+        return np.where(imaged, scaled, np.float32(0.0)).astype(np.float32)
 
 
 def imaged_region_stats(bmode: np.ndarray) -> BmodeStats:
