@@ -12,9 +12,13 @@ import torch
 from tpnet.planning.fingerprint import Fingerprint, FrameFingerprint, Structure
 from tpnet.planning.plan import (
     CONFIG_KEYS,
+    MAX_BATCH_CPU,
     MAX_COARSENING,
+    MAX_DEPTH,
+    MIN_BATCH,
     MIN_BOTTLENECK_PX,
     MIN_COARSENING,
+    MIN_STEPS_PER_EPOCH,
     MIN_STRUCTURE_PX,
     PLAN_KEYS,
     Plan,
@@ -76,11 +80,11 @@ def test_patch_is_a_multiple_of_2_to_the_depth_inside_the_median_frame(shape_px,
     assert patch[0] <= shape_px[0] * scale + 1e-6 and patch[1] <= shape_px[1] * scale + 1e-6
     # The receptive field covers the patch, unless the bottleneck already is at its smallest.
     assert receptive_field_px(depth) >= max(patch) or min(patch) // 2 ** (depth + 1) < MIN_BOTTLENECK_PX
-    assert 1 <= depth <= 6
+    assert 1 <= depth <= MAX_DEPTH
 
 
 def test_a_bigger_budget_gives_a_bigger_or_equal_batch_and_the_batch_fits():
-    fp = crafted(1.0, 6.0)
+    fp = crafted(1.0, 6.0, n_frames=1000)  # enough frames that the steps-per-epoch rule does not bind
     batches = []
     for budget in (64, 256, 1024, 4096, 16384):
         plan = make_plan(fp, memory_budget_mb=budget, device_type="cuda")
@@ -95,9 +99,19 @@ def test_a_bigger_budget_gives_a_bigger_or_equal_batch_and_the_batch_fits():
     assert small.value("patch_size")[0] <= large.value("patch_size")[0]
 
 
-def test_the_batch_never_exceeds_the_frames():
-    plan = make_plan(crafted(1.0, 2.0, shape_px=(64, 64), n_frames=5), memory_budget_mb=16384)
-    assert plan.value("batch_size") == 5
+def test_the_batch_leaves_enough_steps_per_epoch():
+    """Memory alone would take the whole small dataset as one batch: a handful of optimiser steps in a run."""
+    for n_frames, expected in ((5, MIN_BATCH), (72, 4), (160, 10)):
+        plan = make_plan(crafted(1.0, 2.0, shape_px=(64, 64), n_frames=n_frames), memory_budget_mb=16384,
+                         device_type="cuda")  # fmt: skip
+        assert plan.value("batch_size") == expected, n_frames
+        assert n_frames // plan.value("batch_size") >= min(MIN_STEPS_PER_EPOCH, n_frames // MIN_BATCH)
+
+
+def test_a_cpu_plan_keeps_the_batch_small():
+    fp = crafted(1.0, 2.0, shape_px=(64, 64), n_frames=2000)
+    assert make_plan(fp, memory_budget_mb=16384, device_type="cpu").value("batch_size") == MAX_BATCH_CPU
+    assert make_plan(fp, memory_budget_mb=16384, device_type="cuda").value("batch_size") > MAX_BATCH_CPU
 
 
 def test_values_a_person_set_keep_their_value_and_source():
