@@ -134,7 +134,7 @@ class CalibrationSchema:
     enabled: bool = True
     thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
     min_areas_mm2: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 6.0])
-    min_mean_probs: list[float] = field(default_factory=lambda: [0.0])
+    min_mean_probs: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.6, 0.7])
 
 
 @dataclass
@@ -155,6 +155,7 @@ _CHOICES = {
     "trainer.monitor_mode": ("min", "max"),
     "trainer.nan_policy": ("skip", "stop"),
     "data.bmode_norm": (None, "none", "zscore_frame"),  # tpnet.core.encoding.BMODE_NORMS, or null = planned
+    "data.synthetic.appearance": ("literature", "wide", "shifted"),  # tpnet.data.synth.APPEARANCES
 }
 
 
@@ -236,6 +237,7 @@ def _check_calibration(calibration: DictConfig) -> None:
     for key, allowed, why in (
         ("thresholds", lambda v: 0 < v <= 1, "summed TrP probabilities in (0, 1]"),
         ("min_areas_mm2", lambda v: 0 <= v < math.inf, "areas of 0 mm^2 or more"),
+        ("min_mean_probs", lambda v: 0 <= v < 1, "mean TrP probabilities in [0, 1)"),
     ):
         values = list(calibration[key])
         if not values or not all(_is_number(v) and allowed(v) for v in values):
@@ -280,6 +282,7 @@ _POSTPROCESS_RANGES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
     ("postprocess.threshold", lambda v: 0 < v <= 1, "a summed TrP probability must be in (0, 1]"),
     ("postprocess.min_area_mm2", lambda v: 0 <= v < math.inf, "must be 0 or more (mm^2)"),
     ("postprocess.match_mm", lambda v: 0 < v < math.inf, "must be a positive distance in mm"),
+    ("postprocess.min_mean_prob", lambda v: 0 <= v < 1, "a mean TrP probability must be in [0, 1)"),
 )
 _EVAL_RANGES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
     ("n_boot", lambda v: v >= 1, "at least 1 bootstrap resample"),

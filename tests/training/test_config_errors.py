@@ -80,3 +80,11 @@ def test_resume_auto_into_an_existing_run_is_not_refused(tmp_path, monkeypatch, 
     # Past every start-up check: it got as far as the data set-up, which names the missing dataset.
     assert code == 2 and "configuration error" not in stderr and str(missing) in stderr, stderr
     assert "Traceback" not in stderr
+
+
+def test_the_appearance_choices_are_the_generators_presets():
+    """The config check lists the synthetic generator's presets without importing it: keep the two in step."""
+    from tpnet.configuration import _CHOICES
+    from tpnet.data.synth import APPEARANCES
+
+    assert set(_CHOICES["data.synthetic.appearance"]) == set(APPEARANCES)

@@ -37,6 +37,7 @@ from tpnet.data.transforms import Frame
 from tpnet.models import build_model
 from tpnet.planning.apply import fill_unplanned
 from tpnet.training.ema import EMA
+from tpnet.training.losses import deep_supervision
 
 # The groups tpnet-train composes. hydra/ (launchers) is Hydra's, not the training config's.
 GROUPS = ("data", "model", "loss", "optim", "scheduler", "augment", "trainer", "logger", "experiment")
@@ -116,7 +117,7 @@ def one_training_step(cfg: DictConfig) -> None:
     side = max(32, int(model.size_multiple))
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.preserve_format
     model = model.to(memory_format=memory_format)
-    loss_fn = instantiate(cfg.loss)
+    loss_fn = deep_supervision(instantiate(cfg.loss), bool(cfg.model.get("deep_supervision", False)))
     optimizer = instantiate(cfg.optim)(params=model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_steps=10)
     ema = EMA(model, float(cfg.trainer.ema_decay)) if cfg.trainer.ema_decay else None
@@ -125,8 +126,9 @@ def one_training_step(cfg: DictConfig) -> None:
 
     model.train()
     logits = model(images.contiguous(memory_format=memory_format))
-    assert logits.shape == (BATCH, len(CLASSES), side, side)
-    loss = loss_fn(logits.float(), masks)
+    levels = logits if isinstance(logits, list) else [logits]  # deep supervision: one map per decoder level
+    assert levels[0].shape == (BATCH, len(CLASSES), side, side)
+    loss = loss_fn([x.float() for x in levels] if isinstance(logits, list) else logits.float(), masks)
     assert loss.ndim == 0 and torch.isfinite(loss), loss
     loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]

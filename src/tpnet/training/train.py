@@ -597,10 +597,13 @@ def calibrate_checkpoint(
     atomic_write_text(
         run_dir / "calibration.json", json.dumps({"chosen": best.to_dict(), "grid": grid}, indent=2)
     )
-    tracker.set_tags({"postprocess.threshold": best.threshold, "postprocess.min_area_mm2": best.min_area_mm2})
+    tracker.set_tags({
+        "postprocess.threshold": best.threshold, "postprocess.min_area_mm2": best.min_area_mm2,
+        "postprocess.min_mean_prob": best.min_mean_prob,
+    })  # fmt: skip
     tracker.log_artifact(run_dir / "calibration.json")
-    log.info("post-processing calibrated on validation: threshold %.2f, min area %.1f mm2", best.threshold,
-             best.min_area_mm2)  # fmt: skip
+    log.info("post-processing calibrated on validation: threshold %.2f, min area %.1f mm2, min mean probability "
+             "%.2f", best.threshold, best.min_area_mm2, best.min_mean_prob)  # fmt: skip
     return best
 
 
