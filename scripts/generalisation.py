@@ -1,7 +1,7 @@
 """Generalisation benchmark (issue #12): does a model trained on one simulator's data hold up on another's, what
 does each of tpnet's additions to a plain U-Net contribute, and how does the recipe do on real images?
 
-    .venv/bin/python scripts/generalisation.py --out outputs/generalisation            # ~40 min on 2 CPU cores
+    .venv/bin/python scripts/generalisation.py --out outputs/generalisation            # 36 min on 2 CPU cores
     .venv/bin/python scripts/generalisation.py --out outputs/generalisation --skip-existing   # resume
     .venv/bin/python scripts/generalisation.py --out /tmp/g --only planned_A_B,baseline_A_B
     .venv/bin/python scripts/generalisation.py --out /tmp/g --smoke                  # tiny: a test, not a figure
@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--real-epochs", type=int, default=10, help="epochs of the two real-image trainings")
-    parser.add_argument("--subjects", type=int, default=48)
+    parser.add_argument("--subjects", type=int, default=96)
     parser.add_argument("--frames-per-subject", type=int, default=3)
     parser.add_argument("--size", type=int, default=160, help="frame size asked of tpnet-data synth (px)")
     parser.add_argument("--n-boot", type=int, default=1000)
