@@ -194,11 +194,17 @@ def train_config(settings: Settings, compile_model: bool | None = None) -> Any:
 
 
 def build_model(settings: Settings) -> torch.nn.Module:
-    """The default ``model`` of tpnet-train (unet: base width 16, depth 4), built as training builds it."""
+    """The default ``model`` of tpnet-train (unet: base width 16, depth 4) as it is deployed: without deep
+    supervision's extra heads, which exist in training only (tpnet.models.from_checkpoint drops them)."""
+    from omegaconf import open_dict
+
     from tpnet.models import build_model as build
 
     torch.manual_seed(0)  # the same (untrained) weights every run: post-processing cost depends on them
-    return build(train_config(settings).model, IN_CHANNELS, NUM_CLASSES)
+    model_cfg = train_config(settings).model
+    with open_dict(model_cfg):
+        model_cfg.deep_supervision = False
+    return build(model_cfg, IN_CHANNELS, NUM_CLASSES)
 
 
 @dataclass

@@ -143,6 +143,8 @@ def _nan_loss_overrides(tmp_path, tiny_train_overrides, nan_steps, policy):
         "loss._target_=train_helpers.NaNLoss",  # tests/train_helpers.py, importable via PYTHONPATH
         f"+loss.nan_steps={nan_steps}",
         f"trainer.nan_policy={policy}",
+        # NaNLoss counts its calls as steps; deep supervision calls the loss once per decoder level.
+        "model.deep_supervision=false",
     ]
 
 
