@@ -238,7 +238,7 @@ def evaluate(s: Settings, row: Row, checkpoint: Path) -> dict:
     output = s.out / "evals" / f"{row.name}.json"
     command = tool("tpnet-eval") + [
         f"checkpoint={checkpoint.resolve()}", f"data.root={dataset_root(s, row.test_on).resolve()}", "split=test",
-        f"output={output.resolve()}", "log_to_mlflow=false", f"n_boot={s.n_boot}", "device=cpu",
+        f"output={output.resolve()}", "log_to_mlflow=false", f"evaluation.n_boot={s.n_boot}", "device=cpu",
         *row.eval_overrides, f"hydra.run.dir={(s.out / 'evals' / 'hydra' / row.name).resolve()}",
     ]  # fmt: skip
     make_dataset(s, row.test_on)

@@ -254,13 +254,13 @@ class EvalDataSchema:
 
 @dataclass
 class EvalSchema:
-    checkpoint: str = MISSING
+    checkpoint: Any = MISSING  # a path, or a list of paths (the folds of a cross-validation: one ensemble)
     split: str = "test"
     data: EvalDataSchema = field(default_factory=EvalDataSchema)
     output: str | None = None
     device: str = "auto"
     tta: bool = False
-    n_boot: int = 1000
+    evaluation: EvaluationSchema = field(default_factory=EvaluationSchema)  # the same key as tpnet-train's
     log_to_mlflow: bool = True
     tracking_uri: str | None = None
     postprocess: PostprocessSchema | None = None
@@ -268,13 +268,15 @@ class EvalSchema:
 
 @dataclass
 class ExportSchema:
-    checkpoint: str = MISSING
+    checkpoint: Any = MISSING  # a path, or a list of paths (the folds of a cross-validation: one ensemble)
     output: str = MISSING
     format: str = "torchscript"
     parity_frames: int = 4
     atol: float = 1.0e-4
     log_to_mlflow: bool = True
+    mlflow_model: bool = True  # also log the file as an MLflow Model (LoggedModel) of the training run
     register_name: str | None = None
+    register_alias: str | None = None  # e.g. champion: models:/<register_name>@champion
     tracking_uri: str | None = None
 
 
@@ -285,7 +287,7 @@ _POSTPROCESS_RANGES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
     ("postprocess.min_mean_prob", lambda v: 0 <= v < 1, "a mean TrP probability must be in [0, 1)"),
 )
 _EVAL_RANGES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
-    ("n_boot", lambda v: v >= 1, "at least 1 bootstrap resample"),
+    ("evaluation.n_boot", lambda v: v >= 1, "at least 1 bootstrap resample"),
 )
 _EXPORT_RANGES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
     ("parity_frames", lambda v: v >= 0, "must be 0 (random inputs only) or more"),
@@ -310,7 +312,7 @@ def validate_eval_config(cfg: DictConfig) -> None:
 def validate_export_config(cfg: DictConfig) -> None:
     """``tpnet-export``'s config, checked like :func:`validate_eval_config`."""
     _check_schema(cfg, ExportSchema, "tpnet-export")
-    _check_choice(cfg, "format", ("torchscript", "pt2"))
+    _check_choice(cfg, "format", ("torchscript", "pt2", "onnx"))
     _check_ranges(cfg, _EXPORT_RANGES)
 
 

@@ -23,7 +23,7 @@ def test_tpnet_eval_writes_metrics_with_confidence_intervals(tmp_path, reference
             "-m",
             "tpnet.evaluation.cli",
             f"checkpoint={reference_run / 'checkpoints/best.pt'}",
-            "n_boot=50",
+            "evaluation.n_boot=50",
             "device=cpu",
             f"output={output}",
             f"tracking_uri={tracking_uri}",
@@ -72,10 +72,10 @@ EVAL_TYPOS = [
     (["checkpint=/nowhere/best.pt"], "checkpint"),  # Hydra alone: "Could not override", exit 1
     (["checkpoint=/nowhere/best.pt", "+n_bot=5"], "n_bot"),  # appended, then silently ignored
     (["checkpoint=/nowhere/best.pt", "data.rot=/data"], "data.rot"),
-    (["checkpoint=/nowhere/best.pt", "n_boot=many"], "n_boot"),  # wrong type
+    (["checkpoint=/nowhere/best.pt", "evaluation.n_boot=many"], "evaluation.n_boot"),  # wrong type
     (["checkpoint=/nowhere/best.pt", "tta=maybe"], "tta"),
     (["checkpoint=/nowhere/best.pt", "split=tset"], "split"),  # not a split
-    (["checkpoint=/nowhere/best.pt", "n_boot=0"], "n_boot"),  # out of range
+    (["checkpoint=/nowhere/best.pt", "evaluation.n_boot=0"], "evaluation.n_boot"),  # out of range
     (["checkpoint=/nowhere/best.pt", "postprocess={threshold: 2.0}"], "postprocess.threshold"),
     (["checkpoint=/nowhere/best.pt", "postprocess={treshold: 0.4}"], "postprocess.treshold"),
     ([], "checkpoint"),  # required

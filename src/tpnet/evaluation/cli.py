@@ -58,7 +58,7 @@ def run_eval(cfg: DictConfig) -> dict:
         device,
         tta=bool(cfg.tta),
     )
-    report = evaluation_report(records, meta["classes"], n_boot=int(cfg.n_boot), seed=int(train_cfg.seed))
+    report = evaluation_report(records, meta["classes"], n_boot=int(cfg.evaluation.n_boot), seed=int(train_cfg.seed))
     report.update(
         split=cfg.split, checkpoint=str(ckpt_path.resolve()), dataset=str(data.spec.root), tta=bool(cfg.tta)
     )

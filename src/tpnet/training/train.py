@@ -49,7 +49,7 @@ from tpnet.planning.apply import PLAN_FILE, apply_plan, plan_from_config, stored
 from tpnet.planning.apply import mlflow_params as plan_mlflow_params
 from tpnet.planning.plan import Plan
 from tpnet.tracking.mlflow_logger import MlflowTracker, default_tags, flatten
-from tpnet.training import distributed, fault_injection
+from tpnet.training import cv_sweep, distributed, fault_injection
 from tpnet.training.calibrate import calibrate_postprocess
 from tpnet.training.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from tpnet.training.distributed import DistInfo, EpochSampler
@@ -488,7 +488,7 @@ def _start_tracking(
         return tracker
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    tracker.start(default_tags(str(device), data.spec.name, data.fingerprint))
+    tracker.start({**default_tags(str(device), data.spec.name, data.fingerprint), **cv_sweep.fold_tags(cfg, run_dir)})
     tracker.log_params(flatten(resolved))
     sample_shape = (1, data.encoding.in_channels, *cfg.data.patch_size)
     tracker.log_params(
@@ -565,6 +565,8 @@ def _finish(
     best_path = ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").exists() else ckpt_dir / "last.pt"
     if cfg.calibration.enabled and data.splits["val"]:
         calibrate_checkpoint(best_path, data, device, amp_dtype, cfg, classes, params, run_dir, tracker)
+    if cfg.cv.fold is not None and data.splits["val"]:
+        cv_sweep.after_fold(cfg, best_path, data, device, amp_dtype, classes, run_dir, tracker)
     if cfg.trainer.test_after_training and data.splits["test"]:
         report = evaluate_checkpoint_on(best_path, data, "test", device, amp_dtype, cfg, classes)
         save_metrics_json(run_dir / "metrics.json", report)
