@@ -48,7 +48,7 @@ def run_export(cfg: DictConfig) -> dict:
             log.warning("parity on real frames skipped: training dataset unavailable (%s)", exc)
 
     model_meta = build_meta(**meta, export_method="script", mlflow_run_id=state.get("mlflow_run_id"))
-    fmt = "pt2" if cfg.format == "pt2" else "torchscript"
+    fmt = str(cfg.format)  # torchscript | pt2 | onnx (export_model in export/parity.py dispatches)
     report = export_model(model, model_meta, Path(cfg.output), fmt=fmt, real_inputs=real_inputs,
                           atol=float(cfg.atol), checkpoint=checkpoint)  # fmt: skip
     log.info("exported %s", json.dumps(report))
