@@ -87,7 +87,10 @@ def setup_data(
         fold=fold,
     )
     spacing = data_cfg.get("spacing_mm")
-    spacing_mm = float(spacing) if spacing else median_spacing_mm(spec, splits["train"])
+    # The median over every non-test frame, not the fold's train split: every CV fold (and the plain split,
+    # whose test subjects are the same) resamples to one spacing. Training's plan replaces it anyway.
+    non_test = [*splits["train"], *splits["val"]]
+    spacing_mm = float(spacing) if spacing else median_spacing_mm(spec, non_test)
     encoding = Encoding(
         channels=tuple(data_cfg.channels),
         kpa_scale=float(data_cfg.kpa_scale),

@@ -33,8 +33,9 @@ UNPLANNED_DEFAULTS: dict[str, Any] = {
 
 def plan_rows(splits: dict[str, list[ManifestRow]]) -> list[ManifestRow]:
     """The frames a plan is made from: every non-test frame, so each CV fold and the plain split (whose test
-    subjects are the same, see tpnet.data.splits) share one plan."""
-    return [*splits.get("train", []), *splits.get("val", [])]
+    subjects are the same, see tpnet.data.splits) share one plan. Sorted by sample: a fold's train-then-val
+    order would change float sums (mean grey levels) in the last digits and make the folds' plan.json differ."""
+    return sorted([*splits.get("train", []), *splits.get("val", [])], key=lambda row: row.sample_id)
 
 
 def command_line_keys() -> set[str]:
