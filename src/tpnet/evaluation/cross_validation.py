@@ -284,6 +284,8 @@ def _summarise_configuration(group: Configuration, n_boot: int, seed: int) -> di
         "n_folds": folds,
         "folds": fold_rows,
         "missing_folds": missing,
+        # Jobs of this sweep that left no out-of-fold records (the rest of missing_folds were never launched).
+        "crashed_folds": sorted(j.fold for j in group.jobs if j.oof is None and j.fold is not None),
         "missing_why": {
             str(fold): next(
                 (j.problem for j in group.jobs if j.fold == fold and j.problem), "not in this sweep"
@@ -693,7 +695,7 @@ def parent_run_info(sweep_dir: Path) -> dict[str, Any] | None:
 
 def log_summary_to_parent(sweep_dir: Path, summary: dict[str, Any], written: Sequence[Path]) -> str | None:
     """Pooled OOF metrics, tags and the summary files into the sweep's parent run, which is then ended (FAILED
-    when folds are missing). Never fatal: returns what did not reach MLflow, or None."""
+    when a fold's job left no out-of-fold records). Never fatal: returns what did not reach MLflow, or None."""
     from tpnet.tracking.mlflow_logger import MlflowTracker
 
     info = parent_run_info(sweep_dir)
@@ -723,7 +725,7 @@ def log_summary_to_parent(sweep_dir: Path, summary: dict[str, Any], written: Seq
     tracker.set_tags(tags)
     for path in written:
         tracker.log_artifact(path)
-    failed = any(c["missing_folds"] for c in summary["configurations"])
+    failed = any(c["crashed_folds"] for c in summary["configurations"])
     tracker.end("FAILED" if failed else "FINISHED")
     return tracker.summary_of_losses()
 

@@ -178,7 +178,9 @@ class CrossValidationCallback(Callback):
 
         self.ended += 1
         if job_return.status == JobStatus.FAILED:
-            self.failed.append(f"{job_return.overrides}: {job_return._return_value!r}")
+            # JobReturn.return_value re-raises a failed job's exception; the stored one is only for the message.
+            self.failed.append(f"{job_return.overrides}: {getattr(job_return, '_return_value', None)!r}")
+            log.warning("cross-validation job failed: %s", self.failed[-1])
         # Hydra's basic sweeper raises after a failed job instead of calling on_multirun_end: summarise the
         # folds that did finish once the last job has ended.
         if self.failed and self.n_jobs is not None and self.ended >= self.n_jobs:
