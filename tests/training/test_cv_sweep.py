@@ -37,6 +37,7 @@ def sweep(
         "data.spacing_mm=null", "trainer.max_epochs=1", f"logger.tracking_uri=sqlite:///{root / 'mlflow.db'}",
         # Calibrated (and stored in best.pt) all the same, on a one-point grid: the folds' time goes to CV.
         "calibration.thresholds=[0.5]", "calibration.min_areas_mm2=[2.0]", "calibration.min_mean_probs=[0.0]",
+        "logger.overlay_every_n_epochs=0", "logger.log_checkpoint=false",
         f"hydra.sweep.dir={root / 'sweep'}",
     ], timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
