@@ -113,3 +113,20 @@ def test_report_and_atomic_json(frames, tmp_path):
     # NaN becomes null (JSON has no NaN).
     save_metrics_json(path, {"loc_err_mm": float("nan"), "ci95": {"x": (np.float32(0.5), math.nan)}})
     assert json.loads(path.read_text()) == {"ci95": {"x": [0.5, None]}, "loc_err_mm": None}
+
+
+def test_metrics_json_of_frames_without_a_trigger_point_has_no_perfect_f1(tmp_path):
+    # Vessels only (two subjects): the oracle is right everywhere, but there is no TrP to find, so detection F1,
+    # precision, recall and their intervals are null in metrics.json, each with its reason, not 1.0 [1, 1].
+    frames = [make_frame("x1", "X", (40, 40), []), make_frame("y1", "Y", (32, 48), [])]
+    _, records = evaluate(OracleNet(), frames, CLASSES, 8, PostprocessParams(min_area_mm2=0.5))
+    path = tmp_path / "metrics.json"
+    save_metrics_json(path, evaluation_report(records, CLASSES, n_boot=50, seed=0))
+    report = json.loads(path.read_text())
+    assert report["n_gt_trp"] == 0 and report["dice/vessel"] == pytest.approx(1.0)
+    for key in ("det_f1", "det_precision", "det_recall", "det_f1@3mm", "det_f1@10mm"):
+        assert report[key] is None, key
+        assert report["ci95"][key] == [None, None], key
+        assert "no true trigger point" in report["undefined"][key], key
+    assert report["fp_per_frame"] == 0.0 and "fp_per_frame" not in report["undefined"]
+    assert 1.0 not in [report[k] for k in report if k.startswith("det_")]

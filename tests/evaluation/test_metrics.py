@@ -13,6 +13,7 @@ from tpnet.evaluation.metrics import (
     frame_auc,
     frame_record,
     match_points,
+    undefined_reasons,
 )
 
 CLASSES = ("background", "active_trp", "latent_trp", "vessel")
@@ -86,13 +87,55 @@ def test_detection_precision_recall_f1_by_hand():
     assert (m["n_frames"], m["n_subjects"], m["n_gt_trp"]) == (2, 1, 3)
 
 
-def test_empty_detection_is_perfect_and_nan_where_nothing_to_measure():
+def test_detection_without_a_true_trigger_point_is_undefined_not_perfect():
+    # Nothing to find and nothing found used to score F1 = 1.0: best-checkpoint selection then rewarded a model
+    # that predicts nothing. Now every detection score of such frames is NaN, with the reason.
     m = aggregate([record([], [])], CLASSES)
-    assert m["det_precision"] == m["det_recall"] == m["det_f1"] == 1.0
+    for key in ("det_precision", "det_recall", "det_f1", "det_f1@3mm", "det_f1@10mm"):
+        assert math.isnan(m[key]), key
     assert math.isnan(m["loc_err_mm"]) and math.isnan(m["class_acc"]) and math.isnan(m["frame_auc"])
     assert math.isnan(m["dice/active_trp"]) and math.isnan(m["dice_mean"])
+    assert m["fp_per_frame"] == 0.0 and (m["n_gt_trp"], m["n_pred_trp"]) == (0, 0)
+    reasons = undefined_reasons(m)
+    assert reasons["det_f1"] == reasons["det_precision"] == reasons["det_f1@3mm"]
+    assert "no true trigger point" in reasons["det_f1"]
+    assert "absent" in reasons["dice/active_trp"] and "one kind" in reasons["frame_auc"]
+    assert "fp_per_frame" not in reasons and "n_gt_trp" not in reasons
+
     false_alarm = aggregate([record([point(0, 0)], [])], CLASSES)
-    assert (false_alarm["det_precision"], false_alarm["det_recall"], false_alarm["det_f1"]) == (0.0, 1.0, 0.0)
+    assert all(math.isnan(false_alarm[k]) for k in ("det_precision", "det_recall", "det_f1"))
+    assert false_alarm["fp_per_frame"] == 1.0  # the false alarm still counts where it is defined
+
+
+def test_predicting_nothing_where_there_is_something_scores_zero():
+    m = aggregate([record([], [point(0, 0)]), record([], [])], CLASSES)
+    assert m["det_recall"] == 0.0 and m["det_f1"] == 0.0
+    assert math.isnan(m["det_precision"])  # 0 / 0: nothing predicted
+    assert undefined_reasons(m)["det_precision"] == "no trigger point predicted"
+
+
+def test_bootstrap_of_a_split_without_trigger_points_has_no_interval():
+    records = [record([], [], subject=f"s{i}", sample=f"f{i}") for i in range(4)]
+    ci = bootstrap_ci(records, CLASSES, n_boot=50, seed=0)
+    assert all(math.isnan(v) for v in ci["det_f1"]) and all(math.isnan(v) for v in ci["det_recall"])
+    assert ci["fp_per_frame"] == (0.0, 0.0)
+
+
+def test_bootstrap_leaves_out_resamples_without_a_trigger_point():
+    # Subject A holds the only TrP (found); B and C hold none and one false alarm each. Resamples that draw no A
+    # have nothing to find: left out, where they used to add F1 values of 0 (or 1.0 without the false alarms).
+    records = [
+        record([point(0, 0)], [point(0, 0)], subject="A", sample="a"),
+        record([point(9, 9)], [], subject="B", sample="b"),
+        record([point(9, 9)], [], subject="C", sample="c"),
+    ]
+    f1 = bootstrap_samples(records, CLASSES, n_boot=300, seed=0)["det_f1"]
+    defined = f1[np.isfinite(f1)]
+    assert 0 < len(defined) < len(f1)
+    # A drawn k times (k >= 1) with 3 - k false alarms: F1 = 2k / (2k + 3 - k).
+    assert set(np.round(defined, 6)) == {0.5, 0.8, 1.0}
+    lo, hi = bootstrap_ci(records, CLASSES, n_boot=300, seed=0)["det_f1"]
+    assert (lo, hi) == (0.5, 1.0)
 
 
 def test_dice_is_pooled_over_pixels_not_averaged_over_frames():

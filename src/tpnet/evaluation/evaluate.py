@@ -21,7 +21,7 @@ from tpnet.core.postprocess import (
     labels_from_probs,
 )
 from tpnet.core.predict import predict_probs
-from tpnet.evaluation.metrics import FrameRecord, aggregate, bootstrap_ci, frame_record
+from tpnet.evaluation.metrics import FrameRecord, aggregate, bootstrap_ci, frame_record, undefined_reasons
 
 FRAME_KEYS: tuple[str, ...] = ("image", "mask", "elasto_kpa", "spacing_mm", "sample_id", "subject_id")
 
@@ -127,10 +127,14 @@ def evaluate(
 def evaluation_report(
     records: Sequence[FrameRecord], classes: Sequence[str], n_boot: int = 1000, seed: int = 0
 ) -> dict:
-    """Point estimates plus a ``ci95`` sub-dict of subject-bootstrap intervals: what metrics.json holds."""
-    report: dict[str, Any] = dict(aggregate(records, classes))
+    """Point estimates plus a ``ci95`` sub-dict of subject-bootstrap intervals: what metrics.json holds. A metric
+    with nothing to measure (F1 of a split without a true trigger point, ...) is NaN, null in the file, and
+    ``undefined`` says why."""
+    point = aggregate(records, classes)
+    report: dict[str, Any] = dict(point)
     ci = bootstrap_ci(records, classes, n_boot=n_boot, seed=seed, level=0.95)
     report["ci95"] = {key: [lo, hi] for key, (lo, hi) in ci.items()}
+    report["undefined"] = undefined_reasons(point)
     report["bootstrap"] = {"n_boot": n_boot, "seed": seed, "unit": "subject"}
     return report
 

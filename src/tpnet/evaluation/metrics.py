@@ -4,10 +4,13 @@ and subject-level bootstrap confidence intervals.
 Pixel Dice hides missed small nodules, so detection is reported lesion-wise: predicted and true
 TrPs (active and latent together) are matched one-to-one on centroid distance in mm.
 
-Conventions: F1 = 2TP / (2TP + FP + FN). With no true and no predicted TrPs, precision, recall and
-F1 are all 1.0 (nothing to find, nothing falsely found); with predictions but no truth, precision
-and F1 are 0 and recall is 1.0. A metric with nothing to measure (Dice of a class absent from both
-truth and prediction, localisation error without matches, AUC with one frame class) is NaN.
+Conventions: F1 = 2TP / (2TP + FP + FN). A metric with nothing to measure is NaN (null in metrics.json),
+never a perfect score: detection F1, precision and recall of a split without a true TrP (nothing to find: a
+model that predicts nothing would otherwise score 1.0 there, and best-checkpoint selection would reward it),
+precision without a predicted TrP, Dice of a class absent from both truth and prediction, localisation error
+without matches, AUC with one frame class. ``undefined_reasons`` says why for each. The subject bootstrap
+leaves out the resamples in which a metric is undefined (e.g. drawn without any TrP subject): its interval is
+conditional on there being something to measure.
 """
 
 from __future__ import annotations
@@ -192,8 +195,8 @@ def _count_matrix(records: Sequence[FrameRecord], layout: _Layout) -> np.ndarray
     return np.asarray(rows, dtype=np.float64)
 
 
-def _ratio(num: float, den: float, empty: float = math.nan) -> float:
-    return float(num / den) if den > 0 else empty
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else math.nan
 
 
 def _metrics_from_totals(totals: np.ndarray, layout: _Layout, classes: Sequence[str]) -> dict[str, float]:
@@ -208,13 +211,15 @@ def _metrics_from_totals(totals: np.ndarray, layout: _Layout, classes: Sequence[
             present.append(out[f"dice/{name}"])
     out["dice_mean"] = float(np.mean(present)) if present else math.nan
 
+    # Detection is undefined without a true TrP: whatever was predicted, there was nothing to find.
+    anything_to_find = s["n_gt"][0] > 0
     for i, radius in enumerate(layout.radii_mm):
         d_tp, d_fp, d_fn = s["det_tp"][i], s["det_fp"][i], s["det_fn"][i]
-        f1 = _ratio(2 * d_tp, 2 * d_tp + d_fp + d_fn, empty=1.0)
+        f1 = _ratio(2 * d_tp, 2 * d_tp + d_fp + d_fn) if anything_to_find else math.nan
         out[f"det_f1@{radius:g}mm"] = f1
         if radius == layout.match_mm:
-            out["det_precision"] = _ratio(d_tp, d_tp + d_fp, empty=1.0)
-            out["det_recall"] = _ratio(d_tp, d_tp + d_fn, empty=1.0)
+            out["det_precision"] = _ratio(d_tp, d_tp + d_fp) if anything_to_find else math.nan
+            out["det_recall"] = _ratio(d_tp, d_tp + d_fn)
             out["det_f1"] = f1
             out["fp_per_frame"] = _ratio(d_fp, s["frames"][0])
     out["loc_err_mm"] = _ratio(s["loc_sum"][0], s["loc_count"][0])
@@ -263,7 +268,35 @@ def aggregate(records: Sequence[FrameRecord], classes: Sequence[str]) -> dict[st
     out["n_frames"] = len(records)
     out["n_subjects"] = len({r.subject_id for r in records})
     out["n_gt_trp"] = int(sum(r.n_gt_trp for r in records))
+    out["n_pred_trp"] = int(sum(r.n_pred_trp for r in records))
     return out
+
+
+_NOTHING_TO_FIND = "no true trigger point in these frames: nothing to find"
+
+
+def undefined_reasons(metrics: dict[str, float]) -> dict[str, str]:
+    """Why each NaN metric of an ``aggregate`` result is undefined (metrics.json writes it next to the nulls)."""
+    nothing_to_find = metrics.get("n_gt_trp", 0) == 0
+    reasons = {}
+    for key, value in metrics.items():
+        if not (isinstance(value, float) and math.isnan(value)):
+            continue
+        if key.startswith(("det_", "loc_err_mm", "class_acc")) and nothing_to_find:
+            reasons[key] = _NOTHING_TO_FIND
+        elif key == "det_precision":
+            reasons[key] = "no trigger point predicted"
+        elif key in ("loc_err_mm", "class_acc"):
+            reasons[key] = "no predicted trigger point matched a true one"
+        elif key == "frame_auc":
+            reasons[key] = "frames of one kind only (all with, or all without, a true trigger point)"
+        elif key.startswith(("dice/", "iou/")):
+            reasons[key] = "class absent from both truth and prediction"
+        elif key == "dice_mean":
+            reasons[key] = "no foreground class in truth or prediction"
+        else:
+            reasons[key] = "nothing to measure"
+    return reasons
 
 
 def bootstrap_samples(
