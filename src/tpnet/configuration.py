@@ -44,6 +44,51 @@ def run_dir_from_hydra() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """How Hydra launched this run: what its MLflow name and tags and the console say about it."""
+
+    run_dir: Path
+    overrides: tuple[str, ...] = ()  # the command line's key=value overrides (hydra.overrides.task)
+    choices: dict[str, str] = field(default_factory=dict)  # config group -> option (model -> unet, ...)
+    sweep_dir: Path | None = None  # -m (multirun) only: the sweep's folder and this job's number in it
+    job_num: int | None = None
+
+    @property
+    def recipe(self) -> str:
+        """The ``experiment=`` recipe, or "default"."""
+        return self.choices.get("experiment") or "default"
+
+    @property
+    def model(self) -> str:
+        return self.choices.get("model") or "model"
+
+
+def run_context_from_hydra() -> RunContext:
+    """The running Hydra job's context; outside Hydra (a script calling train()): the current folder, nothing
+    else known."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return RunContext(run_dir=Path.cwd())
+    hydra_cfg = HydraConfig.get()
+    choices = {
+        str(group): str(option)
+        # Hydra lists the choices last group first; hydra/launcher etc. are Hydra's own
+        for group, option in reversed(list(hydra_cfg.runtime.choices.items()))
+        if option is not None and not str(group).startswith("hydra/")
+    }
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    return RunContext(
+        run_dir=Path(hydra_cfg.runtime.output_dir),
+        overrides=tuple(str(o) for o in hydra_cfg.overrides.task),
+        choices=choices,
+        sweep_dir=Path(hydra_cfg.sweep.dir).resolve() if multirun else None,
+        job_num=int(hydra_cfg.job.num) if multirun else None,
+    )
+
+
 # ---- schemas: types and allowed values of the keys other tools rely on ---------------------------------------
 
 

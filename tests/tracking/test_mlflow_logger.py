@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import socket
 import threading
 import time
@@ -13,7 +14,7 @@ from urllib.parse import urlparse
 
 from mlflow.tracking import MlflowClient
 
-from tpnet.tracking.mlflow_logger import MlflowTracker, flatten
+from tpnet.tracking.mlflow_logger import MlflowTracker, flatten, run_tags, unique_run_name
 from train_helpers import free_port
 
 
@@ -44,6 +45,45 @@ def test_metric_names_are_sanitised_and_nan_is_not_logged(mlflow_uri):
     metrics = MlflowClient(tracking_uri=mlflow_uri).get_run(run_id).data.metrics
     assert metrics == {"val/det_f1_at_3mm": 0.5, "val/loss": 1.25}
     assert tracker.summary_of_losses() is None
+
+
+def test_run_names_say_what_ran_and_differ_under_the_same_seed():
+    import random
+
+    import numpy as np
+    import torch
+
+    names = []
+    for _ in range(2):  # what train.py does before naming the run: seed every generator
+        random.seed(0), np.random.seed(0), torch.manual_seed(0)
+        names.append(unique_run_name("cpu_demo", "unet", fold=2))
+    assert names[0] != names[1]
+    assert all(re.fullmatch(r"cpu_demo-unet-fold2-[0-9a-f]{6}", name) for name in names), names
+    assert re.fullmatch(r"default-resnet18_unet-[0-9a-f]{6}", unique_run_name("default", "resnet18_unet"))
+
+
+def test_a_named_run_keeps_its_name_and_tells_where_it_is(mlflow_uri, tmp_path):
+    tags = run_tags(
+        tmp_path / "run", "cpu_demo", "unet", ["seed=1", "x=" + "y" * 9000], 0, tmp_path / "sweep", 3
+    )
+    assert tags["run_folder"] == str((tmp_path / "run").resolve()) and tags["overrides"].startswith(
+        "seed=1 x=yy"
+    )
+    assert (tags["fold"], tags["sweep_id"], tags["sweep_job"]) == ("0", str(tmp_path / "sweep"), "3")
+    assert run_tags(tmp_path, "default", "unet", [])["overrides"] == "(none)"
+    tracker = MlflowTracker(mlflow_uri, "unit", run_name="my-run")
+    run_id = tracker.start(tags)
+    tracker.end()
+    run = MlflowClient(tracking_uri=mlflow_uri).get_run(run_id)
+    assert run.info.run_name == "my-run" and run.data.tags["sweep_job"] == "3"
+    assert len(run.data.tags["overrides"]) <= 5000  # MLflow refuses tag values over 8000 characters
+    assert tracker.describe().startswith(f"MLflow run my-run ({run_id}) in experiment unit at {mlflow_uri}")
+    resumed = MlflowTracker(mlflow_uri, "unit", run_id=run_id)
+    resumed.start()
+    assert resumed.run_name == "my-run"  # the resumed run's own name, for the console
+    server = MlflowTracker("http://host:5000/", "e", run_name="n", run_id="abc")
+    server.experiment_id = "1"  # as start() sets it
+    assert server.describe().endswith(": http://host:5000/#/experiments/1/runs/abc")  # a link to open
 
 
 def test_flatten_nested_config():

@@ -74,9 +74,10 @@ def test_no_trigger_point_class_is_warned_and_detection_monitors_fall_back(tmp_p
 
     warnings = label_set_warnings(summary, classes, data.spacing_mm)
     assert any("include no trigger-point class" in w for w in warnings), warnings
-    for monitor in ("val/det_f1", "val/det_f1@3mm", "val/loc_err_mm", "val/frame_auc"):
+    for monitor in ("val/det_f1", "val/det_f1@3mm", "val/loc_err_mm", "val/frame_auc", "val/fp_per_frame"):
         chosen, mode, why = choose_monitor(monitor, "max", summary, classes)
-        assert (chosen, mode) == ("val/loss", "min") and "no trigger-point class" in why
+        # The vessels are there to segment: best.pt follows their Dice, not the loss.
+        assert (chosen, mode) == ("val/dice_mean", "max") and "no trigger-point class" in why
     assert choose_monitor("val/dice_mean", "max", summary, classes) == ("val/dice_mean", "max", None)
 
 
@@ -120,3 +121,29 @@ def test_per_class_monitor_must_name_a_class_of_the_dataset():
         check_monitor_name("val/dice/vesel", 5.0, ["background", "vessel"])
     with pytest.raises(ConfigError, match="trainer.monitor: 'val/det_f1@7mm' is not a logged metric"):
         check_monitor_name("val/det_f1@7mm", 5.0)
+
+
+def test_monitor_falls_back_to_dice_where_it_exists_and_empty_splits_are_warned():
+    from tpnet.training.label_set import SplitLabels
+
+    classes = ["background", "active_trp", "latent_trp", "vessel"]
+    vessels_only = SplitLabels(n_frames=3, labels={0, 3})
+    summary = {"train": SplitLabels(12, {0, 1, 3}), "val": vessels_only, "test": SplitLabels(0)}
+    chosen, mode, why = choose_monitor("val/det_f1", "max", summary, classes)
+    assert (chosen, mode) == ("val/dice_mean", "max")
+    assert why.startswith(
+        "trainer.monitor=val/det_f1 cannot be computed (no validation mask contains a trigger"
+    )
+    assert choose_monitor("val/dice/latent_trp", "max", summary, classes)[:2] == ("val/dice_mean", "max")
+    assert choose_monitor("val/loss", "min", summary, classes) == ("val/loss", "min", None)
+    no_val = {**summary, "val": SplitLabels(0)}
+    assert choose_monitor("val/det_f1", "max", no_val, classes)[:2] == ("train/loss", "min")
+
+    warnings = label_set_warnings(summary, classes, 0.2)
+    assert any(
+        w.startswith("no validation mask contains a trigger point: detection metrics") for w in warnings
+    )
+    assert any(w.startswith("the test split is empty (no labelled frame): no test metrics") for w in warnings)
+    assert any(
+        w.startswith("the validation split is empty") for w in label_set_warnings(no_val, classes, 0.2)
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -52,6 +53,7 @@ class MlflowTracker:
         self.enabled = enabled
         self.retry_after_s = retry_after_s
         self.resumed = False
+        self.experiment_id: str | None = None
         self._client = None
         self._down_since: float | None = None
         self._queued: list[tuple[str, float, int]] = []
@@ -104,9 +106,10 @@ class MlflowTracker:
 
         def _start() -> str:
             if self.run_id:
-                self.client.get_run(self.run_id)  # raises if it does not exist
+                run = self.client.get_run(self.run_id)  # raises if it does not exist
                 self.client.update_run(self.run_id, status="RUNNING")
                 self.resumed = True
+                self.experiment_id, self.run_name = run.info.experiment_id, run.info.run_name
                 return self.run_id
             experiment = self.client.get_experiment_by_name(self.experiment_name)
             if experiment is None:
@@ -116,6 +119,7 @@ class MlflowTracker:
             else:
                 experiment_id = experiment.experiment_id
             run = self.client.create_run(experiment_id, run_name=self.run_name, tags=dict(tags or {}))
+            self.experiment_id, self.run_name = experiment_id, run.info.run_name
             return run.info.run_id
 
         run_id = self._safe("start run", _start)
@@ -198,6 +202,16 @@ class MlflowTracker:
             lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
         )
 
+    def describe(self) -> str | None:
+        """Where to find the run: ``MLflow run NAME (ID) in experiment E at URI`` plus its web address (a server)
+        or the command that serves a local store; None when there is no run."""
+        if not self.run_id:
+            return None
+        text = f"MLflow run {self.run_name} ({self.run_id}) in experiment {self.experiment_name} at {self.tracking_uri}"
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return f"{text}: {self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"{text} (browse: mlflow ui --backend-store-uri {self.tracking_uri})"
+
     def summary_of_losses(self) -> str | None:
         """One sentence saying what did not reach MLflow, or None when everything did."""
         lost = dict(self.lost)
@@ -216,6 +230,38 @@ def metric_name(key: str) -> str:
 def _is_rejected_request(exc: Exception) -> bool:
     code = getattr(exc, "error_code", "")
     return code in {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST", "INVALID_STATE"}
+
+
+def unique_run_name(recipe: str, model: str, fold: int | None = None) -> str:
+    """``<recipe>-<model>[-fold<k>]-<6 hex>``, e.g. ``cpu_demo-unet-fold2-3fa9c1``: says what ran, and the random
+    part (os.urandom, untouched by the run's seed: MLflow's own random names repeat once the seed is set) keeps
+    two runs of one config apart."""
+    fold_part = f"-fold{fold}" if fold is not None else ""
+    return f"{recipe}-{model}{fold_part}-{secrets.token_hex(3)}"
+
+
+# MLflow refuses longer tag values (8000 characters in MLflow 3); an override list rarely comes near.
+MAX_TAG_CHARS = 5000
+
+
+def run_tags(
+    run_dir: Path, recipe: str, model: str, overrides: list[str] | tuple[str, ...], fold: int | None = None,
+    sweep_dir: Path | None = None, job_num: int | None = None,
+) -> dict[str, str]:  # fmt: skip
+    """Tags that find a run again: its folder, recipe, model, the command line's overrides, the CV fold and, for
+    a Hydra multirun (``-m``), the sweep's folder (``sweep_id``) and the job's number in it."""
+    tags = {
+        "run_folder": str(Path(run_dir).resolve()),
+        "recipe": recipe,
+        "model": model,
+        "overrides": (" ".join(overrides) or "(none)")[:MAX_TAG_CHARS],
+    }
+    if fold is not None:
+        tags["fold"] = str(fold)
+    if sweep_dir is not None:
+        tags["sweep_id"] = str(sweep_dir)
+        tags["sweep_job"] = str(job_num)
+    return tags
 
 
 def default_tags(device: str, dataset_name: str, dataset_fingerprint: str) -> dict[str, str]:

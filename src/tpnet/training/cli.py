@@ -67,16 +67,37 @@ def _locked_main(cfg: DictConfig, run_dir: Path) -> float | None:
     except (CheckpointError, DatasetCheckError, NonFiniteLossError) as exc:
         # Expected failures: a clear message and a non-zero exit, not a traceback.
         _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail(f"interrupted; {run_dir / 'checkpoints/last.pt'} holds the last finished epoch: "
+              "trainer.resume=auto continues the run", code=130, end_sweep=True)  # fmt: skip
     # Returned to Hydra's sweepers (e.g. Optuna): the monitored validation metric (None when the run fell back
     # to another monitor, see train.py).
     value = final.get(f"best/{cfg.trainer.monitor}")
     return None if value is None else float(value)
 
 
-def _fail(message: str) -> None:
-    log.error(message)
+class JobFailed(RuntimeError):
+    """A job of a sweep (``-m``) failed; its one-line message is already printed. Hydra records the job as
+    FAILED and runs the others (a SystemExit would end the whole sweep, cross-validation summary included)."""
+
+
+def _fail(message: str, code: int = 2, end_sweep: bool = False) -> None:
+    """One line on stderr and in train.log (the console handler leaves the logged copy out), then exit (a
+    single run), or fail this job only (a sweep; ``end_sweep`` for an interruption)."""
+    from tpnet.training.console import FILE_ONLY
+
+    log.error(message, extra=FILE_ONLY)
     print(f"tpnet-train: {message}", file=sys.stderr)
-    sys.exit(2)
+    if not end_sweep and _in_sweep():
+        raise JobFailed(message) from None
+    sys.exit(code)
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Degenerate label sets, seen at start: no trigger-point class, masks that are all empty, frames too small to
-hold anything. Such data train to a "perfect" detection F1 of 1.0 (nothing to find, nothing found), so the
-trainer warns, and falls back from a monitor that cannot be computed to one that can (``choose_monitor``)."""
+hold anything, empty splits. On such data detection metrics are undefined (an F1 with nothing to find is NaN,
+see tpnet.evaluation.metrics), so the trainer warns, and falls back from a monitor that cannot be computed to one
+that can (``choose_monitor``): mean foreground Dice, or the loss where there is no foreground at all."""
 
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ class SplitLabels:
     small: list[tuple[str, tuple[int, int]]] = field(default_factory=list)  # (sample_id, resampled H x W)
 
 
-def summarise_labels(data: DataSetup, splits: Sequence[str] = ("train", "val"), workers: int = 4) -> dict:
+def summarise_labels(
+    data: DataSetup, splits: Sequence[str] = ("train", "val", "test"), workers: int = 4
+) -> dict[str, SplitLabels]:
     """Read every mask of ``splits`` once: labels present and frames too small (resampled size)."""
     out: dict[str, SplitLabels] = {}
     for split in splits:
@@ -64,7 +67,7 @@ def label_set_warnings(
     if not trp:
         warnings.append(
             f"dataset.yaml classes {list(classes)} include no trigger-point class (a name ending in _trp): "
-            "nothing to detect, detection metrics (det_f1, ...) are meaningless"
+            "nothing to detect, detection metrics (det_f1, ...) are undefined (null in metrics.json)"
         )
     if not train.labels - {0}:
         warnings.append(
@@ -76,6 +79,18 @@ def label_set_warnings(
             f"no training mask contains a trigger point ({', '.join(classes[i] for i in trp)}): the model "
             "cannot learn to detect them"
         )
+    for split, name in (("val", "validation"), ("test", "test")):
+        labels = summary.get(split)
+        if labels is None:
+            continue
+        if not labels.n_frames:
+            consequence = _EMPTY_SPLIT[split]
+            warnings.append(f"the {name} split is empty (no labelled frame): {consequence}")
+        elif trp and not labels.labels & set(trp):
+            warnings.append(
+                f"no {name} mask contains a trigger point: detection metrics (det_f1, precision, recall) are "
+                f"undefined on the {name} split (null in {'metrics.json' if split == 'test' else 'metrics.jsonl'})"
+            )
     for split, labels in summary.items():
         if labels.small:
             sample_id, (h, w) = min(labels.small, key=lambda item: min(item[1]))
@@ -87,20 +102,29 @@ def label_set_warnings(
     return warnings
 
 
+_EMPTY_SPLIT = {
+    "val": "no validation metrics, best.pt follows train/loss, post-processing is not calibrated "
+    "(raise data.val_fraction, or add subjects)",
+    "test": "no test metrics (metrics.json) at the end (raise data.test_fraction, or add subjects)",
+}
+
+
 def choose_monitor(
     monitor: str, mode: str, summary: dict[str, SplitLabels], classes: Sequence[str]
 ) -> tuple[str, str, str | None]:
-    """(monitor, mode, why it was replaced or None). A monitor the validation masks cannot give a meaning to
-    (TrP detection without a TrP, Dice of an absent class) would leave ``best.pt`` at epoch 1 forever (or never
-    write it): fall back to ``val/loss`` (min), or ``train/loss`` (min) without validation frames."""
+    """(monitor, mode, why it was replaced or None). A monitor the validation masks cannot give a meaning to (TrP
+    detection without a true TrP, Dice of an absent class) is undefined every epoch and would never select a
+    best.pt: fall back to the mean foreground Dice ``val/dice_mean`` (max), to ``val/loss`` (min) when no
+    validation mask holds any foreground, or to ``train/loss`` (min) without validation frames."""
     val = summary["val"]
+    trp = set(trp_class_indices(classes))
     why = None
     if monitor.startswith("val/") and val.n_frames == 0:
         why = "the validation split has no frame"
     elif monitor.startswith(_DETECTION_MONITORS):
-        if not trp_class_indices(classes):
+        if not trp:
             why = "the dataset has no trigger-point class"
-        elif not val.labels & set(trp_class_indices(classes)):
+        elif not val.labels & trp:
             why = "no validation mask contains a trigger point"
     elif monitor == "val/dice_mean" and not val.labels - {0}:
         why = "every validation mask is empty"
@@ -110,9 +134,20 @@ def choose_monitor(
             why = f"no validation mask contains class {name}"
     if why is None:
         return monitor, mode, None
-    fallback = "val/loss" if val.n_frames else "train/loss"
+    if not val.n_frames:
+        fallback, fallback_mode, what = "train/loss", "min", "the training loss"
+    elif val.labels - {0}:
+        fallback, fallback_mode, what = "val/dice_mean", "max", "the mean foreground Dice"
+    else:
+        fallback, fallback_mode, what = "val/loss", "min", "the validation loss"
     return (
         fallback,
-        "min",
-        f"trainer.monitor={monitor} cannot be computed ({why}): monitoring {fallback} (min)",
+        fallback_mode,
+        f"trainer.monitor={monitor} cannot be computed ({why}): monitoring {fallback} ({fallback_mode}), {what}, "
+        "to select best.pt",
     )
+
+
+def has_trigger_points(labels: SplitLabels, classes: Sequence[str]) -> bool:
+    """Whether any mask of the split holds a trigger point (else its detection metrics are undefined)."""
+    return bool(labels.labels & set(trp_class_indices(classes)))

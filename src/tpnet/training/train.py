@@ -6,12 +6,12 @@ algorithm; each step is a small function below it, and ``train_one_epoch`` takes
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import random
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,7 +25,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from tpnet import __version__
-from tpnet.configuration import ConfigError, check_monitor_name, config_fingerprint, run_dir_from_hydra
+from tpnet.configuration import (
+    ConfigError,
+    RunContext,
+    check_monitor_name,
+    config_fingerprint,
+    run_context_from_hydra,
+    run_dir_from_hydra,
+)
 from tpnet.core.atomic import atomic_write_text
 from tpnet.core.checkpoint import load_checkpoint
 from tpnet.core.device import amp_dtype_for, pick_device
@@ -48,18 +55,22 @@ from tpnet.models.summary import count_flops, count_parameters
 from tpnet.planning.apply import PLAN_FILE, apply_plan, plan_from_config, stored_plan, write_plan
 from tpnet.planning.apply import mlflow_params as plan_mlflow_params
 from tpnet.planning.plan import Plan
-from tpnet.tracking.mlflow_logger import MlflowTracker, default_tags, flatten
-from tpnet.training import cv_sweep, distributed, fault_injection
+from tpnet.tracking.mlflow_logger import MlflowTracker, default_tags, flatten, run_tags, unique_run_name
+from tpnet.training import console, cv_sweep, distributed, fault_injection, progress_plot
 from tpnet.training.calibrate import calibrate_postprocess
 from tpnet.training.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
+from tpnet.training.console import FILE_ONLY
 from tpnet.training.distributed import DistInfo, EpochSampler
 from tpnet.training.ema import EMA
-from tpnet.training.label_set import choose_monitor, label_set_warnings, summarise_labels
+from tpnet.training.label_set import choose_monitor, has_trigger_points, label_set_warnings, summarise_labels
 from tpnet.training.losses import deep_supervision
 from tpnet.training.overlays import write_overlays
 from tpnet.training.validate import validate_frames
 
 log = logging.getLogger(__name__)
+
+# The run log (written by Hydra's job_logging: configs/hydra/job_logging/tpnet_train.yaml) and the curves.
+LOG_FILE, PROGRESS_PLOT = "train.log", "progress.png"
 
 __all__ = [
     "TrainState",
@@ -172,15 +183,18 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
     if info.enabled:
         log.info("distributed: rank %d of world size %d", info.rank, info.world_size)
     run_dir = Path(distributed.broadcast_object(str(run_dir_from_hydra()), info))
+    context = run_context_from_hydra()
     ckpt_dir = run_dir / "checkpoints"
     seed_everything(int(cfg.seed))  # same seed on every rank: identical initial weights
     torch.backends.cudnn.benchmark = not tcfg.deterministic
+    if info.is_main:
+        _say_config(cfg, context, device)
 
     # ---- set-up: data, monitor, loaders, model and optimisation ---------------------------------------------
     data = _set_up_data(cfg, info)
     plan = _plan_run(cfg, data, device, run_dir, info)  # fills the null (planned) keys of cfg before any use
     classes = list(data.spec.classes)
-    monitor, mode = _check_labels_and_pick_monitor(cfg, data, classes, info)
+    monitor, mode, val_has_trp = _check_labels_and_pick_monitor(cfg, data, classes, info)
     loader = train_loader(
         data, cfg.data, instantiate(cfg.augment),
         EpochSampler(len(data.splits["train"]), cfg.data.samples_per_epoch, int(cfg.seed), info),
@@ -194,11 +208,12 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
     params = PostprocessParams.from_dict(OmegaConf.to_container(cfg.postprocess))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     meta = _model_meta(cfg, data, state.model, params, resolved)
+    model_size = _model_size(state.model, data, cfg, meta, context, info)
 
     # ---- resume, then wrap for DDP / compile and start tracking ------------------------------------------------
     progress, rng_state = _resume(tcfg.resume, ckpt_dir, run_dir, state, device)
     state.forward = _wrap_for_training(state.model, tcfg, info, device)
-    tracker = _start_tracking(cfg, run_dir, resolved, state.model, data, device, progress, info, plan)
+    tracker = _start_tracking(cfg, context, run_dir, resolved, model_size, data, device, progress, info, plan)
     # Restore the RNG streams last, just before the first epoch: whatever set-up consumed random numbers above,
     # the resumed epochs then draw exactly what the uninterrupted run drew.
     if rng_state is not None:
@@ -206,34 +221,50 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
 
     # ---- epochs ------------------------------------------------------------------------------------------------
     max_epochs = int(tcfg.max_epochs)
-    for epoch in range(progress.epoch, max_epochs):
-        fault_injection.kill_rank(info.rank, epoch)
-        loader.sampler.set_epoch(epoch)  # PatchSampler: reshuffles and carries the epoch to the workers
-        stats = train_one_epoch(state, loader, epoch, max_epochs, info)
-        metrics = {
-            "train/loss": stats.loss,
-            "lr": state.optimizer.param_groups[0]["lr"],
-            "throughput/img_per_s": stats.images_per_s,
-        }
-        if (epoch + 1) % int(tcfg.val_every_n_epochs) == 0 or epoch + 1 == max_epochs:
-            metrics.update(_validate(state, val_loader, classes, params, cfg, run_dir, tracker, epoch, info))
-        improved = progress.record(metrics.get(monitor), mode)
-        progress.epoch = epoch + 1
-        if info.is_main:
-            _log_epoch(tracker, run_dir / "metrics.jsonl", metrics, epoch)
-            _save_checkpoints(state, progress, ckpt_dir, improved, resolved, meta, tracker.run_id)
-        distributed.barrier(info)
-        patience = tcfg.early_stopping_patience
-        if patience and progress.bad_epochs >= int(patience):
-            log.info("early stopping: %s did not improve for %d epochs", monitor, progress.bad_epochs)
-            break
+    redraw = progress_plot.RedrawClock()
+    with _end_tracking_on_failure(tracker, run_dir, info):
+        for epoch in range(progress.epoch, max_epochs):
+            fault_injection.kill_rank(info.rank, epoch)
+            start = time.perf_counter()
+            loader.sampler.set_epoch(epoch)  # PatchSampler: reshuffles and carries the epoch to the workers
+            stats = train_one_epoch(state, loader, epoch, max_epochs, info)
+            metrics = {
+                "train/loss": stats.loss,
+                "lr": state.optimizer.param_groups[0]["lr"],
+                "throughput/img_per_s": stats.images_per_s,
+            }
+            validating = bool(data.splits["val"]) and (
+                (epoch + 1) % int(tcfg.val_every_n_epochs) == 0 or epoch + 1 == max_epochs
+            )
+            if validating:
+                metrics.update(
+                    _validate(state, val_loader, classes, params, cfg, run_dir, tracker, epoch, info)
+                )
+            metrics["throughput/epoch_s"] = time.perf_counter() - start
+            improved = progress.record(metrics.get(monitor), mode)
+            progress.epoch = epoch + 1
+            if info.is_main:
+                _log_epoch(tracker, run_dir / "metrics.jsonl", metrics, epoch)
+                log.info(console.epoch_line(epoch + 1, max_epochs, metrics, metrics["throughput/epoch_s"],
+                                            monitor, improved))  # fmt: skip
+                if validating and redraw.due():
+                    _draw_progress(run_dir, monitor, mode, tracker, context)
+                _save_checkpoints(state, progress, ckpt_dir, improved, resolved, meta, tracker.run_id)
+            distributed.barrier(info)
+            patience = tcfg.early_stopping_patience
+            if patience and progress.bad_epochs >= int(patience):
+                log.info("early stopping: %s did not improve for %d epochs", monitor, progress.bad_epochs)
+                break
 
-    # ---- finish: calibrate and test the best checkpoint -----------------------------------------------------
-    final: dict[str, float] = {
-        "best/" + monitor: progress.best_metric if progress.best_metric is not None else math.nan
-    }
-    if info.is_main:
-        final.update(_finish(cfg, data, device, state.amp_dtype, classes, params, run_dir, ckpt_dir, tracker))
+        # ---- finish: calibrate and test the best checkpoint -------------------------------------------------
+        final: dict[str, float] = {
+            "best/" + monitor: progress.best_metric if progress.best_metric is not None else math.nan
+        }
+        if info.is_main:
+            final.update(
+                _finish(cfg, data, device, state.amp_dtype, classes, params, run_dir, ckpt_dir, tracker,
+                        monitor, mode, val_has_trp, context)
+            )  # fmt: skip
     return final
 
 
@@ -408,8 +439,8 @@ def _plan_run(cfg: DictConfig, data: DataSetup, device: torch.device, run_dir: P
                 total_mb = torch.cuda.get_device_properties(device).total_memory / 2**20
             plan = plan_from_config(cfg, data.spec, data.splits, device.type, total_mb)
         write_plan(plan, run_dir)
-        log.info("experiment plan: %s", run_dir / PLAN_FILE)
-        print(f"tpnet-train: {plan.describe()}", file=sys.stderr)  # the table, once (the log has plan.json)
+        log.info("experiment plan: %s", run_dir / PLAN_FILE, extra=FILE_ONLY)
+        log.info(plan.describe())  # the table, once
         text = plan.to_json()
     plan = Plan.from_json(distributed.broadcast_object(text, info))
     apply_plan(cfg, plan)
@@ -473,14 +504,16 @@ def _wrap_for_training(
 
 
 def _start_tracking(
-    cfg: DictConfig, run_dir: Path, resolved: dict, model: torch.nn.Module, data: DataSetup,
-    device: torch.device, progress: Progress, info: DistInfo, plan: Plan,
+    cfg: DictConfig, context: RunContext, run_dir: Path, resolved: dict, model_size: dict[str, float],
+    data: DataSetup, device: torch.device, progress: Progress, info: DistInfo, plan: Plan,
 ) -> MlflowTracker:  # fmt: skip
-    """The MLflow run (rank 0 only; a new one, or the resumed run's) and the run folder's config.yaml."""
+    """The MLflow run (rank 0 only; a new one, or the resumed run's) and the run folder's config.yaml. A new run
+    is named ``<recipe>-<model>[-fold<k>]-<random>`` unless ``logger.run_name`` is set."""
+    fold = None if cfg.cv.fold is None else int(cfg.cv.fold)
     tracker = MlflowTracker(
         cfg.logger.tracking_uri,
         cfg.logger.experiment_name,
-        run_name=cfg.logger.run_name,
+        run_name=cfg.logger.run_name or unique_run_name(context.recipe, context.model, fold),
         run_id=progress.mlflow_run_id,
         enabled=bool(cfg.logger.enabled) and info.is_main,
     )
@@ -488,23 +521,51 @@ def _start_tracking(
         return tracker
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    tracker.start({**default_tags(str(device), data.spec.name, data.fingerprint), **cv_sweep.fold_tags(cfg, run_dir)})
+    tracker.start({
+        **default_tags(str(device), data.spec.name, data.fingerprint),
+        **run_tags(run_dir, context.recipe, context.model, context.overrides, fold, context.sweep_dir,
+                   context.job_num),
+        **cv_sweep.fold_tags(cfg, run_dir),
+    })  # fmt: skip
     tracker.log_params(flatten(resolved))
-    sample_shape = (1, data.encoding.in_channels, *cfg.data.patch_size)
-    tracker.log_params(
-        {
-            "model.n_parameters": count_parameters(model),
-            "model.gflops_per_patch": count_flops(model, sample_shape) / 1e9,
-        }
-    )
+    tracker.log_params(model_size)
     tracker.log_params(plan_mlflow_params(plan))
     tracker.log_artifact(run_dir / "config.yaml")
     tracker.log_artifact(run_dir / PLAN_FILE)
     if tracker.run_id:
         (run_dir / "mlflow_run_id.txt").write_text(tracker.run_id + "\n")
+        log.info(tracker.describe())
     if progress.epoch:
         _truncate_history(run_dir / "metrics.jsonl", progress.epoch)
     return tracker
+
+
+@contextlib.contextmanager
+def _end_tracking_on_failure(tracker: MlflowTracker, run_dir: Path, info: DistInfo):
+    """A run that fails or is interrupted still uploads its log and history, and its MLflow run ends FAILED
+    (KILLED on Ctrl-C) instead of staying RUNNING; ``trainer.resume=auto`` continues the same run later."""
+    try:
+        yield
+    except BaseException as exc:
+        if info.is_main and tracker.run_id:
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            status = "KILLED" if interrupted else "FAILED"
+            # The CLI says what failed; an interruption has no other message.
+            log.warning("run ended early (%s%s): MLflow run marked %s; trainer.resume=auto continues it",
+                        type(exc).__name__, f": {exc}" if str(exc) else "", status,
+                        extra=None if interrupted else FILE_ONLY)  # fmt: skip
+            _upload_run_files(tracker, run_dir, ("metrics.jsonl", PROGRESS_PLOT, LOG_FILE))
+            tracker.end(status)
+        raise
+
+
+def _upload_run_files(
+    tracker: MlflowTracker, run_dir: Path, names: tuple[str, ...] = ("metrics.jsonl", LOG_FILE)
+) -> None:
+    """The per-epoch history and the run log (as far as it goes now), and whatever else ``names`` lists."""
+    for name in names:
+        if (run_dir / name).is_file():
+            tracker.log_artifact(run_dir / name)
 
 
 # ----------------------------------------------------------------------------------------------- per epoch
@@ -525,7 +586,7 @@ def _validate(
     records = distributed.gather_objects(records, info)
     losses = distributed.gather_objects(losses, info)
     if info.is_main:
-        log.info("validated %d frames from %d rank(s)", len(records), info.world_size)
+        log.info("validated %d frames from %d rank(s)", len(records), info.world_size, extra=FILE_ONLY)
     metrics = {"val/loss": float(np.mean(losses)) if losses else math.nan}
     metrics.update(_metric_values(aggregate(records, classes), "val/"))
     if kept:
@@ -558,30 +619,58 @@ def _save_checkpoints(
 # ----------------------------------------------------------------------------------------------- finish
 def _finish(
     cfg: DictConfig, data: DataSetup, device: torch.device, amp_dtype: torch.dtype | None, classes: list[str],
-    params: PostprocessParams, run_dir: Path, ckpt_dir: Path, tracker: MlflowTracker,
+    params: PostprocessParams, run_dir: Path, ckpt_dir: Path, tracker: MlflowTracker, monitor: str, mode: str,
+    val_has_trp: bool, context: RunContext,
 ) -> dict[str, float]:  # fmt: skip
-    """Rank 0: calibrate post-processing on validation, test the best checkpoint, close the MLflow run."""
+    """Rank 0: calibrate post-processing on validation, test the best checkpoint, say where everything is,
+    close the MLflow run."""
     final: dict[str, float] = {}
     best_path = ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").exists() else ckpt_dir / "last.pt"
     if cfg.calibration.enabled and data.splits["val"]:
-        calibrate_checkpoint(best_path, data, device, amp_dtype, cfg, classes, params, run_dir, tracker)
+        if val_has_trp:
+            calibrate_checkpoint(best_path, data, device, amp_dtype, cfg, classes, params, run_dir, tracker)
+        else:  # every setting would score an undefined F1: keep the configured post-processing
+            log.info("post-processing not calibrated: no validation mask contains a trigger point (keeping "
+                     "postprocess.threshold=%s, min_area_mm2=%s)", params.threshold, params.min_area_mm2)  # fmt: skip
     if cfg.cv.fold is not None and data.splits["val"]:
         cv_sweep.after_fold(cfg, best_path, data, device, amp_dtype, classes, run_dir, tracker)
-    if cfg.trainer.test_after_training and data.splits["test"]:
+    tested = cfg.trainer.test_after_training and data.splits["test"]
+    if tested:
         report = evaluate_checkpoint_on(best_path, data, "test", device, amp_dtype, cfg, classes)
         save_metrics_json(run_dir / "metrics.json", report)
         tracker.log_metrics(_metric_values(report, "test/"), step=int(cfg.trainer.max_epochs))
         tracker.log_artifact(run_dir / "metrics.json")
         final.update(_metric_values(report, "test/"))
+        for line in console.report_lines(report):
+            log.info(line)
     if cfg.logger.log_checkpoint and best_path.exists():
         tracker.log_artifact(best_path, "checkpoints")
+    _draw_progress(run_dir, monitor, mode, tracker, context)  # the final curves
+    files = {
+        "best checkpoint": _describe_best(best_path, run_dir, monitor, mode),
+        "test metrics": "metrics.json" if tested else "",
+        "progress plot": PROGRESS_PLOT if (run_dir / PROGRESS_PLOT).is_file() else "",
+        "history": "metrics.jsonl",
+        "run log": LOG_FILE if (run_dir / LOG_FILE).is_file() else "",
+    }
     lost = tracker.summary_of_losses()
     if lost:
         log.warning(lost)
         (run_dir / "mlflow_not_logged.txt").write_text(lost + "\n")
+    for line in console.where_lines(str(run_dir), {k: v for k, v in files.items() if v}, tracker.describe()):
+        log.info(line)
+    _upload_run_files(tracker, run_dir)  # last: the log holds the lines above
     tracker.end("FINISHED")
-    log.info("run folder: %s", run_dir)
     return final
+
+
+def _describe_best(best_path: Path, run_dir: Path, monitor: str, mode: str) -> str:
+    """``checkpoints/best.pt (epoch 7, val/det_f1=0.5330)``, from the run's history."""
+    if best_path.name != "best.pt":
+        return f"{best_path.relative_to(run_dir)} (no epoch improved {monitor}: the last epoch's weights)"
+    best = progress_plot.best_row(progress_plot.read_history(run_dir / "metrics.jsonl"), monitor, mode)
+    where = f" (epoch {best['epoch']}, {monitor}={best[monitor]:.4f})" if best else ""
+    return f"{best_path.relative_to(run_dir)}{where}"
 
 
 def calibrate_checkpoint(
@@ -629,26 +718,76 @@ def evaluate_checkpoint_on(path, data, split, device, amp_dtype, cfg, classes) -
 
 def _check_labels_and_pick_monitor(
     cfg: DictConfig, data: Any, classes: list[str], info: DistInfo
-) -> tuple[str, str]:
-    """Warn about a degenerate label set; the monitor to use (``trainer.monitor``, or a fallback that can be
-    computed on these data). Rank 0 reads the masks and decides; every rank must monitor the same metric."""
+) -> tuple[str, str, bool]:
+    """Say the split sizes, warn about a degenerate label set or an empty split; the monitor to use
+    (``trainer.monitor``, or a fallback that can be computed on these data), its mode, and whether the
+    validation masks hold a trigger point. Rank 0 reads the masks and decides; every rank must monitor the
+    same metric."""
     check_monitor_name(str(cfg.trainer.monitor), float(cfg.postprocess.match_mm), classes)
     choice = None
     if info.is_main:
+        log.info(console.data_line(data.spec.name, _split_sizes(data), data.spacing_mm))
         summary = summarise_labels(data)
         for message in label_set_warnings(summary, classes, data.spacing_mm):
             _warn(message)
-        choice = choose_monitor(str(cfg.trainer.monitor), str(cfg.trainer.monitor_mode), summary, classes)
-        if choice[2]:
-            _warn(choice[2])
-    monitor, mode, _ = distributed.broadcast_object(choice, info)
-    return monitor, mode
+        monitor, mode, why = choose_monitor(
+            str(cfg.trainer.monitor), str(cfg.trainer.monitor_mode), summary, classes
+        )
+        if why:
+            _warn(why)
+        choice = (monitor, mode, has_trigger_points(summary["val"], classes))
+    return tuple(distributed.broadcast_object(choice, info))
+
+
+def _split_sizes(data: DataSetup) -> dict[str, tuple[int, int]]:
+    """(subjects, frames) per split."""
+    return {split: (len({row.subject_id for row in rows}), len(rows)) for split, rows in data.splits.items()}
+
+
+def _say_config(cfg: DictConfig, context: RunContext, device: torch.device) -> None:
+    """The start of the console: the command line and config groups, the device and precision."""
+    for line in console.config_lines(context.overrides, context.choices):
+        log.info(line)
+    requested = str(cfg.trainer.device)
+    if device.type == "cuda":
+        detail = torch.cuda.get_device_name(device)
+    else:
+        detail = "no CUDA device found" if requested == "auto" else ""
+    amp_dtype = amp_dtype_for(str(cfg.trainer.precision), device)
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+    log.info(console.device_line(str(device), requested, precision, detail))
+
+
+def _model_size(
+    model: torch.nn.Module, data: DataSetup, cfg: DictConfig, meta: dict, context: RunContext, info: DistInfo
+) -> dict[str, float]:
+    """Parameter count and GFLOPs per training patch (MLflow params), said on the console."""
+    size = {"model.n_parameters": count_parameters(model)}
+    if info.is_main:
+        sample_shape = (1, data.encoding.in_channels, *cfg.data.patch_size)
+        size["model.gflops_per_patch"] = count_flops(model, sample_shape) / 1e9
+        log.info(console.model_line(meta["model_name"], context.model, size["model.n_parameters"],
+                                    size["model.gflops_per_patch"], cfg.data.patch_size))  # fmt: skip
+    return size
+
+
+def _draw_progress(
+    run_dir: Path, monitor: str, mode: str, tracker: MlflowTracker, context: RunContext
+) -> None:
+    """Redraw progress.png from metrics.jsonl and upload it; a plot that cannot be drawn never stops training."""
+    try:
+        history = progress_plot.read_history(run_dir / "metrics.jsonl")
+        title = f"{tracker.run_name or context.recipe}  ({run_dir.name})"
+        path = progress_plot.write_progress_plot(history, run_dir / PROGRESS_PLOT, monitor, mode, title)
+    except Exception as exc:  # matplotlib missing or failing: metrics.jsonl and MLflow have the curves anyway
+        log.warning("progress.png not drawn (%s: %s)", type(exc).__name__, exc)
+        return
+    tracker.log_artifact(path)
 
 
 def _warn(message: str) -> None:
-    """Logged (run folder's log) and printed: a warning about the data must not hide among the epoch lines."""
+    """Console and run log: a warning about the data must not hide among the epoch lines."""
     log.warning(message)
-    print(f"tpnet-train: WARNING: {message}", file=sys.stderr)
 
 
 def _resume_path(resume: Any, ckpt_dir: Path) -> Path | None:
@@ -705,8 +844,3 @@ def _log_epoch(tracker: MlflowTracker, history_path: Path, metrics: dict[str, fl
             json.dumps({"epoch": epoch + 1, **{k: (None if v != v else v) for k, v in metrics.items()}})
             + "\n"
         )
-    shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in _SHOWN)
-    log.info("epoch %d: %s", epoch + 1, shown)
-
-
-_SHOWN = ("train/loss", "val/loss", "val/dice_mean", "val/det_f1", "val/loc_err_mm", "throughput/img_per_s")
