@@ -83,10 +83,11 @@ def make_model_file(
     with_meta: bool = True,
     name: str | None = None,
 ) -> Path:
-    """Export ``BlobDetector`` as TorchScript (.pt) or torch.export (.pt2) with valid metadata
-    (``edit_meta`` may then break it on purpose; ``with_meta=False`` leaves it out)."""
+    """Export ``BlobDetector`` as TorchScript (.pt), torch.export (.pt2) or ONNX (.onnx, see
+    ``blob_detector_onnx``) with valid metadata (``edit_meta`` may then break it on purpose; ``with_meta=False``
+    leaves it out)."""
     model = BlobDetector(channels).eval()
-    method = "script" if fmt == "torchscript" else "torch.export"
+    method = {"torchscript": "script", "pt2": "torch.export", "onnx": "torch.onnx"}.get(fmt, fmt)
     meta = make_meta(spacing_mm, channels, method, min_area_mm2)
     if edit_meta is not None:
         edit_meta(meta)
@@ -103,9 +104,40 @@ def make_model_file(
         example = torch.zeros(2, len(channels), 16, 16)
         program = torch.export.export(model, (example,), dynamic_shapes=(dims,))
         torch.export.save(program, path, extra_files=extra)
+    elif fmt == "onnx":
+        path = tmp_path / (name or "model.onnx")
+        path.write_bytes(blob_detector_onnx(model, extra))
     else:
-        raise ValueError(f"fmt must be 'torchscript' or 'pt2'; got {fmt!r}")
+        raise ValueError(f"fmt must be 'torchscript', 'pt2' or 'onnx'; got {fmt!r}")
     return path
+
+
+def blob_detector_onnx(model: BlobDetector, metadata: dict[str, str]) -> bytes:
+    """``model`` as an ONNX graph (Conv 1x1 -> Relu -> Conv 1x1, its own weights), built with onnx.helper in
+    milliseconds; tpnet-export's dynamo export takes seconds and is tested on its own
+    (tests/export/test_onnx_export.py). Input "image", output "pred", batch/height/width dynamic, like it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = [
+        numpy_helper.from_array(tensor.detach().numpy(), name.replace(".", "_"))
+        for name, tensor in model.state_dict().items()
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "features_weight", "features_bias"], ["features"]),
+        helper.make_node("Relu", ["features"], ["active"]),
+        helper.make_node("Conv", ["active", "head_weight", "head_bias"], ["pred"]),
+    ]
+    channels = model.features.in_channels
+    graph = helper.make_graph(
+        nodes, "blob_detector",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", channels, "height", "width"])],
+        [helper.make_tensor_value_info("pred", TensorProto.FLOAT, ["batch", len(CLASSES), "height", "width"])],
+        weights,
+    )  # fmt: skip
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    for key, value in metadata.items():
+        onnx_model.metadata_props.add(key=key, value=value)
+    return onnx_model.SerializeToString()
 
 
 def blob_frame(

@@ -1,5 +1,7 @@
-"""The clinicians' tool must run where only the base install is: torch, numpy, OpenCV, tifffile, tqdm, PyYAML,
-pydicom and Pillow.
+"""The clinicians' tool must run without the training stack: here a .pt2 model with torch (the ``torch`` extra)
+and none of Hydra, OmegaConf, MLflow, albumentations, torchvision, SciPy. The base install (numpy, OpenCV,
+tifffile, tqdm, PyYAML, pydicom, Pillow, onnxruntime; no torch) running an ONNX model is
+tests/inference/test_onnx_torch_free.py.
 
 PyYAML is a real inference dependency: tpnet-infer reads contract datasets, whose ``dataset.yaml`` the contract
 reader parses. SciPy is not: it serves the evaluation's detection matching only."""

@@ -10,7 +10,9 @@ TorchScript's loader unpickles only TorchScript types, but the archive's code ma
 
 A tpnet network needs none of that, so these checks allow only what ``tpnet-export`` writes (plain
 tensors, ATen operators, plain symbolic sizes) and refuse everything else *before* torch sees the bytes.
-The caller then hands torch the very bytes that were checked (no second read of the file).
+The caller then hands torch the very bytes that were checked (no second read of the file). torch itself is
+imported only to check a pickle, so the ONNX path (``tpnet.core.onnx_model``, which uses UnsafeModelError)
+imports none of it.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ import re
 import tokenize
 import zipfile
 from collections.abc import Iterator
-
-import torch
 
 
 class UnsafeModelError(ValueError):
@@ -164,6 +164,8 @@ def _raw_payloads(archive: zipfile.ZipFile, prefix: str, members: list[str]) -> 
 
 def _check_weights_only_pickle(raw: bytes, where: str) -> None:
     # torch tries weights_only=True first and falls back to the full unpickler only if that fails.
+    import torch
+
     try:
         torch.load(io.BytesIO(raw), weights_only=True)
     except Exception as exc:

@@ -1,8 +1,14 @@
-"""Exported model files: a TorchScript ``.pt`` or a ``torch.export`` ``.pt2`` carrying ``tpnet_meta.json``.
+"""Exported model files carrying ``tpnet_meta.json``: a TorchScript ``.pt``, a ``torch.export`` ``.pt2`` or an
+ONNX ``.onnx``.
 
 The metadata says everything the inference tool needs without the training code: class names, input
 encoding, training pixel spacing, the network's stride and the post-processing defaults. Its keys
-are defined once, in ``build_meta``; the exporter writes it and ``load_model_file`` checks it.
+are defined once, in ``build_meta``; the exporter writes it and ``load_model_file`` checks it. The torch
+formats keep it as an extra file of their zip archive, ONNX as the model's ``metadata_props`` entry of the
+same name (``tpnet.core.onnx_model``).
+
+torch is imported only to load a TorchScript or .pt2 network: the base install runs ONNX models with
+onnxruntime and has no torch, and a torch model there is refused in one line naming the extra to install.
 """
 
 from __future__ import annotations
@@ -14,17 +20,21 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from tpnet.core.archive_safety import UnsafeModelError, check_pt2_archive, check_torchscript_archive
+from tpnet.core.device import ONNX_CUDA, DeviceUnavailableError, onnxruntime_providers, torch_inference_device
 from tpnet.core.encoding import Encoding
+from tpnet.core.onnx_model import MAX_ONNX_BYTES, OnnxFormatError, OnnxNetwork, inspect_onnx
+from tpnet.extras import EXTRAS, install_command, missing_modules
+
+if TYPE_CHECKING:
+    import torch
 
 META_FILENAME = "tpnet_meta.json"
 FORMAT_NAME = "tpnet-model"
 FORMAT_VERSION = 1
-EXPORT_METHODS: tuple[str, ...] = ("script", "trace", "torch.export")
+EXPORT_METHODS: tuple[str, ...] = ("script", "trace", "torch.export", "torch.onnx")
 REQUIRED_KEYS: tuple[str, ...] = (
     "format",
     "format_version",
@@ -41,21 +51,28 @@ REQUIRED_KEYS: tuple[str, ...] = (
 POSTPROCESS_KEYS: tuple[str, ...] = ("threshold", "min_area_mm2", "match_mm")
 # Written when present; model files from before they existed load without them (the default applies).
 OPTIONAL_POSTPROCESS_KEYS: tuple[str, ...] = ("min_mean_prob",)
-KINDS: tuple[str, ...] = ("torchscript", "torch.export")
+KINDS: tuple[str, ...] = ("torchscript", "torch.export", "onnx")
 
 
 class ModelFileError(ValueError):
     """The model file cannot be used; the message names the file and the reason."""
 
 
+class ModelNeedsTorchError(ModelFileError):
+    """A TorchScript / .pt2 model where torch is not installed: the message names the extra and the ONNX way."""
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A ready-to-call network (logits out) plus its validated metadata."""
 
-    module: Any  # torch.jit.ScriptModule or the GraphModule of an ExportedProgram: both map images -> logits
+    # torch.jit.ScriptModule or the GraphModule of an ExportedProgram (torch tensors), or an OnnxNetwork (numpy
+    # arrays): each maps (B, C, H, W) images to logits.
+    module: Any
     meta: dict
-    kind: str  # "torchscript" | "torch.export"
+    kind: str  # "torchscript" | "torch.export" | "onnx"
     path: Path
+    device: str = "cpu"  # where the network runs: "cpu" | "cuda"
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -139,7 +156,7 @@ def build_meta(
         "config_fingerprint": config_fingerprint,
         "dataset_name": dataset_name,
         "dataset_fingerprint": dataset_fingerprint,
-        "export": {"method": export_method, "torch_version": torch_version or torch.__version__},
+        "export": {"method": export_method, "torch_version": torch_version or _torch_version()},
     }
     validate_meta(meta, "build_meta")
     return meta
@@ -220,12 +237,13 @@ def _detect_kind(path: Path, names: list[str]) -> str:
 
 
 def read_meta(path: str | Path) -> tuple[dict, str]:
-    """Validated metadata and the file kind, read from the archive without loading the network."""
+    """Validated metadata and the file kind ("torchscript" | "torch.export" | "onnx"), without loading the
+    network. A zip archive is a torch format; anything else must parse as a self-contained ONNX model."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
     if not zipfile.is_zipfile(path):
-        raise ModelFileError(f"{path}: not a model file (neither TorchScript .pt nor torch.export .pt2)")
+        return _onnx_meta(path, _read_onnx_bytes(path)), "onnx"
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -236,26 +254,74 @@ def read_meta(path: str | Path) -> tuple[dict, str]:
             raw = archive.read(meta_names[0])
     except (zipfile.BadZipFile, OSError) as exc:
         raise ModelFileError(f"{path}: damaged model file ({exc})") from exc
+    return _parse_meta(raw, path), kind
+
+
+def _parse_meta(raw: bytes | str, path: Path) -> dict:
     try:
-        meta = json.loads(raw.decode("utf-8"))
+        meta = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"{path}: {META_FILENAME} is not valid JSON ({exc})") from exc
-    return validate_meta(meta, path), kind
+    return validate_meta(meta, path)
+
+
+def _onnx_meta(path: Path, data: bytes) -> dict:
+    """The metadata of an ONNX model's bytes, after the structural and external-data checks."""
+    try:
+        metadata = inspect_onnx(data)
+    except OnnxFormatError as exc:
+        raise ModelFileError(
+            f"{path}: not a model file (neither TorchScript .pt, torch.export .pt2 nor ONNX .onnx: {exc})"
+        ) from None
+    except UnsafeModelError as exc:
+        raise ModelFileError(f"{path}: refused, loading it would read other files: {exc}") from None
+    if META_FILENAME not in metadata:
+        raise ModelFileError(
+            f"{path}: an ONNX model without {META_FILENAME} in its metadata_props; tpnet-infer needs the model's "
+            "classes, encoding and pixel size from it: export the model with tpnet-export format=onnx"
+        )
+    return _parse_meta(metadata[META_FILENAME], path)
+
+
+def _read_onnx_bytes(path: Path) -> bytes:
+    # Size first: a video or disk image passed as --model must not be read into memory whole.
+    size = path.stat().st_size
+    if size > MAX_ONNX_BYTES:
+        raise ModelFileError(
+            f"{path}: not a model file (neither a zip archive (TorchScript .pt, torch.export .pt2) nor an ONNX "
+            f"model: {size / 2**30:.1f} GiB is over ONNX's 2 GiB single-file limit)"
+        )
+    return _read_bytes(path)
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read the model file ({exc})") from exc
 
 
 def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Load and check a model file; raise ModelFileError naming the file if it cannot be used.
 
-    The archive is read once and inspected (``archive_safety``) before torch sees it, and torch loads those
-    same bytes: a crafted file is refused without running any of its code."""
+    ``device``: ``cpu``, ``cuda`` or ``auto`` (TorchScript / .pt2: CUDA when torch sees a GPU; ONNX: the CPU,
+    see ``tpnet.core.device.onnxruntime_providers``). A device that cannot be used raises
+    DeviceUnavailableError; a torch model where torch is not installed, ModelNeedsTorchError. The file is read once and inspected (``archive_safety``, ``onnx_model``) before
+    torch or onnxruntime sees it, and they load those same bytes: a crafted file is refused without running
+    any of its code."""
     path = Path(path)
+    device = str(device)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    if not zipfile.is_zipfile(path):
+        return _load_onnx(path, device)
     meta, kind = read_meta(path)
-    device = torch.device(device)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelFileError(f"{path}: cannot read the model file ({exc})") from exc
+    _require_torch(path, kind)
+    device = torch_inference_device(device)
+    data = _read_bytes(path)
     _refuse_unsafe_archive(path, data, kind)
+    import torch
+
     try:
         with warnings.catch_warnings():
             # torch.jit deprecation notices mean nothing to a clinician running the tool.
@@ -270,7 +336,42 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> Loa
         raise ModelFileError(
             f"{path}: could not load the {kind} network ({type(exc).__name__}: {exc})"
         ) from exc
-    return LoadedModel(module=module, meta=meta, kind=kind, path=path)
+    return LoadedModel(module=module, meta=meta, kind=kind, path=path, device=device)
+
+
+def _load_onnx(path: Path, device: str) -> LoadedModel:
+    data = _read_onnx_bytes(path)
+    meta = _onnx_meta(path, data)
+    providers = onnxruntime_providers(device)
+    try:
+        network = OnnxNetwork(data, providers)
+    except OnnxFormatError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+    except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / RuntimeException types
+        raise ModelFileError(
+            f"{path}: onnxruntime could not load the network ({type(exc).__name__}: {exc})"
+        ) from exc
+    if providers[0] not in network.providers:  # onnxruntime falls back to the CPU with a warning only
+        raise DeviceUnavailableError(
+            f"onnxruntime could not start {providers[0]} here (no usable GPU or CUDA libraries); use the CPU"
+        )
+    device = "cuda" if providers[0] == ONNX_CUDA else "cpu"
+    return LoadedModel(module=network, meta=meta, kind="onnx", path=path, device=device)
+
+
+def _require_torch(path: Path, kind: str) -> None:
+    if missing_modules(EXTRAS["torch"][1]):
+        label = "a TorchScript" if kind == "torchscript" else "a torch.export (.pt2)"
+        raise ModelNeedsTorchError(
+            f"{path} is {label} model, which needs PyTorch: {install_command('torch')}; or export it with "
+            "tpnet-export format=onnx, which runs without PyTorch"
+        )
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def _refuse_unsafe_archive(path: Path, data: bytes, kind: str) -> None:

@@ -2,17 +2,23 @@
 
 The one place every tool turns a model and images into class probabilities: validation, calibration,
 evaluation and the inference tool all call ``predict_probs``, so they see exactly the same numbers.
-Imports torch, numpy/OpenCV (via ``tpnet.core.encoding``) and the standard library only.
+``predict_probs_numpy`` is the same algorithm on numpy arrays, for ONNX models run by onnxruntime where no
+torch is installed (tests/inference/test_onnx_torch_free.py holds the two to the same numbers).
+Imports numpy/OpenCV (via ``tpnet.core.encoding``) and the standard library; torch only inside
+``predict_probs``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 
 from tpnet.core.encoding import pad_amounts
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _run_padded(
@@ -22,13 +28,15 @@ def _run_padded(
     amp_dtype: torch.dtype | None,
 ) -> torch.Tensor:
     """Zero-pad bottom/right to ``multiple``, run, crop to the input size, softmax in float32."""
+    import torch
+    import torch.nn.functional as F
+
     height, width = images.shape[-2:]
     pad_h, pad_w = pad_amounts(height, width, multiple)
     padded = F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = model(padded)
-    if logits.ndim != 4 or logits.shape[0] != images.shape[0]:
-        raise ValueError(f"model returned logits of shape {tuple(logits.shape)}; expected (B, K, H, W)")
+    _check_logits(tuple(logits.shape), images.shape[0])
     # float32 before softmax, outside autocast: bf16/fp16 logits lose the small probabilities.
     return torch.softmax(logits[..., :height, :width].float(), dim=1)
 
@@ -47,10 +55,9 @@ def predict_probs(
     identity and a horizontal (lateral) flip. ``amp_dtype`` (bf16 / fp16, see ``tpnet.core.device``) runs
     the network under autocast on the images' device; None runs it in the model's own precision.
     """
-    if images.ndim != 4:
-        raise ValueError(f"images must be (B, C, H, W); got shape {tuple(images.shape)}")
-    if int(size_multiple) < 1:
-        raise ValueError(f"size_multiple must be >= 1; got {size_multiple}")
+    import torch
+
+    _check_inputs(tuple(images.shape), size_multiple)
     with torch.inference_mode():
         probs = _run_padded(model, images, int(size_multiple), amp_dtype)
         if tta:
@@ -61,3 +68,47 @@ def predict_probs(
             flipped = _run_padded(model, images.flip(-1), int(size_multiple), amp_dtype).flip(-1)
             probs = (probs + flipped) / 2.0
     return probs
+
+
+def _run_padded_numpy(
+    network: Callable[[np.ndarray], np.ndarray], images: np.ndarray, multiple: int
+) -> np.ndarray:
+    height, width = images.shape[-2:]
+    pad_h, pad_w = pad_amounts(height, width, multiple)
+    if pad_h or pad_w:
+        images = np.pad(images, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)))
+    logits = np.asarray(network(np.ascontiguousarray(images, dtype=np.float32)))
+    _check_logits(logits.shape, images.shape[0])
+    logits = logits[..., :height, :width].astype(np.float32, copy=False)
+    # Softmax over classes as torch.softmax computes it: shift by the maximum, exponentiate, normalise.
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def predict_probs_numpy(
+    network: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    size_multiple: int,
+    tta: bool = False,
+) -> np.ndarray:
+    """``predict_probs`` for a network on numpy arrays (an ONNX model's ``OnnxNetwork``): (B, C, H, W)
+    float32 images -> (B, K, H, W) float32 probabilities, padded, cropped, softmaxed and flip-averaged alike.
+    Always full precision (an ONNX file fixes its own)."""
+    _check_inputs(images.shape, size_multiple)
+    probs = _run_padded_numpy(network, images, int(size_multiple))
+    if tta:  # the lateral flip only, before padding: see predict_probs
+        flipped = _run_padded_numpy(network, images[..., ::-1], int(size_multiple))[..., ::-1]
+        probs = (probs + flipped) / np.float32(2.0)
+    return probs
+
+
+def _check_inputs(shape: tuple[int, ...], size_multiple: int) -> None:
+    if len(shape) != 4:
+        raise ValueError(f"images must be (B, C, H, W); got shape {shape}")
+    if int(size_multiple) < 1:
+        raise ValueError(f"size_multiple must be >= 1; got {size_multiple}")
+
+
+def _check_logits(shape: tuple[int, ...], batch: int) -> None:
+    if len(shape) != 4 or shape[0] != batch:
+        raise ValueError(f"model returned logits of shape {shape}; expected (B, K, H, W)")

@@ -1,4 +1,5 @@
-"""Write a trained network to a self-describing model file: TorchScript (.pt) or torch.export (.pt2).
+"""Write a trained network to a self-describing model file: TorchScript (.pt) or torch.export (.pt2); ONNX
+(.onnx) is written by ``tpnet.export.onnx`` with the helpers here.
 
 The metadata (classes, input encoding, pixel spacing, post-processing) travels inside the file as the
 extra file ``tpnet_meta.json``, so a deployed model never depends on a config sitting next to it.
@@ -66,7 +67,7 @@ def export_torchscript(
             program = torch.jit.trace(model, example)
         method = "trace"
 
-    meta = _with_export_info(meta, method)
+    meta = with_export_info(meta, method)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
@@ -106,16 +107,17 @@ def export_pt2(
     except Exception as exc:
         raise ExportError(f"{output}: torch.export failed: {type(exc).__name__}: {exc}") from exc
 
-    meta = _with_export_info(meta, "torch.export")
+    meta = with_export_info(meta, "torch.export")
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={META_FILENAME: json.dumps(meta, indent=2)})
     atomic_write_bytes(output, buffer.getvalue())
     return meta
 
 
-def _with_export_info(meta: dict, method: str) -> dict:
-    # build_meta() defines the keys; here we only record how this file was actually produced.
-    meta = {**meta, "export": {"method": method, "torch_version": torch.__version__}}
+def with_export_info(meta: dict, method: str, **details: object) -> dict:
+    """``meta`` with ``export`` saying how this file was actually produced (build_meta() defines the other keys);
+    ``details`` (e.g. the ONNX opset) are added there."""
+    meta = {**meta, "export": {"method": method, "torch_version": torch.__version__, **details}}
     validate_meta(meta, "metadata to embed")
     json.dumps(meta)  # fail here, before writing, if something is not JSON-serialisable
     return meta
@@ -129,7 +131,8 @@ def cpu_eval_copy(model: nn.Module) -> nn.Module:
 def check_output_path(output: Path, suffix: str, checkpoint: Path | None) -> None:
     if output.suffix != suffix:
         raise ExportError(
-            f"{output}: this format is written to a '{suffix}' file (TorchScript .pt, torch.export .pt2)"
+            f"{output}: this format is written to a '{suffix}' file (TorchScript .pt, torch.export .pt2, "
+            "ONNX .onnx)"
         )
     if checkpoint is not None and output.resolve() == Path(checkpoint).resolve():
         raise ExportError(f"{output}: refusing to overwrite the input checkpoint")

@@ -2,12 +2,14 @@
 
 The file is run in a fresh Python process where ``tpnet`` cannot be imported (a meta-path finder refuses
 it, and the working directory is an empty temp folder), using plain ``torch.jit.load`` or
-``torch.export.load``. That catches files that silently depend on our source tree, metadata that does not
+``torch.export.load``, or for ONNX plain ``onnxruntime.InferenceSession`` with ``torch`` refused as well (the
+deployment has no PyTorch). That catches files that silently depend on our source tree, metadata that does not
 survive the round trip, and shapes that were frozen at export time (we test sizes other than the example).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +18,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,9 +33,11 @@ from tpnet.export.export import (
     export_pt2,
     export_torchscript,
 )
+from tpnet.export.onnx import export_onnx
 
 SUBPROCESS_TIMEOUT_S = 600
-_SUFFIX = {"torchscript": ".pt", "pt2": ".pt2"}
+_SUFFIX = {"torchscript": ".pt", "pt2": ".pt2", "onnx": ".onnx"}
+_EXPORTERS = {"torchscript": export_torchscript, "pt2": export_pt2, "onnx": export_onnx}
 
 # Runs in the child: argv = model_file, format, inputs.pt, outputs.pt
 _CHILD_SCRIPT = r"""
@@ -73,6 +78,37 @@ except ImportError:
 torch.save({"outputs": outputs, "meta": meta_text, "tpnet_blocked": tpnet_blocked}, outputs_path)
 """
 
+# Runs in the child for an ONNX model: argv = model_file, inputs.npz, outputs.npz, meta_name. Neither tpnet
+# nor torch may be imported: onnxruntime and numpy are all a deployment has.
+_ONNX_CHILD_SCRIPT = r"""
+import importlib.abc, json, sys
+
+REFUSED = ("tpnet", "torch")
+
+class _Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in REFUSED:
+            raise ImportError(f"parity check: {name!r} must not be needed to run an ONNX model")
+        return None
+
+sys.meta_path.insert(0, _Refuse())
+import numpy as np
+import onnxruntime
+
+model_file, inputs_path, outputs_path, meta_name = sys.argv[1:5]
+session = onnxruntime.InferenceSession(model_file, providers=["CPUExecutionProvider"])
+meta_text = session.get_modelmeta().custom_metadata_map.get(meta_name)
+if meta_text is None:
+    raise SystemExit(f"{model_file}: onnxruntime sees no {meta_name} in the model's metadata_props")
+if json.loads(meta_text).get("format") != "tpnet-model":
+    raise SystemExit(f"{model_file}: {meta_name} has no format='tpnet-model' marker")
+input_name = session.get_inputs()[0].name
+with np.load(inputs_path, allow_pickle=False) as inputs:
+    outputs = {key: session.run(None, {input_name: inputs[key]})[0] for key in inputs.files}
+refused_loaded = sorted(m for m in sys.modules if m.split(".")[0] in REFUSED)
+np.savez(outputs_path, meta=np.array(meta_text), refused_loaded=np.array(json.dumps(refused_loaded)), **outputs)
+"""
+
 
 class ParityError(RuntimeError):
     """The exported file does not load stand-alone or its outputs differ from the eager model."""
@@ -80,30 +116,19 @@ class ParityError(RuntimeError):
 
 def check_parity(model_file: Path, model: nn.Module, inputs: Sequence[Tensor], atol: float = 1e-4) -> float:
     """Max |logit difference| between ``model`` (eager, CPU, eval) and ``model_file`` run in a fresh
-    process without tpnet. ``inputs`` are (B, C, H, W) tensors. Raises ``ParityError`` above ``atol``."""
+    process without tpnet (and, for ONNX, without torch). ``inputs`` are (B, C, H, W) tensors. Raises
+    ``ParityError`` above ``atol``."""
     model_file = Path(model_file).resolve()
-    _, kind = read_meta(model_file)  # "torchscript" | "torch.export"; also validates the metadata
+    _, kind = read_meta(model_file)  # "torchscript" | "torch.export" | "onnx"; also validates the metadata
     inputs = [x.detach().cpu().float().contiguous() for x in inputs]
     with tempfile.TemporaryDirectory(prefix="tpnet-parity-") as workdir:
-        inputs_path, outputs_path = Path(workdir, "inputs.pt"), Path(workdir, "outputs.pt")
-        torch.save(inputs, inputs_path)
-        # -I: ignore PYTHONPATH/user site; cwd = empty temp dir so nothing local shadows the install.
-        cmd = [sys.executable, "-I", "-c", _CHILD_SCRIPT, str(model_file), kind, str(inputs_path)]
-        cmd += [str(outputs_path), META_FILENAME]
-        proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
-        if proc.returncode != 0:
-            raise ParityError(
-                f"{model_file}: could not be loaded and run stand-alone (fresh process, no tpnet):\n"
-                f"{proc.stderr[-3000:]}"
-            )
-        result = torch.load(outputs_path, weights_only=True)
-    if not result["tpnet_blocked"]:
-        raise ParityError(f"{model_file}: parity child could import tpnet; the isolation check is broken")
+        run_child = _run_onnx_child if kind == "onnx" else _run_torch_child
+        exported_outputs = run_child(model_file, kind, inputs, Path(workdir))
 
     reference = cpu_eval_copy(model)
     max_diff = 0.0
     with torch.no_grad():
-        for x, exported in zip(inputs, result["outputs"], strict=True):
+        for x, exported in zip(inputs, exported_outputs, strict=True):
             eager = reference(x)
             if exported.shape != eager.shape:
                 raise ParityError(
@@ -115,6 +140,44 @@ def check_parity(model_file: Path, model: nn.Module, inputs: Sequence[Tensor], a
     if max_diff > atol:
         raise ParityError(f"{model_file}: max |logit difference| {max_diff:.3g} exceeds atol {atol:g}")
     return max_diff
+
+
+def _run_child(script: str, args: list[str], model_file: Path, workdir: Path, what: str) -> None:
+    # -I: ignore PYTHONPATH/user site; cwd = empty temp dir so nothing local shadows the install.
+    cmd = [sys.executable, "-I", "-c", script, *args]
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+    if proc.returncode != 0:
+        raise ParityError(
+            f"{model_file}: could not be loaded and run stand-alone (fresh process, {what}):\n{proc.stderr[-3000:]}"
+        )
+
+
+def _run_torch_child(model_file: Path, kind: str, inputs: list[Tensor], workdir: Path) -> list[Tensor]:
+    inputs_path, outputs_path = workdir / "inputs.pt", workdir / "outputs.pt"
+    torch.save(inputs, inputs_path)
+    args = [str(model_file), kind, str(inputs_path), str(outputs_path), META_FILENAME]
+    _run_child(_CHILD_SCRIPT, args, model_file, workdir, "no tpnet")
+    result = torch.load(outputs_path, weights_only=True)
+    if not result["tpnet_blocked"]:
+        raise ParityError(f"{model_file}: parity child could import tpnet; the isolation check is broken")
+    return result["outputs"]
+
+
+def _run_onnx_child(model_file: Path, kind: str, inputs: list[Tensor], workdir: Path) -> list[Tensor]:
+    """onnxruntime in a process that refuses tpnet and torch; arrays travel as .npz (no pickle)."""
+    inputs_path, outputs_path = workdir / "inputs.npz", workdir / "outputs.npz"
+    keys = [f"x{i:03d}" for i in range(len(inputs))]
+    np.savez(inputs_path, **{key: x.numpy() for key, x in zip(keys, inputs, strict=True)})
+    args = [str(model_file), str(inputs_path), str(outputs_path), META_FILENAME]
+    _run_child(_ONNX_CHILD_SCRIPT, args, model_file, workdir, "no tpnet, no torch")
+    with np.load(outputs_path, allow_pickle=False) as result:
+        refused_loaded = json.loads(str(result["refused_loaded"]))
+        outputs = [torch.from_numpy(result[key].copy()) for key in keys]
+    if refused_loaded:
+        raise ParityError(
+            f"{model_file}: the ONNX parity child imported {refused_loaded}; the isolation check is broken"
+        )
+    return outputs
 
 
 def export_model(
@@ -145,8 +208,7 @@ def export_model(
     staging_dir = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.staging-"))
     try:
         staged = staging_dir / output.name
-        exporter = export_torchscript if fmt == "torchscript" else export_pt2
-        written_meta = exporter(model, meta, staged, example)
+        written_meta = _EXPORTERS[fmt](model, meta, staged, example)
         try:
             max_diff = check_parity(staged, model, parity_inputs, atol=atol)
         except ParityError as exc:

@@ -24,15 +24,15 @@ from datetime import datetime
 from pathlib import Path
 
 import cv2
-import torch
 from tqdm import tqdm  # tqdm.write: messages that do not break a drawn bar
 
 from tpnet import __version__
 from tpnet.core.atomic import atomic_write_text
 from tpnet.core.contract import trp_class_indices
 from tpnet.core.csv_safe import safe_row
+from tpnet.core.device import DeviceUnavailableError
 from tpnet.core.io import write_png
-from tpnet.core.model_file import LoadedModel, ModelFileError, load_model_file
+from tpnet.core.model_file import LoadedModel, ModelFileError, ModelNeedsTorchError, load_model_file
 from tpnet.core.overlay import render_overlay
 from tpnet.core.postprocess import TriggerPoint
 from tpnet.core.run_lock import FolderLockedError, lock_folder, unlock_folder
@@ -93,10 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
         '<name>_elasto.<tif|tiff|npy> (kPa) pairs; <name>.json ({"spacing_mm": S}) gives a pixel size. '
         "Exit codes: 0 all analysed, 3 some inputs rejected, 2 usage error or unusable model.",
     )
-    parser.add_argument("--model", required=True, type=Path, help="exported model file (.pt or .pt2)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        help="exported model file: .onnx (runs with onnxruntime, no PyTorch needed), .pt or .pt2 (need the "
+        'torch extra: pip install "tpnet[torch]")',
+    )
     parser.add_argument("--input", required=True, type=Path, help="folder of frames or dataset root")
     parser.add_argument("--output", required=True, type=Path, help="new or empty folder for the results")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        help="default: .pt/.pt2 cuda if torch sees a GPU, else cpu; .onnx cpu (cuda: onnxruntime's CUDA "
+        "provider, from the onnxruntime-gpu package)",
+    )
     parser.add_argument(
         "--batch-size", type=_positive_int, default=4, help="frames per network call (default 4)"
     )
@@ -288,13 +299,16 @@ def _main(argv: list[str] | None, stops: StopRequests) -> int:
         print(f"{output_dir}: that run is complete; nothing to resume")
         return code
     bound_cpu_memory()  # before the model's first tensor: peak memory must not grow with the frame count
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        return _error("--device cuda requested but no CUDA GPU is available; use --device cpu")
     try:
-        model = load_model_file(args.model, device)
+        model = load_model_file(args.model, args.device or "auto")
+    except ModelNeedsTorchError as exc:  # the one line says which extra, or the ONNX export instead
+        print(f"tpnet-infer: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DeviceUnavailableError as exc:
+        return _error(f"--device {args.device}: {exc} (--device cpu)")
     except ModelFileError as exc:
         return _error(f"unusable model: {exc}")
+    device = model.device
     profile: ScannerProfile | None = None
     if args.profile is not None:
         try:

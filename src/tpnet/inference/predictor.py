@@ -3,6 +3,9 @@
 Worker threads decode the next frames and post-process (and write) the previous batch while the network
 runs; results come out in input order and about three batches of frames are ever in memory, however long
 the run.
+
+An ONNX model runs on numpy arrays (onnxruntime), a TorchScript / .pt2 model on torch tensors; torch is
+imported only for the latter, so the base install (no torch) runs ONNX models.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-import torch
 
 from tpnet.core.encoding import resample_frame
 from tpnet.core.io import FrameReadError
@@ -25,7 +27,7 @@ from tpnet.core.postprocess import (
     find_trigger_points,
     labels_from_probs,
 )
-from tpnet.core.predict import predict_probs
+from tpnet.core.predict import predict_probs, predict_probs_numpy
 from tpnet.inference.inputs import FrameInput, load_frame
 
 
@@ -62,12 +64,13 @@ class _Prepared:
 
 class Predictor:
     def __init__(
-        self, model: LoadedModel, device: str | torch.device = "cpu", batch_size: int = 4, tta: bool = False
+        self, model: LoadedModel, device: str | None = None, batch_size: int = 4, tta: bool = False
     ) -> None:
+        """``device``: where the images go for a torch model (default: the model's own device)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         self.model = model
-        self.device = torch.device(device)
+        self.device = str(device or model.device)
         self.batch_size = batch_size
         self.tta = tta
         self.classes = model.classes
@@ -164,11 +167,10 @@ class Predictor:
                 by_shape.setdefault(b.model_bmode.shape, []).append(i)
         for indices in by_shape.values():
             encoded = [self.encoding.encode(batch[i].model_bmode, batch[i].model_elasto_kpa) for i in indices]
-            images = torch.from_numpy(np.stack(encoded)).to(self.device)
+            images = np.stack(encoded)
             del encoded
             try:
-                probs = predict_probs(self.model.module, images, self.model.size_multiple, tta=self.tta)
-                probs = probs.float().cpu().numpy()
+                probs = self.probs(images)
             except Exception as exc:  # e.g. a frame too small for the network, or out of memory
                 for i in indices:
                     reason = f"{batch[i].frame.name}: the network failed on this frame ({type(exc).__name__}: {exc})"
@@ -183,6 +185,16 @@ class Predictor:
                 results.append(_done(item))
             else:
                 results.append(pool.submit(self._postprocess_and_finish, *item, finish))
+
+    def probs(self, images: np.ndarray) -> np.ndarray:
+        """(B, C, H, W) encoded frames -> (B, K, H, W) float32 probabilities, by the model's runtime."""
+        multiple = self.model.size_multiple
+        if self.model.kind == "onnx":
+            return predict_probs_numpy(self.model.module, images, multiple, tta=self.tta)
+        import torch
+
+        tensor = torch.from_numpy(images).to(self.device)
+        return predict_probs(self.model.module, tensor, multiple, tta=self.tta).float().cpu().numpy()
 
     def _postprocess_and_finish(
         self, item: _Prepared, probs: np.ndarray, finish: Callable[[FramePrediction], None] | None
