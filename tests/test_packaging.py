@@ -1,10 +1,14 @@
 """tpnet installs like a library: the wheel carries the Hydra configs, a non-editable install outside the
 repository composes tpnet-train's config with no environment variable, the base requirements are what
-tpnet-infer needs, and without the training extra tpnet-train/eval/export say in one line what to install.
+tpnet-infer needs for ONNX models (no torch), and without an extra a command needs (training; torch for
+TorchScript / .pt2 models) the command says in one line what to install.
 
 The wheel is built once per module from a copy of the sources (pyproject.toml, README.md, src/) and installed
 with ``pip install --no-deps --target``: the installed commands are run from a fresh folder, with
-``PYTHONPATH`` pointing at that target only, so ``import tpnet`` cannot fall back to the repository."""
+``PYTHONPATH`` pointing at that target only, so ``import tpnet`` cannot fall back to the repository. A real
+base install (a fresh venv, its dependencies from the index) takes ~17 s here, too long for the suite: the
+dependencies come from this environment, and "not installed" is a meta-path finder refusing the module
+(torch included), as in tests/inference/test_onnx_torch_free.py."""
 
 from __future__ import annotations
 
@@ -28,8 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "src" / "tpnet" / "configs"
 # The training stack's top-level modules (hydra-core, omegaconf, mlflow, albumentations, torchvision, scipy).
 TRAINING_ONLY = ("hydra", "omegaconf", "mlflow", "albumentations", "torchvision", "scipy")
-# What tpnet-infer needs, and so the base install (distribution names as the wheel's metadata writes them).
-BASE_REQUIREMENTS = {"torch", "numpy", "opencv-python-headless", "tifffile", "pyyaml", "tqdm", "pydicom", "pillow"}
+NOT_IN_BASE = ("torch", *TRAINING_ONLY)  # what a plain ``pip install tpnet`` does not bring
+# What tpnet-infer needs for ONNX models, and so the base install (distribution names as in the wheel's metadata).
+BASE_REQUIREMENTS = {
+    "numpy", "opencv-python-headless", "tifffile", "pyyaml", "tqdm", "pydicom", "pillow", "onnxruntime",
+}  # fmt: skip
 
 # Runs an installed console script (argv[1]) in this process, after printing where tpnet was imported from;
 # with BLOCKED set, a meta-path finder makes those modules look not installed.
@@ -122,9 +129,14 @@ def test_base_requirements_are_what_inference_needs(wheel):
         meta = Parser().parsestr(archive.read(meta_name).decode())
     requirements = [Requirement(line) for line in meta.get_all("Requires-Dist")]
     base = {r.name.lower() for r in requirements if r.marker is None}
-    assert base == BASE_REQUIREMENTS
+    assert base == BASE_REQUIREMENTS  # no torch: ONNX models run with onnxruntime
+    torch_extra = [r for r in requirements if r.marker and r.marker.evaluate({"extra": "torch"})]
+    assert [r.name.lower() for r in torch_extra] == ["torch"]
     train = {r.name.lower(): r for r in requirements if r.marker and r.marker.evaluate({"extra": "train"})}
-    assert {"torchvision", "albumentations", "hydra-core", "mlflow", "scipy"} <= set(train)
+    assert {"torchvision", "albumentations", "hydra-core", "mlflow", "scipy", "onnx", "onnxscript"} <= set(
+        train
+    )
+    assert train["tpnet"].extras == {"torch"}  # the training stack brings torch through the torch extra
     # hydra-core 1.3.4 is the first release that refuses dangerous _target_ values in instantiate.
     assert not train["hydra-core"].specifier.contains("1.3.3")
     assert train["hydra-core"].specifier.contains("1.3.4")
@@ -165,7 +177,7 @@ def test_config_dir_env_overrides_the_shipped_configs(site, tmp_path):
 
 @pytest.mark.parametrize("command", ["tpnet-train", "tpnet-eval", "tpnet-export"])
 def test_without_training_extra_one_line_and_exit_2(site, tmp_path, command):
-    proc = _run_installed(site, command, [], tmp_path, blocked=TRAINING_ONLY)
+    proc = _run_installed(site, command, [], tmp_path, blocked=NOT_IN_BASE)
 
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert _imported_from(proc).is_relative_to(site.resolve())
@@ -174,16 +186,70 @@ def test_without_training_extra_one_line_and_exit_2(site, tmp_path, command):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"{command}: ")
     assert "tpnet[train]" in lines[0]
-    assert "hydra" in lines[0]  # names what is missing
+    assert "torch" in lines[0] and "hydra" in lines[0]  # names what is missing
 
 
-def test_installed_infer_runs_without_training_extra(site, tmp_path):
-    model = make_model_file(tmp_path / "model")
+def test_data_plan_without_training_extra_one_line_and_exit_2(site, tmp_path):
+    proc = _run_installed(site, "tpnet-data", ["plan", str(tmp_path)], tmp_path, blocked=NOT_IN_BASE)
+
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("tpnet-data plan: ") and "tpnet[train]" in line and "torch" in line
+
+
+def _one_frame(tmp_path: Path) -> Path:
     in_dir = tmp_path / "in"
     bmode = blob_frame((6.4, 6.4), 0.2, nodules=[(3.0, 3.0, 1.2)])[0]
     write_png(in_dir / "one_bmode.png", np.round(bmode * 255).astype(np.uint8))
+    return in_dir
+
+
+def test_installed_infer_runs_an_onnx_model_on_the_base_install(site, tmp_path):
+    model = make_model_file(tmp_path / "model", fmt="onnx")
     out = tmp_path / "out"
-    args = ["--model", str(model), "--input", str(in_dir), "--output", str(out), "--spacing-mm", "0.2"]
+    args = [
+        "--model",
+        str(model),
+        "--input",
+        str(_one_frame(tmp_path)),
+        "--output",
+        str(out),
+        "--spacing-mm",
+        "0.2",
+    ]
+
+    proc = _run_installed(site, "tpnet-infer", args, tmp_path, blocked=NOT_IN_BASE)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _imported_from(proc).is_relative_to(site.resolve())
+    assert (out / "masks" / "one.png").is_file()
+
+
+def test_installed_infer_names_the_torch_extra_for_a_torchscript_model(site, tmp_path):
+    model = make_model_file(tmp_path / "model")
+    out = tmp_path / "out"
+    args = ["--model", str(model), "--input", str(_one_frame(tmp_path)), "--output", str(out)]
+
+    proc = _run_installed(site, "tpnet-infer", args, tmp_path, blocked=NOT_IN_BASE)
+
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("tpnet-infer: ") and 'pip install "tpnet[torch]"' in line and "format=onnx" in line
+
+
+def test_installed_infer_runs_a_torchscript_model_with_the_torch_extra(site, tmp_path):
+    model = make_model_file(tmp_path / "model")
+    out = tmp_path / "out"
+    args = [
+        "--model",
+        str(model),
+        "--input",
+        str(_one_frame(tmp_path)),
+        "--output",
+        str(out),
+        "--spacing-mm",
+        "0.2",
+    ]
 
     proc = _run_installed(site, "tpnet-infer", args, tmp_path, blocked=TRAINING_ONLY)
 

@@ -1,11 +1,13 @@
 """``tpnet-data``: synthesise a dataset, check one, render sample frames, import scanner screenshots and check a
-scanner profile against one."""
+scanner profile against one (all in the base install, no torch), and plan an experiment (the training extra)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+from tpnet.extras import EXIT_MISSING_EXTRA, missing_extra_message
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "profile-check":
         return _profile_check(args)
     if args.command == "plan":
+        # The planner reads frames through the training data pipeline (torch, OmegaConf): the training extra.
+        message = missing_extra_message("tpnet-data plan", "train")
+        if message is not None:
+            print(message, file=sys.stderr)
+            return EXIT_MISSING_EXTRA
         from tpnet.planning.cli import main_plan
 
         return main_plan(args.root, args.out)
