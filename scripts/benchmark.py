@@ -9,6 +9,8 @@ Sections (``--sections``, default all that apply):
   loader  the training data pipeline alone (decode, resample, augment, collate) through the real DataLoader
   train   training steps fed by the real loader / the same steps on batches already in memory (efficiency)
   infer   eager vs TorchScript forward, end-to-end ``tpnet-infer`` on a folder, peak RSS for 10 vs N frames
+  onnx    onnxruntime vs TorchScript forward of the same network (exported with ``tpnet-export format=onnx``'s
+          code, CPU, fp32), and end-to-end ``tpnet-infer`` on the ``.onnx`` file (a process without torch)
   gpu     (cuda only) fp32 vs bf16 AMP vs + channels_last vs + torch.compile, with peak GPU memory
   decode  scanner-screenshot colour decoding (issue #11): synthetic screenshots (jet, turbo x dual, overlay,
           JPEG quality 90) decoded by ``read_screenshot``, error vs the true kPa and % of SWE pixels recovered
@@ -24,6 +26,7 @@ training extra (``pip install "tpnet[train]"``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -46,7 +49,7 @@ import torch
 
 from tpnet.inference.memory import MMAP_THRESHOLD_BYTES, bound_cpu_memory
 
-SECTIONS = ("synth", "loader", "train", "infer", "gpu", "decode")
+SECTIONS = ("synth", "loader", "train", "infer", "onnx", "gpu", "decode")
 RSS_REPEATS = 2  # tpnet-infer runs per frame count for the peak-RSS figures
 IN_CHANNELS, NUM_CLASSES = 3, 4  # encoding (bmode, elasto, elasto_valid) and the default classes
 
@@ -74,6 +77,9 @@ class Settings:
     decode_frames: int
     train_workers: tuple[int, ...]
     workdir: Path
+    # The onnx section's network: the default one, or with --quick a depth-1 U-Net (the dynamo export of the
+    # default takes ~15 s here, of a depth-1 one ~5 s).
+    onnx_model_overrides: tuple[str, ...] = ()
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -136,6 +142,7 @@ def machine_info(settings: Settings) -> dict[str, Any]:
         "cpu_model": cpu_model,
         "logical_cpus": os.cpu_count(),
         "torch": torch.__version__,
+        "onnxruntime": _onnxruntime_version(),
         "torch_threads": settings.threads,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -145,6 +152,14 @@ def machine_info(settings: Settings) -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(settings.device)
         info["cuda"] = torch.version.cuda
     return info
+
+
+def _onnxruntime_version() -> str | None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime.__version__
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -170,7 +185,9 @@ def sync(device: torch.device) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- model parts
-def train_config(settings: Settings, compile_model: bool | None = None) -> Any:
+def train_config(
+    settings: Settings, compile_model: bool | None = None, extra_overrides: tuple[str, ...] = ()
+) -> Any:
     """``tpnet-train``'s own config, composed by Hydra from the shipped configs: the model, loss, optimiser,
     schedule, augmentation and data settings measured are the defaults a training run uses."""
     from hydra import compose, initialize_config_dir
@@ -186,6 +203,7 @@ def train_config(settings: Settings, compile_model: bool | None = None) -> Any:
         "trainer.max_epochs=1",
         f"data.patch_size=[{settings.size},{settings.size}]",
         f"data.batch_size={settings.batch_size}",
+        *extra_overrides,
     ]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name="benchmark"):
         from tpnet.planning.apply import fill_unplanned
@@ -193,15 +211,16 @@ def train_config(settings: Settings, compile_model: bool | None = None) -> Any:
         return fill_unplanned(compose("train", overrides=overrides))
 
 
-def build_model(settings: Settings) -> torch.nn.Module:
+def build_model(settings: Settings, overrides: tuple[str, ...] = ()) -> torch.nn.Module:
     """The default ``model`` of tpnet-train (unet: base width 16, depth 4) as it is deployed: without deep
-    supervision's extra heads, which exist in training only (tpnet.models.from_checkpoint drops them)."""
+    supervision's extra heads, which exist in training only (tpnet.models.from_checkpoint drops them).
+    ``overrides`` (Hydra, e.g. ``model.depth=1``) change it."""
     from omegaconf import open_dict
 
     from tpnet.models import build_model as build
 
     torch.manual_seed(0)  # the same (untrained) weights every run: post-processing cost depends on them
-    model_cfg = train_config(settings).model
+    model_cfg = train_config(settings, extra_overrides=overrides).model
     with open_dict(model_cfg):
         model_cfg.deep_supervision = False
     return build(model_cfg, IN_CHANNELS, NUM_CLASSES)
@@ -400,7 +419,8 @@ try:
         peak_kb = int(re.search(r"VmHWM:\s+(\d+) kB", fh.read()).group(1))
 except (OSError, AttributeError):  # not Linux: the best the standard library offers
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print("BENCHMARK " + json.dumps({"rc": rc, "wall_s": wall_s, "peak_rss_kb": peak_kb}))
+torch_imported = "torch" in sys.modules
+print("BENCHMARK " + json.dumps({"rc": rc, "wall_s": wall_s, "peak_rss_kb": peak_kb, "torch_imported": torch_imported}))
 """
 
 
@@ -472,8 +492,30 @@ def run_infer_cli(
     return {**figures, "summary": summary}
 
 
-def bench_infer(settings: Settings, report: Report) -> None:
+SPACING_MM = 0.1  # the benchmark model's pixel size; frames are written at it (--spacing-mm)
+
+
+def deployed_meta(model: torch.nn.Module) -> dict:
+    """tpnet_meta.json for the benchmark network, as tpnet-export writes it for the default classes."""
     from tpnet.core.model_file import build_meta
+
+    return build_meta(
+        model_name="UNet", classes=("background", "active_trp", "latent_trp", "vessel"),
+        encoding={"channels": ["bmode", "elasto", "elasto_valid"], "kpa_scale": 100.0, "kpa_clip": 300.0},
+        spacing_mm=SPACING_MM, size_multiple=int(model.size_multiple),
+        postprocess={"threshold": 0.5, "min_area_mm2": 2.0, "match_mm": 5.0}, export_method="script",
+    )  # fmt: skip
+
+
+def benchmark_frames(settings: Settings) -> Path:
+    """``infer_frames`` synthetic frames of the benchmark size, written once per run (infer and onnx share them)."""
+    folder = settings.workdir / "frames_many"
+    if not folder.is_dir():
+        write_frames(folder, settings.infer_frames, settings.size)
+    return folder
+
+
+def bench_infer(settings: Settings, report: Report) -> None:
     from tpnet.export.parity import export_model
 
     torch.set_num_threads(settings.threads)
@@ -504,27 +546,19 @@ def bench_infer(settings: Settings, report: Report) -> None:
         **spread(ratios),
     )
 
-    spacing_mm = 0.1
-    meta = build_meta(
-        model_name="UNet", classes=("background", "active_trp", "latent_trp", "vessel"),
-        encoding={"channels": ["bmode", "elasto", "elasto_valid"], "kpa_scale": 100.0, "kpa_clip": 300.0},
-        spacing_mm=spacing_mm, size_multiple=int(model.size_multiple),
-        postprocess={"threshold": 0.5, "min_area_mm2": 2.0, "match_mm": 5.0}, export_method="script",
-    )  # fmt: skip
     model_file = settings.workdir / "unet.pt"
-    export_model(model.cpu(), meta, model_file, fmt="torchscript")
+    export_model(model.cpu(), deployed_meta(model), model_file, fmt="torchscript")
 
     # Frames at the model's spacing (--spacing-mm), so the network sees exactly the benchmark size.
-    many = settings.workdir / "frames_many"
+    many = benchmark_frames(settings)
     few = settings.workdir / "frames_10"
-    write_frames(many, settings.infer_frames, settings.size)
     few.mkdir()
     for path in sorted(many.iterdir()):
         if int(path.name[1:5]) < 10:  # f0000..f0009
             shutil.copy2(path, few / path.name)
     # Throughput: the many-frame folder at the benchmark's batch size (the model-only figures' batch size).
     e2e_run = run_infer_cli(
-        model_file, many, settings.workdir / "out_e2e", settings, spacing_mm, settings.batch_size
+        model_file, many, settings.workdir / "out_e2e", settings, SPACING_MM, settings.batch_size
     )
     n_many = e2e_run["summary"]["counts"]["frames_processed"]
     e2e = e2e_run["summary"]["timing"]["frames_per_s"]
@@ -545,7 +579,7 @@ def bench_infer(settings: Settings, report: Report) -> None:
     peaks = {
         name: [
             run_infer_cli(
-                model_file, folder, settings.workdir / f"out_rss_{name}", settings, spacing_mm, rss_batch
+                model_file, folder, settings.workdir / f"out_rss_{name}", settings, SPACING_MM, rss_batch
             )["peak_rss_kb"]
             / 1024
             for _ in range(RSS_REPEATS)
@@ -558,6 +592,60 @@ def bench_infer(settings: Settings, report: Report) -> None:
     report.emit("infer_peak_rss_mb", max(peaks["many"]), "MiB", **rss_fields,
                 runs=[round(p, 1) for p in peaks["many"]],
                 growth_mb_vs_10=round(max(peaks["many"]) - max(peaks["10"]), 1))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- onnx
+def bench_onnx(settings: Settings, report: Report) -> None:
+    """onnxruntime against TorchScript on the same network, weights and images, both as tpnet-infer runs them
+    (CPU, fp32, ``threads`` threads each): model-only images/s, the ratio from alternating blocks, then
+    end-to-end ``tpnet-infer`` on the exported ``.onnx`` file (its process imports no torch)."""
+    from tpnet.core.device import onnxruntime_providers
+    from tpnet.core.model_file import read_meta
+    from tpnet.core.onnx_model import OnnxNetwork
+    from tpnet.export.parity import export_model
+
+    cpu = dataclasses.replace(
+        settings, device=torch.device("cpu"), amp=False, channels_last=False, compile=False
+    )
+    torch.set_num_threads(cpu.threads)
+    model = build_model(cpu, settings.onnx_model_overrides).eval()
+    onnx_file = settings.workdir / "unet.onnx"
+    # Parity-checked as tpnet-export does it: the benchmarked file computes what the eager network does.
+    exported = export_model(model, deployed_meta(model), onnx_file, fmt="onnx")
+    network = OnnxNetwork(onnx_file.read_bytes(), onnxruntime_providers("cpu"), threads=cpu.threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
+        scripted = torch.jit.script(model)
+    images = random_batch(cpu)[0]
+    arrays = images.numpy()
+    fields = {
+        **cpu.common(), "threads": cpu.threads, "size_multiple": int(model.size_multiple),
+        "model_overrides": list(settings.onnx_model_overrides), "providers": network.providers,
+        "onnx_opset": read_meta(onnx_file)[0]["export"]["onnx_opset"],
+        "parity_max_abs_diff": exported["max_abs_diff"],
+    }  # fmt: skip
+    script_rate, rates = forward_rate(scripted, images, cpu, warmup=3)
+    report.emit("infer_onnx_torchscript_images_per_s", script_rate, "images/s", **fields, **spread(rates))
+
+    def onnx_block() -> int:
+        for _ in range(cpu.infer_batches):
+            network(arrays)
+        return cpu.infer_batches * arrays.shape[0]
+
+    onnx_rate, rates = median_rate(onnx_block, cpu.repeats, warmup=2)
+    report.emit("infer_onnxruntime_images_per_s", onnx_rate, "images/s", **fields, **spread(rates))
+    ratios = paired_ratio(lambda _: network(arrays), scripted, images, cpu, pairs=max(3, cpu.repeats))
+    report.emit(
+        "infer_onnxruntime_over_torchscript", statistics.median(ratios), "ratio", **fields, **spread(ratios)
+    )
+
+    run = run_infer_cli(
+        onnx_file, benchmark_frames(cpu), settings.workdir / "out_onnx_e2e", cpu, SPACING_MM, cpu.batch_size
+    )
+    report.emit("infer_onnx_e2e_frames_per_s", run["summary"]["timing"]["frames_per_s"], "frames/s", **fields,
+                frames=run["summary"]["counts"]["frames_processed"], reader_threads=2,
+                torch_imported=run["torch_imported"], process_wall_s=round(run["wall_s"], 2),
+                peak_rss_mb=round(run["peak_rss_kb"] / 1024, 1))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- gpu ladder
@@ -715,6 +803,7 @@ def make_settings(args: argparse.Namespace, workdir: Path) -> Settings:
         decode_frames=pick(args.decode_frames, 24, 3),
         train_workers=tuple(int(w) for w in args.train_workers.split(",") if w.strip()),
         workdir=workdir,
+        onnx_model_overrides=("model.depth=1",) if quick else (),
     )
 
 
@@ -769,6 +858,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench_train(settings, report, parts)
         if "infer" in sections:
             bench_infer(settings, report)
+        if "onnx" in sections:
+            bench_onnx(settings, report)
         if "gpu" in sections:
             bench_gpu(settings, report)
         if "decode" in sections:

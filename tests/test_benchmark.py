@@ -30,11 +30,16 @@ EXPECTED = {
     "infer_e2e_frames_per_s",
     "infer_e2e_over_model",
     "infer_peak_rss_mb",
+    "infer_onnx_torchscript_images_per_s",
+    "infer_onnxruntime_images_per_s",
+    "infer_onnxruntime_over_torchscript",
+    "infer_onnx_e2e_frames_per_s",
     "benchmark_wall_s",
 }
 
 
-@pytest.mark.slow  # ~30 s here: six subprocesses (benchmark, export parity, five tpnet-infer runs)
+# ~40 s here: eight subprocesses (benchmark, two export parity checks, six tpnet-infer runs) and an ONNX export
+@pytest.mark.slow
 def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
@@ -69,10 +74,19 @@ def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:
         assert row["value"] == pytest.approx(max(row["runs"]), abs=0.05)
     assert "THP_MEM_ALLOC_ENABLE" in by_figure["machine"][0]["cpu_allocator"]
     assert by_figure["infer_e2e_frames_per_s"][0]["frames"] == 12
+    # onnxruntime and TorchScript run the same (quick: depth-1) network at the same size, batch and threads; the
+    # end-to-end run on the .onnx file never imports torch.
+    onnx_rows = [by_figure[f][0] for f in EXPECTED if f.startswith(("infer_onnx", "infer_onnxruntime"))]
+    for row in onnx_rows:
+        assert (row["height"], row["batch_size"], row["threads"], row["device"]) == (64, 2, 1, "cpu"), row
+        assert row["model_overrides"] == ["model.depth=1"] and row["providers"] == ["CPUExecutionProvider"]
+    assert by_figure["infer_onnx_e2e_frames_per_s"][0]["torch_imported"] is False
+    assert by_figure["infer_onnx_e2e_frames_per_s"][0]["frames"] == 12
+    assert by_figure["machine"][0]["onnxruntime"]
     # The readable table goes to stderr, one line per figure.
     assert "train_efficiency" in done.stderr and "infer_e2e_over_model" in done.stderr
     # A workdir given on the command line is kept (the default temp folder is removed).
-    assert (tmp_path / "work" / "unet.pt").is_file()
+    assert (tmp_path / "work" / "unet.pt").is_file() and (tmp_path / "work" / "unet.onnx").is_file()
 
 
 def test_decode_section_reports_error_and_recovery_per_colormap_and_layout(tmp_path: Path) -> None:
