@@ -98,3 +98,18 @@ def test_calibration_keeps_the_configured_minimum_mean_probability_when_it_makes
     )  # fmt: skip
     assert [row["det_f1"] for row in grid] == [1.0, 1.0]  # the TrP (mean 0.45) survives 0.42 too
     assert best.min_mean_prob == 0.0
+
+
+def test_frames_without_a_true_trigger_point_keep_the_configured_post_processing():
+    """F1 is undefined with nothing to find: no setting can win, so calibration must not pick the first grid row."""
+    frames = [_frame(i) for i in range(2)]
+    for frame in frames:
+        frame["mask"][:] = 0
+        frame["image"][0] = 0.01  # nothing predicted either: every setting's F1 is NaN
+    base = PostprocessParams(threshold=0.5, min_area_mm2=2.0, match_mm=5.0)
+    best, grid = calibrate_postprocess(
+        ProbabilityPassThrough(), frames, CLASSES, base, torch.device("cpu"), None,
+        thresholds=[0.3, 0.5], min_areas_mm2=[1.0, 2.0],
+    )  # fmt: skip
+    assert all(row["det_f1"] != row["det_f1"] for row in grid)
+    assert best == base

@@ -98,8 +98,9 @@ def setup_data(
         # null = not planned yet (training's plan fills it in); checkpoints from before the key: "none".
         bmode_norm=str(data_cfg.get("bmode_norm") or "none"),
     )
-    log.info(
-        "dataset %s at %s: %s frames (train/val/test), spacing %.4f mm/px",
+    # Debug only: training prints the data line after planning (the planned spacing may replace this one).
+    log.debug(
+        "dataset %s at %s: %s frames (train/val/test), median spacing %.4f mm/px",
         spec.name,
         root,
         "/".join(str(len(splits[k])) for k in ("train", "val", "test")),

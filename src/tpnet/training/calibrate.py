@@ -76,8 +76,11 @@ def calibrate_postprocess(
             + abs(row["min_area_mm2"] - base.min_area_mm2) / 10
             + abs(row["min_mean_prob"] - base.min_mean_prob)
         )
-        return (row["det_f1"], -distance)
+        f1 = row["det_f1"]
+        return (f1 if f1 == f1 else -1.0, -distance)  # NaN (nothing to find) ranks below every F1
 
+    if all(row["det_f1"] != row["det_f1"] for row in grid):
+        return base, grid  # no setting can be judged: keep the configured post-processing
     best = max(grid, key=rank)
     chosen = {k: best[k] for k in ("threshold", "min_area_mm2", "min_mean_prob")}
     return replace(base, **chosen), grid
