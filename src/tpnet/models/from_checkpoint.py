@@ -3,10 +3,13 @@
 Evaluation, export and calibration all start from a checkpoint this way; none of them needs training code.
 A model trained with deep supervision is rebuilt without it: the auxiliary heads only served the training loss,
 and the deployable network returns one logits tensor (what TorchScript, torch.export and tpnet-infer expect).
+Several checkpoints (the folds of a cross-validation) become one ``FoldEnsemble`` (``load_deployable``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ import torch
 
 from tpnet.core.checkpoint import inference_weights, load_checkpoint
 from tpnet.models import build_model
+from tpnet.models.ensemble import FoldEnsemble, check_members_agree, ensemble_info, ensemble_meta
 from tpnet.models.unet import AUX_HEADS
 
 
@@ -31,3 +35,45 @@ def load_deployable_model(
     model = build_model(model_cfg, len(meta["encoding"]["channels"]), len(meta["classes"]))
     model.load_state_dict(weights)  # strict: every other weight must match
     return model.to(device).eval(), state
+
+
+@dataclass
+class Deployable:
+    """One checkpoint's network, or the ensemble of several, with what the tools need to describe it."""
+
+    model: torch.nn.Module
+    meta: dict[str, Any]  # checkpoint-style: the keywords of core.model_file.build_meta
+    paths: list[Path]
+    states: list[dict[str, Any]]  # each checkpoint's dict (config, meta, mlflow_run_id), in order
+    ensemble: dict[str, Any] | None  # models.ensemble.ensemble_info; None for a single checkpoint
+
+    @property
+    def first_state(self) -> dict[str, Any]:
+        """The checkpoint whose config gives the data set-up (the only one, or the first fold)."""
+        return self.states[0]
+
+
+def checkpoint_paths(checkpoint: Any) -> list[Path]:
+    """``checkpoint=PATH`` or ``checkpoint=[PATH, ...]`` (a list from Hydra, a ListConfig) as a list of paths."""
+    if isinstance(checkpoint, str | Path):
+        return [Path(checkpoint)]
+    if isinstance(checkpoint, Sequence) or hasattr(checkpoint, "__iter__"):
+        paths = [Path(str(p)) for p in checkpoint]
+        if paths:
+            return paths
+    raise ValueError(f"checkpoint must be a path or a non-empty list of paths; got {checkpoint!r}")
+
+
+def load_deployable(checkpoint: Any, device: str | torch.device = "cpu") -> Deployable:
+    """A single checkpoint (or a one-element list) loads as that model; several as their ``FoldEnsemble``.
+    Raises ``tpnet.models.ensemble.EnsembleError`` when the checkpoints do not agree on the model contract."""
+    paths = checkpoint_paths(checkpoint)
+    loaded = [load_deployable_model(path, device) for path in paths]
+    models = [model for model, _ in loaded]
+    states = [state for _, state in loaded]
+    if len(paths) == 1:
+        return Deployable(models[0], states[0]["meta"], paths, states, None)
+    metas = [state["meta"] for state in states]
+    check_members_agree(paths, metas)
+    ensemble = FoldEnsemble(models).to(device).eval()
+    return Deployable(ensemble, ensemble_meta(metas), paths, states, ensemble_info(paths, states))
