@@ -101,7 +101,10 @@ def test_unreachable_server_warns_and_keeps_file(model_file, monkeypatch):
         "logged": False,
         "run_id": "abc",
         "artifact_uri": None,
+        "mlflow_model": None,
+        "dataset_logged": False,
         "registered_name": None,
         "version": None,
+        "alias": None,
     }
     assert model_file.read_bytes() == before
