@@ -62,6 +62,8 @@ def test_tpnet_eval_writes_metrics_with_confidence_intervals(tmp_path, reference
     logged = client.get_run(run_id).data.metrics
     assert logged["test/dice/background"] == report["dice/background"]
     assert logged.get("test/det_f1") == report["det_f1"]  # None on both sides when undefined
+    # A flag is a setting, not a number over time: a tag, never a metric.
+    assert "test/tta" not in logged and client.get_run(run_id).data.tags["test/tta"] == "false"
     assert [a.path for a in client.list_artifacts(run_id, "eval")] == ["eval/metrics.json"]
 
 

@@ -1,9 +1,14 @@
-"""``tpnet-eval checkpoint=PATH [data.root=...] [split=test]``: metrics.json with 95% bootstrap CIs."""
+"""``tpnet-eval checkpoint=PATH [data.root=...] [split=test]``: metrics.json with 95% bootstrap CIs.
+
+``checkpoint=[fold0/.../best.pt, ...]`` scores the folds' ensemble (probabilities averaged, the model
+``tpnet-export`` writes for the same list) on the test split the folds share.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -20,27 +25,38 @@ from tpnet.configuration import (
 
 log = logging.getLogger("tpnet")
 
+DEFAULT_EXPERIMENT = "tpnet"  # training's default: an ensemble's run joins its members' experiment if it can
+
 
 def run_eval(cfg: DictConfig) -> dict:
     from tpnet.core.device import pick_device
     from tpnet.core.postprocess import PostprocessParams
-    from tpnet.data.datamodule import frame_dataset, frame_loader, iter_frames, setup_data
+    from tpnet.data.datamodule import frame_dataset, frame_loader, iter_frames
     from tpnet.evaluation.evaluate import evaluate, evaluation_report, save_metrics_json
-    from tpnet.models.from_checkpoint import load_deployable_model
+    from tpnet.models.ensemble import EnsembleError
+    from tpnet.models.from_checkpoint import load_deployable
 
-    ckpt_path = Path(cfg.checkpoint)
     device = pick_device(cfg.device)
-    model, state = load_deployable_model(ckpt_path, device)
-    train_cfg = OmegaConf.create(state["config"])
-    meta = state["meta"]
-    data_cfg = train_cfg.data
-    if cfg.data.root:
-        data_cfg.root = str(cfg.data.root)
-    data_cfg.spacing_mm = float(meta["spacing_mm"])  # evaluate at the scale the model was trained at
-    data = setup_data(data_cfg, int(train_cfg.seed), train_cfg.cv.fold, train_cfg.cv.folds, check=True)
+    deployable = load_deployable(cfg.checkpoint, device)
+    first_path, state, meta, ensemble = (
+        deployable.paths[0],
+        deployable.first_state,
+        deployable.meta,
+        deployable.ensemble,
+    )
+    if ensemble and cfg.split != "test":
+        # Each fold trained on the other folds' validation subjects: only the held-out test split is unseen by all.
+        raise EnsembleError(
+            f"an ensemble of {ensemble['n_members']} folds is scored on split=test only; split={cfg.split} "
+            "holds frames some members trained on"
+        )
+    # The data set-up of the (first) checkpoint: same dataset, seed and split logic as a single model.
+    data = _member_data(state, meta, cfg.data.root, check=True)
+    if ensemble:
+        _check_same_test_split(deployable, data, cfg.data.root)
     if list(data.spec.classes) != list(meta["classes"]):
         raise SystemExit(
-            f"{ckpt_path}: model classes {meta['classes']} differ from the dataset's {list(data.spec.classes)}"
+            f"{first_path}: model classes {meta['classes']} differ from the dataset's {list(data.spec.classes)}"
         )
     params = PostprocessParams.from_dict(
         OmegaConf.to_container(cfg.postprocess) if cfg.postprocess else meta["postprocess"]
@@ -48,9 +64,11 @@ def run_eval(cfg: DictConfig) -> dict:
     dataset = frame_dataset(data, cfg.split)
     if len(dataset) == 0:
         raise SystemExit(f"split {cfg.split!r} of {data.spec.root} is empty")
-    frames = frame_loader(dataset, list(range(len(dataset))), int(data_cfg.num_workers))
+    frames = frame_loader(
+        dataset, list(range(len(dataset))), int(OmegaConf.create(state["config"]).data.num_workers)
+    )
     _, records = evaluate(
-        model,
+        deployable.model,
         iter_frames(frames),
         meta["classes"],
         int(meta["size_multiple"]),
@@ -58,18 +76,24 @@ def run_eval(cfg: DictConfig) -> dict:
         device,
         tta=bool(cfg.tta),
     )
-    report = evaluation_report(records, meta["classes"], n_boot=int(cfg.evaluation.n_boot), seed=int(train_cfg.seed))
+    seed = int(state["config"]["seed"])
+    report = evaluation_report(records, meta["classes"], n_boot=int(cfg.evaluation.n_boot), seed=seed)
     report.update(
-        split=cfg.split, checkpoint=str(ckpt_path.resolve()), dataset=str(data.spec.root), tta=bool(cfg.tta)
+        split=cfg.split,
+        checkpoint=[str(p.resolve()) for p in deployable.paths] if ensemble else str(first_path.resolve()),
+        dataset=str(data.spec.root),
+        tta=bool(cfg.tta),
     )
-    output = (
-        Path(cfg.output)
-        if cfg.output
-        else ckpt_path.resolve().parent.parent / "eval" / f"metrics_{cfg.split}.json"
-    )
+    if ensemble:
+        report["ensemble"] = ensemble
+        report["postprocess"] = params.to_dict()
+    output = Path(cfg.output) if cfg.output else _default_output(deployable.paths, ensemble, cfg.split)
     save_metrics_json(output, report)
-    if cfg.log_to_mlflow and state.get("mlflow_run_id"):
-        _log_to_run(cfg, state["mlflow_run_id"], report, output)
+    if cfg.log_to_mlflow:
+        if ensemble:
+            _log_to_ensemble_run(cfg, ensemble, report, output)
+        elif state.get("mlflow_run_id"):
+            _log_to_run(cfg, state["mlflow_run_id"], report, output)
     summary = {
         k: report[k]
         for k in ("det_f1", "det_precision", "det_recall", "loc_err_mm", "dice_mean")
@@ -80,19 +104,100 @@ def run_eval(cfg: DictConfig) -> dict:
     return report
 
 
+def _member_data(state: dict, meta: dict, root: str | None, check: bool):
+    from tpnet.data.datamodule import setup_data
+
+    train_cfg = OmegaConf.create(state["config"])
+    data_cfg = train_cfg.data
+    if root:
+        data_cfg.root = str(root)
+    data_cfg.spacing_mm = float(meta["spacing_mm"])  # evaluate at the scale the model was trained at
+    return setup_data(data_cfg, int(train_cfg.seed), train_cfg.cv.fold, train_cfg.cv.folds, check=check)
+
+
+def _check_same_test_split(deployable, data, root: str | None) -> None:
+    """Every member must hold out the same test subjects (same dataset, seed and test fraction), or some
+    member may have trained on frames the ensemble is scored on."""
+    from tpnet.models.ensemble import EnsembleError
+
+    expected = [row.sample_id for row in data.splits["test"]]
+    for path, state in zip(deployable.paths[1:], deployable.states[1:], strict=True):
+        test = [
+            row.sample_id for row in _member_data(state, deployable.meta, root, check=False).splits["test"]
+        ]
+        if test != expected:
+            differing = sorted(set(test) ^ set(expected))
+            raise EnsembleError(
+                f"{path}: its test split differs from {deployable.paths[0]}'s ({len(test)} vs {len(expected)} "
+                f"frames, e.g. {differing[:3]}); the members of one ensemble must share the seed, the test "
+                "fraction and the dataset"
+            )
+
+
+def _default_output(paths: list[Path], ensemble: dict | None, split: str) -> Path:
+    """A single checkpoint: ``<run dir>/eval/``. An ensemble: ``<the runs' common folder>/<ensemble name>/eval/``
+    (a sweep's folder for a cross-validation), never inside one member's run."""
+    from tpnet.models.ensemble import ensemble_run_name
+
+    if not ensemble:
+        return paths[0].resolve().parent.parent / "eval" / f"metrics_{split}.json"
+    run_dirs = [str(p.resolve().parent.parent) for p in paths]
+    try:
+        common = Path(os.path.commonpath(run_dirs))
+    except ValueError:  # different drives
+        common = Path.cwd()
+    return common / ensemble_run_name(ensemble) / "eval" / f"metrics_{split}.json"
+
+
 def _log_to_run(cfg: DictConfig, run_id: str, report: dict, output: Path) -> None:
     """Attach the metrics to the checkpoint's own MLflow run (never fatal: the JSON file is already written)."""
     from tpnet.tracking.mlflow_logger import MlflowTracker
 
-    tracker = MlflowTracker(cfg.tracking_uri, "tpnet", run_id=run_id)
+    tracker = MlflowTracker(cfg.tracking_uri, DEFAULT_EXPERIMENT, run_id=run_id)
     tracker.start()
+    _log_report(cfg, tracker, report, output)
+
+
+def _log_to_ensemble_run(cfg: DictConfig, ensemble: dict, report: dict, output: Path) -> None:
+    """An ensemble's metrics go to a run of its own (``ensemble-<n>folds-<id>``, tagged with the members' runs;
+    the one its export made when there is one), never to one member's run."""
+    from tpnet.models.ensemble import ensemble_run_name, ensemble_tags
+    from tpnet.tracking.mlflow_logger import MlflowTracker
+
+    tracker = MlflowTracker(cfg.tracking_uri, DEFAULT_EXPERIMENT, run_name=ensemble_run_name(ensemble))
+    tags = ensemble_tags(ensemble)
+    try:
+        client = tracker.client
+        member_runs = [m["mlflow_run_id"] for m in ensemble["members"] if m["mlflow_run_id"]]
+        if member_runs:
+            experiment_id = client.get_run(member_runs[0]).info.experiment_id
+            tracker.experiment_name = client.get_experiment(experiment_id).name
+        experiment = client.get_experiment_by_name(tracker.experiment_name)
+        if experiment is not None:
+            query = f"tags.`tpnet.ensemble.id` = '{ensemble['id']}'"
+            found = client.search_runs([experiment.experiment_id], query, max_results=1)
+            tracker.run_id = found[0].info.run_id if found else None
+    except Exception as exc:  # a member's run may be in another store; the tracker reports what gets lost
+        log.warning(
+            "MLflow: members' runs not found (%s: %s); a new run records the ensemble",
+            type(exc).__name__,
+            exc,
+        )
+    tracker.start(tags=tags)
+    _log_report(cfg, tracker, report, output)
+
+
+def _log_report(cfg: DictConfig, tracker, report: dict, output: Path) -> None:
     prefix = f"{cfg.split}/" if not cfg.data.root else f"{cfg.split}_external/"
+    # Metrics are numbers (a bool is an int to Python): flags such as tta are settings, so tags.
     values = {
         prefix + k: float(v)
         for k, v in report.items()
-        if isinstance(v, int | float) and not k.startswith("n_")
+        if isinstance(v, int | float) and not isinstance(v, bool) and not k.startswith("n_")
     }
+    flags = {prefix + k: str(v).lower() for k, v in report.items() if isinstance(v, bool)}
     tracker.log_metrics(values, step=0)
+    tracker.set_tags(flags)
     tracker.log_artifact(output, "eval")
     tracker.end("FINISHED")
     lost = tracker.summary_of_losses()
@@ -109,10 +214,11 @@ def _main(cfg: DictConfig) -> None:
         _config_error(exc)
 
     from tpnet.core.checkpoint import CheckpointError
+    from tpnet.models.ensemble import EnsembleError
 
     try:
         run_eval(cfg)
-    except CheckpointError as exc:
+    except (CheckpointError, EnsembleError) as exc:
         print(f"tpnet-eval: {exc}", file=sys.stderr)
         sys.exit(2)
 
