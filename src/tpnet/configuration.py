@@ -164,6 +164,7 @@ class LoggerSchema:
     run_name: str | None = None
     overlay_every_n_epochs: int | None = 5
     log_checkpoint: bool = True
+    progress_plot: bool = True
 
 
 @dataclass

@@ -221,6 +221,7 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
 
     # ---- epochs ------------------------------------------------------------------------------------------------
     max_epochs = int(tcfg.max_epochs)
+    plot = bool(cfg.logger.get("progress_plot", True))
     redraw = progress_plot.RedrawClock()
     with _end_tracking_on_failure(tracker, run_dir, info):
         for epoch in range(progress.epoch, max_epochs):
@@ -247,7 +248,7 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
                 _log_epoch(tracker, run_dir / "metrics.jsonl", metrics, epoch)
                 log.info(console.epoch_line(epoch + 1, max_epochs, metrics, metrics["throughput/epoch_s"],
                                             monitor, improved))  # fmt: skip
-                if validating and redraw.due():
+                if plot and validating and redraw.due():
                     _draw_progress(run_dir, monitor, mode, tracker, context)
                 _save_checkpoints(state, progress, ckpt_dir, improved, resolved, meta, tracker.run_id)
             distributed.barrier(info)
@@ -645,7 +646,8 @@ def _finish(
             log.info(line)
     if cfg.logger.log_checkpoint and best_path.exists():
         tracker.log_artifact(best_path, "checkpoints")
-    _draw_progress(run_dir, monitor, mode, tracker, context)  # the final curves
+    if cfg.logger.get("progress_plot", True):
+        _draw_progress(run_dir, monitor, mode, tracker, context)  # the final curves
     files = {
         "best checkpoint": _describe_best(best_path, run_dir, monitor, mode),
         "test metrics": "metrics.json" if tested else "",
