@@ -587,7 +587,9 @@ def _validate(
     records = distributed.gather_objects(records, info)
     losses = distributed.gather_objects(losses, info)
     if info.is_main:
-        log.info("validated %d frames from %d rank(s)", len(records), info.world_size, extra=FILE_ONLY)
+        # On the console only when sharded across ranks (it shows the gather worked); else one line per epoch.
+        log.info("validated %d frames from %d rank(s)", len(records), info.world_size,
+                 extra=None if info.enabled else FILE_ONLY)  # fmt: skip
     metrics = {"val/loss": float(np.mean(losses)) if losses else math.nan}
     metrics.update(_metric_values(aggregate(records, classes), "val/"))
     if kept:
