@@ -38,7 +38,7 @@ EXPECTED = {
 }
 
 
-# ~40 s here: eight subprocesses (benchmark, two export parity checks, six tpnet-infer runs) and an ONNX export
+# ~50 s here (idle machine; the onnx section ~11 s of it): eight subprocesses (benchmark, two export parity checks, six tpnet-infer runs) and an ONNX export
 @pytest.mark.slow
 def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
