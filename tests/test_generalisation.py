@@ -25,9 +25,10 @@ def test_smoke_run_writes_results_and_tables(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["row"] for r in rows] == ["planned_A_A", "planned_A_B", "no_calibration"]
     for r in rows:
-        assert 0.0 <= r["det_f1"] <= 1.0
-        assert r["det_f1_ci95"][0] <= r["det_f1"] <= r["det_f1_ci95"][1]
-        assert 0.0 <= r["det_precision"] <= 1.0 and 0.0 <= r["det_recall"] <= 1.0
+        for key in ("det_f1", "det_precision", "det_recall"):
+            assert r.get(key) is None or 0.0 <= r[key] <= 1.0, key  # null: no true TrP in the smoke test split
+        if r["det_f1"] is not None:
+            assert r["det_f1_ci95"][0] <= r["det_f1"] <= r["det_f1_ci95"][1]
         assert r["train_wall_s"] > 0
         assert r["n_test_subjects"] == 2  # 25 % of 8 subjects
     assert {r["test_on"] for r in rows} == {"A", "B"}

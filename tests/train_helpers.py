@@ -36,6 +36,7 @@ def tiny_overrides(cache_dir: Path) -> list[str]:
         "model.depth=2",
         "trainer.device=cpu",
         "evaluation.n_boot=20",
+        "logger.progress_plot=false",  # test_readable_runs.py checks the plot; the other tiny runs need none
     ]
 
 
