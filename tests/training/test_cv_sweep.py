@@ -178,3 +178,32 @@ def test_a_failed_job_still_gets_its_sweep_summarised(sweep: Path, tmp_path: Pat
     (summary,) = json.loads((copy / "cv_summary.json").read_text())["configurations"]
     assert summary["crashed_folds"] == [2] and summary["pooled"]["n_subjects"] < 5
     assert not (copy / "cv_parent_run.json").exists()  # logger.enabled=false: no parent run
+
+
+def test_the_folds_export_as_one_parity_checked_ensemble(sweep: Path, tmp_path: Path):
+    """Acceptance (issue #13): the sweep's three best.pt become one TorchScript file (parity checked in a fresh
+    process by tpnet-export) that plain torch.jit.load runs in a process of its own."""
+    from train_helpers import REPO, subprocess_env
+
+    checkpoints = [run / "checkpoints" / "best.pt" for run in fold_dirs(sweep)]
+    output = tmp_path / "ensemble.pt"
+    result = subprocess.run(
+        [sys.executable, "-m", "tpnet.export.cli", f"checkpoint=[{','.join(map(str, checkpoints))}]",
+         f"output={output}", "parity_frames=1", "log_to_mlflow=false", f"hydra.run.dir={tmp_path / 'hydra'}"],
+        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '"max_abs_diff"' in result.stdout + result.stderr
+    script = (
+        "import json, sys, torch; extra = {'tpnet_meta.json': ''}; "
+        "net = torch.jit.load(sys.argv[1], _extra_files=extra); meta = json.loads(extra['tpnet_meta.json']); "
+        "x = torch.rand(1, len(meta['encoding']['channels']), 64, 64); "
+        "print(json.dumps({'n': meta['ensemble']['n_members'], 'shape': list(net(x).shape)}))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", script, str(output)], capture_output=True, text=True, timeout=120
+    )
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    info = json.loads(loaded.stdout.strip().splitlines()[-1])
+    spec_classes = load_checkpoint(checkpoints[0])["meta"]["classes"]
+    assert info == {"n": FOLDS, "shape": [1, len(spec_classes), 64, 64]}
