@@ -1,5 +1,6 @@
 """Fold ensembles: the averaging module, members that must agree, and ``tpnet-export checkpoint=[...]`` writing one
-model file that plain ``torch.jit.load`` runs, that is parity-checked, and that MLflow serves as ``models:/...``."""
+parity-checked model file that plain ``torch.jit.load`` runs, recorded in an MLflow run of its own. (An ensemble
+as an MLflow Model served from ``models:/``: test_mlflow_model.py.)"""
 
 from __future__ import annotations
 
@@ -68,8 +69,7 @@ def test_members_that_disagree_are_refused_naming_the_checkpoint_and_key(
 
 
 @pytest.mark.slow
-def test_export_cli_writes_one_parity_checked_ensemble_served_by_mlflow(tmp_path, reference_run, mlflow_uri):
-    import mlflow
+def test_export_cli_writes_one_parity_checked_ensemble(tmp_path, reference_run, mlflow_uri):
     from mlflow import MlflowClient
 
     paths = make_fold_checkpoints(reference_run, tmp_path, mlflow_uri, folds=3)
@@ -83,6 +83,7 @@ def test_export_cli_writes_one_parity_checked_ensemble_served_by_mlflow(tmp_path
             "register_name=trp-ensemble",
             "register_alias=champion",
             "parity_frames=2",
+            "mlflow_model=false",  # MLflow's own torch.export of the ensemble costs seconds: test_mlflow_model.py
             f"hydra.run.dir={tmp_path / 'hydra'}",
         ],
         cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300,
@@ -113,7 +114,7 @@ def test_export_cli_writes_one_parity_checked_ensemble_served_by_mlflow(tmp_path
         eager = load_deployable([str(p) for p in paths]).model(x)
     assert (from_file - eager).abs().max() < 1e-4
 
-    # MLflow: a run of the ensemble's own, tagged with the members' runs; the MLflow Model behind the alias.
+    # MLflow: a run of the ensemble's own, tagged with the members' runs, holds the file behind the alias.
     client = MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri)
     version = client.get_model_version_by_alias("trp-ensemble", "champion")
     run = client.get_run(version.run_id)
@@ -123,12 +124,6 @@ def test_export_cli_writes_one_parity_checked_ensemble_served_by_mlflow(tmp_path
     )
     assert run.info.run_id not in {m["mlflow_run_id"] for m in info["members"]}
     assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [meta["dataset_fingerprint"]]
-    logged_model = client.get_logged_model(version.source.removeprefix("models:/"))
-    assert logged_model.source_run_id == run.info.run_id
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
-        env.setenv("MLFLOW_REGISTRY_URI", mlflow_uri)
-        env.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", raising=False)  # the safe loader path
-        served = mlflow.pytorch.load_model("models:/trp-ensemble@champion")
-    with torch.no_grad():
-        assert (served(x) - from_file).abs().max() < 1e-4
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "exported/ensemble_pt")] == [
+        "exported/ensemble_pt/ensemble.pt"
+    ]

@@ -12,8 +12,10 @@ from torch import nn
 
 from tpnet.core.archive_safety import check_pt2_archive
 from tpnet.core.model_file import build_meta, load_model_file, read_meta
+from tpnet.export.cli import _mlflow_example
 from tpnet.export.export import export_torchscript
-from tpnet.export.registry import DatasetRef, log_export_to_mlflow
+from tpnet.export.registry import DatasetRef, NewRun, log_export_to_mlflow
+from tpnet.models.ensemble import FoldEnsemble
 from tpnet.models.unet import UNet
 
 CLASSES = ["background", "active_trp"]
@@ -90,6 +92,36 @@ def test_models_uri_round_trip_reproduces_the_exported_file(tmp_path, uris):
         for shape in ((1, 3, 32, 48), (3, 3, 16, 20)):  # other batch sizes and frame sizes than the example
             x = torch.rand(*shape)
             assert (served(x) - exported(x)).abs().max() < 1e-5, shape
+
+
+def test_an_ensemble_is_one_mlflow_model_in_a_run_of_its_own(tmp_path, uris):
+    torch.manual_seed(1)
+    network = FoldEnsemble([UNet(3, len(CLASSES), base_width=4, depth=depth) for depth in (2, 3)]).eval()
+    meta = {**_meta(network), "ensemble": {"n_members": 2, "id": "0f0f0f0f", "members": []}}
+    model_file = tmp_path / "ensemble.pt"
+    export_torchscript(network, meta, model_file, torch.rand(2, 3, 16, 16))
+    client, experiment_id, member_run = _finished_training_run(uris, tmp_path)
+    frame = torch.rand(3, 52, 70)  # an encoded validation frame, as tpnet-export passes it
+    example = _mlflow_example([frame], network.size_multiple)
+    assert example.shape == (2, 3, 48, 64)  # a corner cropped to the stride, batch 2 keeps the batch dynamic
+
+    report = log_export_to_mlflow(
+        model_file, None, uris, "trp-ensemble", network=network, input_example=example,
+        new_run=NewRun("ensemble-2folds-0f0f0f0f", {"tpnet.ensemble.id": "0f0f0f0f"}, member_run),
+    )  # fmt: skip
+
+    run = client.get_run(report["run_id"])
+    assert run.info.run_id != member_run and run.info.experiment_id == experiment_id  # beside its members
+    assert run.info.run_name == "ensemble-2folds-0f0f0f0f"
+    served = mlflow.pytorch.load_model(f"models:/trp-ensemble/{report['version']}")
+    exported = load_model_file(model_file).module
+    with torch.no_grad():
+        x = torch.rand(1, 3, 40, 56)
+        assert (served(x) - exported(x)).abs().max() < 1e-5
+    # Exporting the same ensemble again records it in the same run.
+    same_ensemble = NewRun("ensemble-2folds-0f0f0f0f", {"tpnet.ensemble.id": "0f0f0f0f"}, member_run)
+    again = log_export_to_mlflow(model_file, None, uris, new_run=same_ensemble)
+    assert again["run_id"] == report["run_id"]
 
 
 class DataDependentNet(nn.Module):
