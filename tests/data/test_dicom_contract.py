@@ -4,6 +4,7 @@ and load in training; broken DICOM is named with its reason; the ``frame`` colum
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -133,7 +134,8 @@ def test_tpnet_train_runs_an_epoch_on_the_real_scanner_files(tmp_path: Path) -> 
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
-    assert "7/2/2 frames (train/val/test)" in log and "epoch 1: train/loss=" in log
+    assert re.search(r"train \d+/7, val \d+/2, test \d+/2", log), log[-2000:]
+    assert "epoch 1/1  train/loss=" in log
     assert (run_dir / "checkpoints" / "best.pt").is_file()
 
 
