@@ -25,7 +25,7 @@ import numpy as np
 
 from tpnet.core.atomic import atomic_write_text
 from tpnet.core.contract import trp_class_indices
-from tpnet.evaluation.metrics import FrameRecord, aggregate, bootstrap_ci, bootstrap_samples
+from tpnet.evaluation.metrics import FrameRecord, aggregate, bootstrap_ci, bootstrap_samples, json_safe
 
 OOF_FILE = "oof_records.json"
 OOF_FORMAT = "tpnet-oof-records/1"
@@ -60,7 +60,7 @@ class CrossValidationError(ValueError):
 # ----------------------------------------------------------------------------------------------- records
 def record_to_dict(record: FrameRecord) -> dict[str, Any]:
     """One FrameRecord as JSON values (arrays and tuples as lists, NaN as null)."""
-    return {f.name: _json_safe(getattr(record, f.name)) for f in dataclasses.fields(FrameRecord)}
+    return {f.name: json_safe(getattr(record, f.name)) for f in dataclasses.fields(FrameRecord)}
 
 
 def record_from_dict(raw: dict[str, Any]) -> FrameRecord:
@@ -112,13 +112,13 @@ def oof_document(
         "mlflow_run_id": mlflow_run_id,
         "subjects": sorted({r.subject_id for r in records}),
         "non_test_subjects": sorted(set(non_test_subjects)),
-        "metrics": _json_safe(aggregate(records, classes)) if records else {},
+        "metrics": json_safe(aggregate(records, classes)) if records else {},
         "records": [record_to_dict(r) for r in records],
     }
 
 
 def write_json(path: Path, document: dict[str, Any]) -> Path:
-    atomic_write_text(path, json.dumps(_json_safe(document), indent=1, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(json_safe(document), indent=1, allow_nan=False) + "\n")
     return path
 
 
@@ -733,21 +733,6 @@ def log_summary_to_parent(sweep_dir: Path, summary: dict[str, Any], written: Seq
 # ----------------------------------------------------------------------------------------------- helpers
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf -> null, numpy -> Python, tuples -> lists, paths -> strings."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | np.ndarray):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _show(value: Any) -> str:

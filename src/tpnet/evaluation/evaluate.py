@@ -4,7 +4,6 @@ then pooled metrics, subject-level bootstrap CIs and an atomic ``metrics.json``.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,14 @@ from tpnet.core.postprocess import (
     labels_from_probs,
 )
 from tpnet.core.predict import predict_probs
-from tpnet.evaluation.metrics import FrameRecord, aggregate, bootstrap_ci, frame_record, undefined_reasons
+from tpnet.evaluation.metrics import (
+    FrameRecord,
+    aggregate,
+    bootstrap_ci,
+    frame_record,
+    json_safe,
+    undefined_reasons,
+)
 
 FRAME_KEYS: tuple[str, ...] = ("image", "mask", "elasto_kpa", "spacing_mm", "sample_id", "subject_id")
 
@@ -139,20 +145,7 @@ def evaluation_report(
     return report
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN/inf -> null, numpy scalars -> Python, tuples -> lists."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | np.ndarray):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def save_metrics_json(path: str | Path, report: dict) -> None:
     """Write ``report`` atomically (temp file + os.replace), NaN as null."""
-    text = json.dumps(_json_safe(report), indent=2, sort_keys=True, allow_nan=False)
+    text = json.dumps(json_safe(report), indent=2, sort_keys=True, allow_nan=False)
     atomic_write_text(path, text + "\n")

@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -346,3 +348,18 @@ def bootstrap_ci(
         lo, hi = np.percentile(finite, [tail, 100.0 - tail])
         out[key] = (float(lo), float(hi))
     return out
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> null, numpy -> Python, tuples -> lists, paths -> strings (metrics.json, the CV summary)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -83,25 +83,7 @@ def export_pt2(
     output = Path(output)
     check_output_path(output, ".pt2", checkpoint)
     model = cpu_eval_copy(model)
-    example = example.detach().cpu()
-    if example.shape[0] < 2:  # torch.export specialises a size-1 dim to the constant 1
-        example = example.expand(2, *example.shape[1:]).contiguous()
-    multiple = int(meta.get("size_multiple") or getattr(model, "size_multiple", 1))
-    height, width = example.shape[-2:]
-    if height % multiple or width % multiple:
-        raise ExportError(
-            f"{output}: example size {height}x{width} is not a multiple of size_multiple={multiple}"
-        )
-
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    rows = torch.export.Dim("rows", min=1, max=MAX_SIDE_PX // multiple)
-    cols = torch.export.Dim("cols", min=1, max=MAX_SIDE_PX // multiple)
-    # Positional spec (a tuple) so the forward argument may be named anything.
-    dims = {
-        0: batch,
-        2: rows * multiple if multiple > 1 else rows,
-        3: cols * multiple if multiple > 1 else cols,
-    }
+    example, dims = dynamic_example_and_dims(model, meta, output, example)
     try:
         program = torch.export.export(model, (example,), dynamic_shapes=(dims,))
     except Exception as exc:
@@ -112,6 +94,32 @@ def export_pt2(
     torch.export.save(program, buffer, extra_files={META_FILENAME: json.dumps(meta, indent=2)})
     atomic_write_bytes(output, buffer.getvalue())
     return meta
+
+
+def dynamic_example_and_dims(
+    model: nn.Module, meta: dict, output: Path, example: Tensor
+) -> tuple[Tensor, dict[int, object]]:
+    """The example (batch >= 2: torch.export specialises a size-1 dim to the constant 1) and the dynamic dims of
+    a (B, C, H, W) input: batch, and height/width as Dim * size_multiple. Shared by .pt2 and ONNX export."""
+    example = example.detach().cpu()
+    if example.shape[0] < 2:
+        example = example.expand(2, *example.shape[1:]).contiguous()
+    multiple = int(meta.get("size_multiple") or getattr(model, "size_multiple", 1))
+    height, width = example.shape[-2:]
+    if height % multiple or width % multiple:
+        raise ExportError(
+            f"{output}: example size {height}x{width} is not a multiple of size_multiple={multiple}"
+        )
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    rows = torch.export.Dim("rows", min=1, max=MAX_SIDE_PX // multiple)
+    cols = torch.export.Dim("cols", min=1, max=MAX_SIDE_PX // multiple)
+    # Positional spec (a tuple of one dict) so the forward argument may be named anything.
+    dims = {
+        0: batch,
+        2: rows * multiple if multiple > 1 else rows,
+        3: cols * multiple if multiple > 1 else cols,
+    }
+    return example, dims
 
 
 def with_export_info(meta: dict, method: str, **details: object) -> dict:

@@ -22,11 +22,10 @@ from torch import Tensor, nn
 from tpnet.core.atomic import atomic_write_bytes
 from tpnet.core.model_file import META_FILENAME
 from tpnet.export.export import (
-    MAX_BATCH,
-    MAX_SIDE_PX,
     ExportError,
     check_output_path,
     cpu_eval_copy,
+    dynamic_example_and_dims,
     with_export_info,
 )
 
@@ -48,24 +47,7 @@ def export_onnx(
     output = Path(output)
     check_output_path(output, ".onnx", checkpoint)
     model = cpu_eval_copy(model)
-    example = example.detach().cpu()
-    if example.shape[0] < 2:  # torch.export specialises a size-1 dim to the constant 1
-        example = example.expand(2, *example.shape[1:]).contiguous()
-    multiple = int(meta.get("size_multiple") or getattr(model, "size_multiple", 1))
-    height, width = example.shape[-2:]
-    if height % multiple or width % multiple:
-        raise ExportError(
-            f"{output}: example size {height}x{width} is not a multiple of size_multiple={multiple}"
-        )
-
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    rows = torch.export.Dim("rows", min=1, max=MAX_SIDE_PX // multiple)
-    cols = torch.export.Dim("cols", min=1, max=MAX_SIDE_PX // multiple)
-    dims = {
-        0: batch,
-        2: rows * multiple if multiple > 1 else rows,
-        3: cols * multiple if multiple > 1 else cols,
-    }
+    example, dims = dynamic_example_and_dims(model, meta, output, example)
     try:
         with _warnings_only(_CHATTY_LOGGERS):
             program = torch.onnx.export(
