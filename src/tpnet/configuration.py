@@ -181,6 +181,11 @@ class CalibrationSchema:
     thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
     min_areas_mm2: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 6.0])
     min_mean_probs: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.6, 0.7])
+    # Confidence (issue #14), fitted on validation after the post-processing above.
+    tta: bool = True  # fit on lateral-flip TTA predictions: what tpnet-infer runs by default
+    temperature: bool = True  # pixel-level temperature scaling of the log-probabilities
+    detection: bool = True  # detection confidence = P(true trigger point | component evidence)
+    active_band: float = 0.1  # |p_active - 0.5| below this: class "indeterminate"
 
 
 @dataclass

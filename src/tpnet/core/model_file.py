@@ -106,6 +106,8 @@ def build_meta(
     dataset_name: str | None = None,
     dataset_fingerprint: str | None = None,
     torch_version: str | None = None,
+    calibration: dict | None = None,
+    model_card: dict | None = None,
 ) -> dict:
     """The metadata dict stored as ``tpnet_meta.json``. Keyword names match the checkpoint's ``meta``,
     so an exporter can call ``build_meta(**ckpt["meta"], export_method=..., mlflow_run_id=...)``."""
@@ -158,6 +160,12 @@ def build_meta(
         "dataset_fingerprint": dataset_fingerprint,
         "export": {"method": export_method, "torch_version": torch_version or _torch_version()},
     }
+    # Optional (issue #14): how to turn probabilities into calibrated confidences (tpnet.core.confidence) and
+    # what the model was trained on and validated to do (docs/confidence.md, "Model card").
+    if calibration is not None:
+        meta["calibration"] = calibration
+    if model_card is not None:
+        meta["model_card"] = model_card
     validate_meta(meta, "build_meta")
     return meta
 

@@ -41,8 +41,14 @@ def render_overlay(
     classes: Sequence[str],
     trigger_points: Sequence[TriggerPoint],
     elasto_kpa: np.ndarray | None = None,
+    *,
+    spacing_mm: float | None = None,  # None: pixel size unknown (no scale bar / ruler in mm)
+    skin_row: int | None = None,  # the skin line's row (depth ruler origin); None: not found
+    title: str | None = None,  # burned in: the file name
+    swe_layer: bool = False,  # the SWE stiffness map as a colour layer with its colour bar
 ) -> np.ndarray:
-    """(H, W) B-mode in [0, 1] -> (H, W, 3) uint8 RGB at the same size (positions match masks/ exactly)."""
+    """(H, W) B-mode in [0, 1] -> (H, W, 3) uint8 RGB at the same size (positions match masks/ exactly).
+    The keyword arguments are issue #14's (legend, scale bar, ruler, title, SWE layer); placeholders for now."""
     grey = np.clip(bmode * 255.0 + 0.5, 0, 255).astype(np.uint8)
     image = np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
     height, width = grey.shape

@@ -60,7 +60,12 @@ class PostprocessParams:
 
 @dataclass
 class TriggerPoint:
-    """One nodule. NaN where unknown: no SWE under it, no vessel in the frame."""
+    """One nodule. NaN where unknown: no SWE under it, no vessel in the frame.
+
+    The fields after ``nearest_vessel_mm`` have defaults (positional construction stays valid): the component's
+    own evidence, measured by ``find_trigger_points``, and what ``tpnet.core.confidence`` and the inference tool
+    make of it (issue #14). ``confidence`` is the calibrated P(true trigger point) once a model's calibration is
+    applied, ``raw_confidence`` the uncalibrated mean probability it started from."""
 
     trp_id: int
     class_name: str
@@ -73,6 +78,18 @@ class TriggerPoint:
     stiffness_kpa_mean: float
     confidence: float
     nearest_vessel_mm: float
+    raw_confidence: float = math.nan  # mean summed TrP probability inside (uncalibrated)
+    max_prob: float = math.nan  # largest summed TrP probability inside
+    active_fraction: float = math.nan  # active share of the component's TrP probability mass
+    stiffness_kpa_median: float = math.nan
+    stiffness_kpa_sd: float = math.nan
+    swe_coverage: float = math.nan  # share of its pixels with a valid SWE value; NaN: no SWE map at all
+    stiffness_contrast: float = math.nan  # median kPa inside / median kPa in a ring around it
+    p_active: float = math.nan  # calibrated P(active | a true TrP); NaN: the model cannot say
+    reported_class: str = ""  # what CSV and report show: active_trp, latent_trp or indeterminate
+    confidence_sd: float = math.nan  # spread of the detection's probability across TTA passes
+    centroid_sd_mm: float = math.nan  # spread of its centroid across TTA passes (mm, radial)
+    depth_from_skin_mm: float = math.nan  # centroid depth below the skin line
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -111,6 +111,8 @@ class HtmlReport:
         classes: Sequence[str],
         rejected: Sequence[Rejection],
         warnings: Sequence[str],
+        model_meta: dict | None = None,
+        frame_summaries: Sequence[dict] = (),
     ) -> None:
         """Write the final page atomically and remove the temporary sections file."""
         self._sections.close()
@@ -165,6 +167,9 @@ def frame_section(
     overlay_relpath: str,
     trigger_points: Sequence[TriggerPoint],
     shape: tuple[int, int],
+    *,
+    frame_warnings: Sequence[dict] = (),
+    p_frame: float | None = None,
 ) -> str:
     """The report's HTML for one analysed frame."""
     href = quote(overlay_relpath)
