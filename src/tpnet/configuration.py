@@ -123,6 +123,10 @@ class SyntheticSchema:
     height: int = 256
     width: int = 256
     appearance: str = "literature"
+    # Active vs latent effect sizes (issue #14, docs/synthetic-data.md): active TrPs' stiffness ratio is
+    # multiplied by this, and they are this many dB darker than latent ones. Defaults: no reliable difference.
+    active_stiffness_factor: float = 1.0
+    active_echo_db: float = 0.0
 
 
 @dataclass
