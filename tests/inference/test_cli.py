@@ -169,7 +169,11 @@ def test_all_good_folder_exits_0_and_tta_runs(tmp_path, model_path, capsys):
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["rejected"] == [] and summary["settings"]["tta"] is True
     # No pixel size anywhere: flagged, and the mm columns stay empty rather than filled from an assumption.
-    assert len(summary["warnings"]) == 1 and "no pixel size" in summary["warnings"][0]
+    no_size, no_reference = summary["warnings"]  # and an old model without a training-input reference:
+    assert "no pixel size" in no_size and "no training-input reference" in no_reference
+    (frame_warnings,) = summary["frame_warnings"]  # the frame's own named warnings
+    assert [w["code"] for w in frame_warnings["warnings"]] == ["missing_modality", "pixel_size_assumed"]
+    assert summary["warning_counts"] == {"missing_modality": 1, "pixel_size_assumed": 1}
     assert summary["frames_without_spacing"] == 1
     assert "UNKNOWN" in (out_dir / "report.html").read_text()
     with (out_dir / "detections.csv").open(newline="") as fh:

@@ -90,8 +90,8 @@ def test_an_absurd_cli_spacing_is_a_usage_error(tmp_path):
 def test_strict_end_to_end(tmp_path, model_path, capsys):
     in_dir = tmp_path / "in"
     in_dir.mkdir()
-    _frame(in_dir, "good", spacing_mm=0.2)
-    _frame(in_dir, "slip", spacing_mm=2.0)
+    _frame(in_dir, "good", spacing_mm=0.2, kpa=30.0)  # with SWE: the model reads it (no missing_modality)
+    _frame(in_dir, "slip", spacing_mm=2.0, kpa=30.0)
 
     assert _infer(model_path, in_dir, tmp_path / "lenient") == 0  # analysed, with a warning in the summary
     summary = json.loads((tmp_path / "lenient" / "summary.json").read_text())

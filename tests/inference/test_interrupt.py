@@ -99,7 +99,7 @@ def test_interrupted_run_is_marked_incomplete_and_resume_completes_it(tmp_path, 
     assert not (out / "report.html").exists()  # no report that looks finished
 
     # Another model or other settings: refused, the partial run left as it was.
-    assert main([*_args(model_path, scans, out), "--resume", "--tta"]) == 2
+    assert main([*_args(model_path, scans, out), "--resume", "--no-tta"]) == 2
     assert "other settings" in capsys.readouterr().err
     assert _finished_frames(out) == done
 

@@ -1,7 +1,10 @@
 """``tpnet-infer``: run an exported model on a folder of frames; write masks, overlays, CSV, JSON and HTML.
 
-Exit codes: 0 every input analysed; 3 some inputs rejected (all others still analysed);
-2 usage error or unusable model. A bad frame never stops the run.
+Exit codes: 0 every input analysed; 3 some inputs rejected (all others still analysed; with ``--strict`` a
+frame with any named warning is rejected too); 2 usage error or unusable model. A bad frame never stops the run.
+
+Every frame is compared with the model's card (``tpnet.core.input_check``): each named warning is printed,
+listed per frame in summary.json and frames.csv, and shown in the report.
 """
 
 from __future__ import annotations
@@ -24,13 +27,16 @@ from datetime import datetime
 from pathlib import Path
 
 import cv2
+import numpy as np
 from tqdm import tqdm  # tqdm.write: messages that do not break a drawn bar
 
 from tpnet import __version__
 from tpnet.core.atomic import atomic_write_text
+from tpnet.core.confidence import Calibration
 from tpnet.core.contract import trp_class_indices
 from tpnet.core.csv_safe import safe_row
 from tpnet.core.device import DeviceUnavailableError
+from tpnet.core.input_check import usable_reference
 from tpnet.core.io import write_png
 from tpnet.core.model_file import LoadedModel, ModelFileError, ModelNeedsTorchError, load_model_file
 from tpnet.core.overlay import render_overlay
@@ -54,19 +60,34 @@ from tpnet.inference.output_folder import (
     remove_earlier_results,
 )
 from tpnet.inference.output_names import bounded_stem
-from tpnet.inference.predictor import FrameFailure, FramePrediction, Predictor
+from tpnet.inference.predictor import FrameFailure, FramePrediction, Predictor, stiffness_note
 from tpnet.inference.progress import PROGRESS_NAME, FrameRecord, ProgressJournal, ResumeError, model_identity
 from tpnet.inference.report import HtmlReport, frame_section
 
 EXIT_OK, EXIT_USAGE, EXIT_REJECTED = 0, 2, 3
+# One row per trigger point, and one per analysed frame without any ("no trigger point found", the other
+# columns empty). The first twelve are the columns of older versions, in place: "class" is the reported class
+# (active_trp, latent_trp or indeterminate), "confidence" the calibrated P(true trigger point).
 CSV_COLUMNS: tuple[str, ...] = (
     "stem", "t_s", "trp_id", "class", "x_px", "y_px", "x_mm", "y_mm", "area_mm2",
     "stiffness_kpa_mean", "confidence", "nearest_vessel_mm",
+    "raw_confidence", "p_active", "confidence_sd", "centroid_sd_mm", "stiffness_kpa_median",
+    "stiffness_kpa_sd", "swe_coverage", "stiffness_note", "depth_from_skin_mm", "finding",
 )  # fmt: skip
-# One row per frame found, analysed or not: where it came from and the pixel size its millimetres rest on.
+NO_FINDING = "no trigger point found"
+PRINTED_PER_CODE = (
+    5  # console lines per warning code; a long run's others are counted (summary.json lists all)
+)
+FINDINGS = {
+    "active_trp": "active trigger point",
+    "latent_trp": "latent trigger point",
+    "indeterminate": "trigger point (active or latent: indeterminate)",
+}
+# One row per frame found, analysed or not: where it came from and the pixel size its millimetres rest on;
+# warnings: its named warning codes, ";"-separated.
 FRAME_COLUMNS: tuple[str, ...] = (
     "stem", "name", "kind", "frame", "t_s", "width_px", "height_px", "spacing_mm", "spacing_source",
-    "trp_count", "status",
+    "trp_count", "status", "subject_id", "p_trp_frame", "warnings",
 )  # fmt: skip
 __all__ = [
     "CSV_COLUMNS",
@@ -127,12 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"cine loops: a trigger point seen at the same place in this many consecutive frames is "
         f"stable (default {DEFAULT_MIN_FRAMES})",
     )
-    parser.add_argument("--tta", action="store_true", help="average with a left-right flipped pass (slower)")
+    parser.add_argument(
+        "--no-tta",
+        action="store_true",
+        help="one network pass instead of two (the frame and its left-right mirror image, the default): about "
+        "twice as fast, but no uncertainty (confidence_sd, centroid_sd_mm) and a calibration fitted on two passes",
+    )
+    parser.add_argument(
+        "--tta", action="store_true", help="accepted for older command lines: two passes are now the default"
+    )
     parser.add_argument(
         "--strict",
         action="store_true",
-        help="reject frames whose pixel size or field of view is implausible for musculoskeletal ultrasound "
-        "or far from the model's training spacing (default: analyse them with a warning)",
+        help="reject every frame with a named warning (missing elastography, pixel size assumed, image "
+        "statistics unlike the training frames, implausible pixel size or field of view) instead of analysing "
+        "it with the warning; exit code 3",
     )
     parser.add_argument(
         "--overwrite",
@@ -236,16 +266,49 @@ def _fmt(value: float, digits: int) -> str:
     return "" if not math.isfinite(value) else f"{value:.{digits}f}"
 
 
+def _model_warnings(model: LoadedModel, tta: bool) -> list[str]:
+    """What the run must say once about the model: a statistic test it cannot make, a TTA setting other
+    than the one its calibration was fitted with."""
+    found = []
+    card = model.meta.get("model_card")
+    if not usable_reference(card.get("input_reference") if isinstance(card, dict) else None):
+        found.append(
+            "the model file carries no training-input reference (model_card.input_reference; older "
+            "models): frames are not tested for image statistics unlike the training frames"
+        )
+    if isinstance(model.meta.get("calibration"), dict):
+        fitted_tta = bool(Calibration.from_meta(model.meta).tta)
+        if fitted_tta != tta:
+            fitted, now = ("with", "without") if fitted_tta else ("without", "with")
+            found.append(
+                f"the model's calibration was fitted {fitted} test-time augmentation (the flip pass) but this "
+                f"run is {now} it (--no-tta): confidences may be less well calibrated"
+            )
+    return found
+
+
 def _csv_row(frame: FrameInput, p: TriggerPoint) -> list[str]:
     """A trigger point's row. Without a known pixel size the millimetre columns stay empty: a figure from an
     assumed spacing would read as a measurement."""
     known = frame.spacing_mm is not None
     mm = (lambda v, d: _fmt(v, d)) if known else (lambda v, d: "")  # noqa: E731
+    reported = p.reported_class or p.class_name
     return [
-        frame.stem, _opt(frame.t_s, 4), str(p.trp_id), p.class_name, _fmt(p.x_px, 2), _fmt(p.y_px, 2),
+        frame.stem, _opt(frame.t_s, 4), str(p.trp_id), reported, _fmt(p.x_px, 2), _fmt(p.y_px, 2),
         mm(p.x_mm, 3), mm(p.y_mm, 3), mm(p.area_mm2, 3), _fmt(p.stiffness_kpa_mean, 2), _fmt(p.confidence, 4),
         mm(p.nearest_vessel_mm, 3),
+        _fmt(p.raw_confidence, 4), _fmt(p.p_active, 4), _fmt(p.confidence_sd, 4), mm(p.centroid_sd_mm, 3),
+        _fmt(p.stiffness_kpa_median, 2), _fmt(p.stiffness_kpa_sd, 2), _fmt(p.swe_coverage, 3), stiffness_note(p),
+        mm(p.depth_from_skin_mm, 3), FINDINGS.get(reported, reported.replace("_", " ")),
     ]  # fmt: skip
+
+
+def _no_finding_row(frame: FrameInput) -> list[str]:
+    """An analysed frame without trigger points: listed, so "nothing found" is not mistaken for "not read"."""
+    row = [""] * len(CSV_COLUMNS)
+    row[CSV_COLUMNS.index("stem")], row[CSV_COLUMNS.index("t_s")] = frame.stem, _opt(frame.t_s, 4)
+    row[CSV_COLUMNS.index("finding")] = NO_FINDING
+    return row
 
 
 def _opt(value: float | None, digits: int) -> str:
@@ -253,13 +316,18 @@ def _opt(value: float | None, digits: int) -> str:
 
 
 def _frame_row(
-    frame: FrameInput, shape: tuple[int, ...] | None, trp_count: int | None, status: str
+    frame: FrameInput,
+    shape: tuple[int, ...] | None,
+    trp_count: int | None,
+    status: str,
+    p_trp_frame: float | None = None,
+    warning_codes: tuple[str, ...] = (),
 ) -> list[str]:
     return [
         frame.stem, frame.name, frame.kind, "" if frame.frame_index is None else str(frame.frame_index),
         _opt(frame.t_s, 4), "" if shape is None else str(shape[1]), "" if shape is None else str(shape[0]),
         _opt(frame.spacing_mm, 5), frame.spacing_source or "unknown", "" if trp_count is None else str(trp_count),
-        status,
+        status, frame.subject_id or "", _opt(p_trp_frame, 4), ";".join(warning_codes),
     ]  # fmt: skip
 
 
@@ -285,6 +353,9 @@ def _main(argv: list[str] | None, stops: StopRequests) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
+    if args.tta and args.no_tta:
+        return _error("--tta and --no-tta contradict each other: give one of them (TTA is the default)")
+    args.tta = not args.no_tta
     # Damaged PNGs are reported per frame; OpenCV's own C++ warnings would only add noise.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     try:
@@ -324,6 +395,7 @@ def _main(argv: list[str] | None, stops: StopRequests) -> int:
     except InputError as exc:
         return _error(str(exc))
     run_warnings = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
+    run_warnings += _model_warnings(model, args.tta)
     if not frames and not rejected:
         return _error(
             f"{input_dir}: no frames found (expected DICOM files, images (PNG/TIFF/.npy/JPEG/BMP), "
@@ -421,8 +493,16 @@ def _analyse(
                 "frames_per_s": round(stats.new / stats.elapsed_s, 3) if stats.elapsed_s > 0 else None,
             },
             "model": {"file": str(Path(args.model).resolve()), "kind": model.kind, "meta": model.meta},
+            "model_card": _model_card_summary(model.meta),
             "rejected": [{"name": r.name, "reason": r.reason} for r in rejected],
             "warnings": all_warnings(),
+            # Per analysed frame with any: its named warnings ({"code", "message"}), and how often each code came.
+            "frame_warnings": [
+                {"stem": r.stem, "name": r.name, "warnings": r.warnings}
+                for r in journal.records
+                if r.rejected_reason is None and r.warnings
+            ],
+            "warning_counts": _warning_counts(journal.records),
             "frames_without_spacing": sum(
                 1
                 for r in journal.records
@@ -460,7 +540,7 @@ def _analyse(
             file=sys.stderr,
         )
         return exit_code(stats.stopped_by)
-    loop_summaries = _write_tables(output_dir, frames, journal, model, args.min_frames)
+    loop_summaries, frame_summaries = _write_tables(output_dir, frames, journal, model, args.min_frames)
     _write_json(output_dir / "summary.json", summary(complete=True))
     report.finish(
         model_name=str(model.meta["model_name"]),
@@ -472,6 +552,8 @@ def _analyse(
         classes=model.classes,
         rejected=rejected,
         warnings=all_warnings(),
+        model_meta=model.meta,
+        frame_summaries=frame_summaries,
     )
     journal.remove()  # complete: nothing left to resume
     print(
@@ -479,6 +561,26 @@ def _analyse(
         f"{sum(stats.trp_counts.values())} trigger point(s) found; results in {output_dir}"
     )
     return EXIT_REJECTED if rejected else EXIT_OK
+
+
+def _model_card_summary(meta: dict) -> dict | None:
+    """The model card as summary.json shows it: what the model was trained and validated on (the bulky
+    input reference is summarised as whether the statistic test ran)."""
+    card = meta.get("model_card")
+    if not isinstance(card, dict):
+        return None
+    summary = {k: v for k, v in card.items() if k != "input_reference"}
+    summary["input_statistic_test"] = usable_reference(card.get("input_reference"))
+    return summary
+
+
+def _warning_counts(records: list[FrameRecord]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in records:
+        if record.rejected_reason is None:
+            for warning in record.warnings:
+                counts[warning["code"]] = counts.get(warning["code"], 0) + 1
+    return counts
 
 
 @dataclass
@@ -511,11 +613,12 @@ def _run(
 ) -> None:
     """Predict and write every frame not in the journal as it arrives, then record it there; failures are
     appended to ``rejected``. A first SIGINT / SIGTERM stops after the frame in hand."""
-    predictor = Predictor(model, device=device, batch_size=args.batch_size, tta=args.tta)
+    predictor = Predictor(model, device=device, batch_size=args.batch_size, tta=args.tta, strict=args.strict)
     finished = journal.finished_stems
     todo = [f for f in frames if f.stem not in finished]
     write_failures: dict[str, str] = {}  # stem -> why its images could not be written
     printed: set[str] = set()  # notes already shown: a loop's frames often share one
+    printed_codes: dict[str, int] = {}  # frames whose warning of each code was printed
     started = time.perf_counter()
     with (output_dir / "detections.csv").open("w", newline="", encoding="utf-8") as csv_file:
         writer = csv.writer(csv_file)
@@ -529,9 +632,12 @@ def _run(
             stem = result.frame.stem
             try:
                 write_png(output_dir / "masks" / f"{stem}.png", result.label_map)
+                elasto = result.elasto_kpa
                 overlay = render_overlay(
-                    result.bmode, result.label_map, model.classes, result.trigger_points, result.elasto_kpa
-                )
+                    result.bmode, result.label_map, model.classes, result.trigger_points, elasto,
+                    spacing_mm=result.frame.spacing_mm, skin_row=result.skin_row, title=result.frame.name,
+                    swe_layer=elasto is not None and bool(np.isfinite(elasto).any()),
+                )  # fmt: skip
                 write_png(output_dir / "overlays" / f"{stem}.png", overlay)
             except Exception as exc:  # a full disk, a name the file system refuses: this frame only
                 write_failures[stem] = f"cannot write its results ({exc})"
@@ -552,6 +658,8 @@ def _run(
                         if note not in printed:
                             printed.add(note)
                             tqdm.write(f"WARNING: {note}", file=sys.stderr)
+                    for line in _warning_lines(record, printed_codes):
+                        tqdm.write(line, file=sys.stderr)
                     if record.rejected_reason is not None:
                         rejected.append(Rejection(record.name, record.rejected_reason))
                         tqdm.write(f"REJECTED {record.name}: {record.rejected_reason}")
@@ -572,6 +680,29 @@ def _run(
             progress.close()
             results.close()  # stops the predictor's threads after the frames they are on
             stats.elapsed_s = time.perf_counter() - started
+            for line in _warning_totals(printed_codes):
+                print(line, file=sys.stderr)
+
+
+def _warning_lines(record: FrameRecord, printed: dict[str, int]) -> list[str]:
+    """One console line per named warning of the frame, for the first ``PRINTED_PER_CODE`` frames of each code
+    (``printed``: frames shown per code so far); the rest are counted at the end of the run."""
+    lines = []
+    for warning in record.warnings:
+        shown = printed.get(warning["code"], 0)
+        printed[warning["code"]] = shown + 1
+        if shown < PRINTED_PER_CODE:
+            lines.append(f"WARNING {record.name}: {warning['code']}: {warning['message']}")
+    return lines
+
+
+def _warning_totals(counts: dict[str, int]) -> list[str]:
+    """The end-of-run line for each code shown on more frames than were printed."""
+    return [
+        f"WARNING: {code} on {n} frame(s) in all (each listed in summary.json and frames.csv)"
+        for code, n in counts.items()
+        if n > PRINTED_PER_CODE
+    ]
 
 
 def _record_frame(
@@ -588,23 +719,36 @@ def _record_frame(
     points = result.trigger_points
     counts: dict[str, int] = {}
     for p in points:
-        counts[p.class_name] = counts.get(p.class_name, 0) + 1
+        reported = p.reported_class or p.class_name
+        counts[reported] = counts.get(reported, 0) + 1
+    frame_warnings = [w.to_dict() for w in result.warnings]
+    p_frame = result.p_trp_frame if math.isfinite(result.p_trp_frame) else None
+    codes = tuple(w.code for w in result.warnings)
     return FrameRecord(
         frame.stem,
         frame.name,
-        rows=[_csv_row(frame, p) for p in points],
-        frame_row=_frame_row(frame, result.bmode.shape, len(points), "analysed"),
-        section=frame_section(frame, f"overlays/{frame.stem}.png", points, result.bmode.shape),
+        rows=[_csv_row(frame, p) for p in points] or [_no_finding_row(frame)],
+        frame_row=_frame_row(frame, result.bmode.shape, len(points), "analysed", p_frame, codes),
+        section=frame_section(
+            frame,
+            f"overlays/{frame.stem}.png",
+            points,
+            result.bmode.shape,
+            frame_warnings=frame_warnings,
+            p_frame=p_frame,
+        ),  # fmt: skip
         trp_counts=counts,
         notes=[note.replace(f"{input_dir}{os.sep}", "") for note in result.notes],
+        warnings=frame_warnings,
     )
 
 
 def _write_tables(
     output_dir: Path, frames: list[FrameInput], journal: ProgressJournal, model: LoadedModel, min_frames: int
-) -> list[dict]:
+) -> tuple[list[dict], list[dict]]:
     """frames.csv (every frame found) and loops.csv (trigger points followed through each cine loop, from the
-    journal's rows, so a resumed run's frames count too); the loops' summaries for summary.json."""
+    journal's rows, so a resumed run's frames count too); (the loops' summaries for summary.json, one summary
+    per frame found for the report)."""
     by_stem = {f.stem: f for f in frames}
     records = {r.stem: r for r in journal.records}
     lines = [FRAME_COLUMNS]
@@ -616,6 +760,7 @@ def _write_tables(
             status = f"rejected: {record.rejected_reason}" if record is not None else "not analysed"
             lines.append(_frame_row(frame, frame.shape, None, status))
     _write_csv(output_dir / "frames.csv", lines)
+    frame_summaries = [_frame_summary(dict(zip(FRAME_COLUMNS, line, strict=True))) for line in lines[1:]]
 
     column = {name: i for i, name in enumerate(CSV_COLUMNS)}
     per_loop: dict[str, list[tuple[int, list[LoopDetection]]]] = {}
@@ -634,6 +779,7 @@ def _write_tables(
                 float(row[column["confidence"]] or "nan"),
             )  # fmt: skip
             for row in record.rows
+            if row[column["trp_id"]]  # not the "no trigger point found" row
         ]
         per_loop.setdefault(frame.loop, []).append((frame.frame_index or 0, detections))
     summaries: list[dict] = []
@@ -645,7 +791,20 @@ def _write_tables(
         summaries.append(summary)
         loop_lines += rows
     _write_csv(output_dir / "loops.csv", loop_lines)
-    return summaries
+    return summaries, frame_summaries
+
+
+def _frame_summary(row: dict[str, str]) -> dict:
+    """A frames.csv line as the report's per-frame summary."""
+    return {
+        "stem": row["stem"],
+        "name": row["name"],
+        "subject_id": row["subject_id"] or None,
+        "status": row["status"],
+        "trp_count": int(row["trp_count"]) if row["trp_count"] else None,
+        "p_trp_frame": float(row["p_trp_frame"]) if row["p_trp_frame"] else None,
+        "warnings": [code for code in row["warnings"].split(";") if code],
+    }
 
 
 def _write_csv(path: Path, lines: list) -> None:

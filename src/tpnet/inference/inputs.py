@@ -21,6 +21,7 @@ import numpy as np
 from tpnet.core import contract
 from tpnet.core.dicom import DicomHeader, is_dicom_file, read_dicom_frame, read_dicom_header
 from tpnet.core.encoding import elasto_to_kpa
+from tpnet.core.input_check import spacing_warnings
 from tpnet.core.io import (
     COLOURED_NOTE_FRACTION,
     GREY_CHANNEL_TOLERANCE,
@@ -29,7 +30,7 @@ from tpnet.core.io import (
     read_bmode,
     read_elasto,
 )
-from tpnet.core.plausibility import parse_spacing_mm, spacing_warnings, stiffness_problem
+from tpnet.core.plausibility import parse_spacing_mm, stiffness_problem
 from tpnet.core.scanner_profile import ScannerProfile, read_screenshot
 from tpnet.inference.output_names import bounded_stem
 
@@ -86,6 +87,7 @@ class FrameInput:
     image_box: tuple[int, int, int, int] | None = None
     shape: tuple[int, int] | None = None  # (H, W) as discovery learnt it (DICOM header, profile), if it did
     profile: ScannerProfile | None = None  # screenshots: where the views and the colour bar are
+    subject_id: str | None = None  # the dataset manifest's subject_id (None: not a dataset, or not known)
 
 
 @dataclass(frozen=True)
@@ -210,12 +212,13 @@ def _check_spacing(
             kept.append(frame)
             continue
         shape = frame.shape or declared_shape(frame.bmode_path)
-        reasons = spacing_warnings(frame.spacing_mm, shape, model_spacing_mm)
-        if reasons and strict:
-            rejected.append(Rejection(frame.name, f"{'; '.join(reasons)} ({STRICT_NOTE})"))
+        found = spacing_warnings(frame.spacing_mm, shape, model_spacing_mm)
+        if found and strict:
+            codes = "; ".join(f"{w.code} ({w.message})" for w in found)
+            rejected.append(Rejection(frame.name, f"{STRICT_NOTE}: {codes}"))
             continue
-        for reason in reasons:
-            names_by_reason.setdefault(reason, []).append(frame.name)
+        for warning in found:
+            names_by_reason.setdefault(warning.message, []).append(frame.name)
         kept.append(frame)
     for reason, names in names_by_reason.items():
         warnings.warn(
@@ -312,7 +315,7 @@ def _discover_contract(root: Path, spacing_mm_cli: float | None) -> tuple[list[F
             except FrameReadError as exc:
                 rejected.append(Rejection(name, str(exc)))
                 continue
-            frame = found[0]
+            frame = replace(found[0], subject_id=row.subject_id)
             if frame.spacing_mm is None:
                 frame = _with_spacing(frame, *_spec_or_cli(spec.spacing_mm, spacing_mm_cli))
             frames.append(frame)
@@ -323,7 +326,16 @@ def _discover_contract(root: Path, spacing_mm_cli: float | None) -> tuple[list[F
         else:
             spacing, source = _spec_or_cli(None, spacing_mm_cli)
         frames.append(
-            FrameInput(stem, row.sample_id, bmode_path, elasto_path, spacing, source, spec.elasto_unit)
+            FrameInput(
+                stem,
+                row.sample_id,
+                bmode_path,
+                elasto_path,
+                spacing,
+                source,
+                spec.elasto_unit,
+                subject_id=row.subject_id,
+            )  # fmt: skip
         )
     return sorted(frames, key=lambda f: f.stem), rejected
 

@@ -4,6 +4,11 @@ Worker threads decode the next frames and post-process (and write) the previous 
 runs; results come out in input order and about three batches of frames are ever in memory, however long
 the run.
 
+Each frame is also checked against the model's card (``tpnet.core.input_check``: named warnings, or with
+``strict`` a rejection before the network runs); each detection gets its calibrated confidence and class
+(``tpnet.core.confidence``), its spread across the test-time passes (``tpnet.core.uncertainty``), its
+stiffness statistics and its depth below the skin line (``tpnet.core.skin_line``).
+
 An ONNX model runs on numpy arrays (onnxruntime), a TorchScript / .pt2 model on torch tensors; torch is
 imported only for the latter, so the base install (no torch) runs ONNX models.
 """
@@ -18,7 +23,10 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from tpnet.core.confidence import Calibration
+from tpnet.core.contract import trp_class_indices
 from tpnet.core.encoding import resample_frame
+from tpnet.core.input_check import FrameWarning, frame_statistics, frame_warnings, usable_reference
 from tpnet.core.io import FrameReadError
 from tpnet.core.model_file import LoadedModel
 from tpnet.core.postprocess import (
@@ -27,8 +35,19 @@ from tpnet.core.postprocess import (
     find_trigger_points,
     labels_from_probs,
 )
-from tpnet.core.predict import predict_probs, predict_probs_numpy
-from tpnet.inference.inputs import FrameInput, load_frame
+from tpnet.core.predict import predict_passes, predict_passes_numpy, temper_probs
+from tpnet.core.skin_line import find_skin_row
+from tpnet.core.uncertainty import pass_spread, trp_components
+from tpnet.inference.inputs import STRICT_NOTE, FrameInput, load_frame
+
+# A TrP's stiffness rests on the SWE pixels under it: below this share of valid pixels it is marked
+# "low_coverage" (assumption: with less than half the nodule measured, its median may describe the rim, or a
+# neighbour, more than the nodule).
+MIN_SWE_COVERAGE = 0.5
+
+
+class FrameRejectedError(FrameReadError):
+    """``strict``: the frame raised named warnings; it is rejected before the network runs."""
 
 
 @dataclass
@@ -41,6 +60,9 @@ class FramePrediction:
     label_map: np.ndarray
     trigger_points: list[TriggerPoint]
     notes: list[str] = field(default_factory=list)  # what reading the frame assumed, for the summary
+    warnings: list[FrameWarning] = field(default_factory=list)  # named out-of-distribution warnings
+    p_trp_frame: float = float("nan")  # calibrated P(the frame holds a TrP)
+    skin_row: int | None = None  # the skin line's row (depth origin); None: not found
 
 
 @dataclass
@@ -60,22 +82,35 @@ class _Prepared:
     model_elasto_kpa: np.ndarray | None
     notes: list[str]  # what reading assumed (bit depth, clipping): reported with the frame
     box: tuple[int, int, int, int] | None = None  # the image region the network saw, in frame pixels
+    warnings: list[FrameWarning] = field(default_factory=list)
 
 
 class Predictor:
     def __init__(
-        self, model: LoadedModel, device: str | None = None, batch_size: int = 4, tta: bool = False
+        self,
+        model: LoadedModel,
+        device: str | None = None,
+        batch_size: int = 4,
+        tta: bool = True,
+        strict: bool = False,
     ) -> None:
-        """``device``: where the images go for a torch model (default: the model's own device)."""
+        """``device``: where the images go for a torch model (default: the model's own device). ``tta``: run
+        the lateral-flip pass too (the default, as the calibration is fitted on it; the passes' spread is the
+        detections' uncertainty). ``strict``: a frame with any named warning is rejected, not analysed."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         self.model = model
         self.device = str(device or model.device)
         self.batch_size = batch_size
         self.tta = tta
+        self.strict = strict
         self.classes = model.classes
         self.encoding = model.encoding
         self.params = PostprocessParams(**{k: float(v) for k, v in model.meta["postprocess"].items()})
+        self.calibration = Calibration.from_meta(model.meta)
+        card = model.meta.get("model_card")
+        reference = card.get("input_reference") if isinstance(card, dict) else None
+        self.input_reference = reference if usable_reference(reference) else None
 
     def working_spacing_mm(self, frame: FrameInput) -> float:
         """The frame's pixel size; for a frame without one, the model's (the network needs a scale to read
@@ -95,7 +130,21 @@ class Predictor:
         model_bmode, model_elasto, _ = resample_frame(
             region_bmode, region_elasto, None, self.working_spacing_mm(frame), self.model.spacing_mm
         )
-        return _Prepared(frame, bmode, elasto_kpa, model_bmode, model_elasto, notes, box)
+        # The statistic test reads the B-mode plane exactly as the network will (norm, spacing, region).
+        statistics = frame_statistics(self.encoding.encode(model_bmode, None)[0])
+        warnings = frame_warnings(
+            spacing_mm=frame.spacing_mm,
+            model_spacing_mm=self.model.spacing_mm,
+            shape=region_bmode.shape,
+            has_swe=region_elasto is not None and bool(np.isfinite(region_elasto).any()),
+            channels=self.encoding.channels,
+            statistics=statistics,
+            reference=self.input_reference,
+        )
+        if warnings and self.strict:
+            codes = "; ".join(f"{w.code} ({w.message})" for w in warnings)
+            raise FrameRejectedError(f"{frame.name}: {STRICT_NOTE}: {codes}")
+        return _Prepared(frame, bmode, elasto_kpa, model_bmode, model_elasto, notes, box, warnings)
 
     def run(
         self,
@@ -158,7 +207,7 @@ class Predictor:
     ) -> None:
         """Run the network on the collected frames, one call per distinct shape (no cross-frame padding, so
         a frame's result never depends on its batch-mates); queue their post-processing, in input order."""
-        out: dict[int, FrameFailure | tuple[_Prepared, np.ndarray]] = {
+        out: dict[int, FrameFailure | tuple[_Prepared, np.ndarray, np.ndarray]] = {
             i: b for i, b in enumerate(batch) if isinstance(b, FrameFailure)
         }
         by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -170,14 +219,14 @@ class Predictor:
             images = np.stack(encoded)
             del encoded
             try:
-                probs = self.probs(images)
+                probs, trp_passes = self.probs_and_passes(images)
             except Exception as exc:  # e.g. a frame too small for the network, or out of memory
                 for i in indices:
                     reason = f"{batch[i].frame.name}: the network failed on this frame ({type(exc).__name__}: {exc})"
                     out[i] = FrameFailure(batch[i].frame, reason)
                 continue
-            for i, frame_probs in zip(indices, probs, strict=True):
-                out[i] = (batch[i], frame_probs)
+            for i, frame_probs, frame_passes in zip(indices, probs, trp_passes, strict=True):
+                out[i] = (batch[i], frame_probs, frame_passes)
         batch.clear()
         for i in sorted(out):
             item = out[i]
@@ -188,43 +237,105 @@ class Predictor:
 
     def probs(self, images: np.ndarray) -> np.ndarray:
         """(B, C, H, W) encoded frames -> (B, K, H, W) float32 probabilities, by the model's runtime."""
+        return self.probs_and_passes(images)[0]
+
+    def probs_and_passes(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, C, H, W) encoded frames -> ((B, K, H, W) probabilities: the passes' mean, tempered with the
+        model's temperature; (B, P, H, W) each pass's summed TrP probability, tempered alike), float32."""
         multiple = self.model.size_multiple
         if self.model.kind == "onnx":
-            return predict_probs_numpy(self.model.module, images, multiple, tta=self.tta)
-        import torch
+            passes = predict_passes_numpy(self.model.module, images, multiple, tta=self.tta)
+        else:
+            import torch
 
-        tensor = torch.from_numpy(images).to(self.device)
-        return predict_probs(self.model.module, tensor, multiple, tta=self.tta).float().cpu().numpy()
+            tensor = torch.from_numpy(images).to(self.device)
+            passes = predict_passes(self.model.module, tensor, multiple, tta=self.tta).float().cpu().numpy()
+        temperature = self.calibration.temperature
+        mean = passes[0] if passes.shape[0] == 1 else passes.mean(axis=0)
+        probs = temper_probs(mean, temperature)
+        trp = trp_class_indices(self.classes)
+        trp_passes = np.stack([temper_probs(p, temperature)[:, trp].sum(axis=1) for p in passes], axis=1)
+        return probs, trp_passes.astype(np.float32, copy=False)
 
     def _postprocess_and_finish(
-        self, item: _Prepared, probs: np.ndarray, finish: Callable[[FramePrediction], None] | None
+        self,
+        item: _Prepared,
+        probs: np.ndarray,
+        trp_passes: np.ndarray,
+        finish: Callable[[FramePrediction], None] | None,
     ) -> FramePrediction | FrameFailure:
         try:
-            prediction = self._postprocess(item, probs)
+            prediction = self._postprocess(item, probs, trp_passes)
         except Exception as exc:
             return FrameFailure(item.frame, f"{item.frame.name}: post-processing failed ({exc})")
         if finish is not None:
             finish(prediction)
         return prediction
 
-    def _postprocess(self, item: _Prepared, probs: np.ndarray) -> FramePrediction:
+    def _postprocess(self, item: _Prepared, probs: np.ndarray, trp_passes: np.ndarray) -> FramePrediction:
         # Back to the frame's own pixels before thresholding: masks come out at the input's size and
         # positions/areas use the frame's own spacing, not the model's.
+        height, width = item.bmode.shape
+        x0, y0, x1, y1 = item.box if item.box is not None else (0, 0, width, height)
         if item.box is None:
             probs = resize_probs(probs, item.bmode.shape)
         else:  # the region's result placed back into the whole frame; outside it, background
-            x0, y0, x1, y1 = item.box
             region = resize_probs(probs, (y1 - y0, x1 - x0))
             probs = np.zeros((region.shape[0], *item.bmode.shape), np.float32)
             probs[0] = 1.0
             probs[:, y0:y1, x0:x1] = region
+        passes = np.zeros((trp_passes.shape[0], height, width), np.float32)
+        for p, plane in enumerate(trp_passes):
+            passes[p, y0:y1, x0:x1] = cv2.resize(plane, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
         spacing_mm = self.working_spacing_mm(item.frame)
         label_map = labels_from_probs(probs, self.classes, self.params, spacing_mm)
         points = find_trigger_points(
             label_map, spacing_mm, self.classes, probs=probs, elasto_kpa=item.elasto_kpa,
             min_area_mm2=self.params.min_area_mm2,
         )  # fmt: skip
-        return FramePrediction(item.frame, item.bmode, item.elasto_kpa, label_map, points, item.notes)
+        components, ids = trp_components(label_map, self.classes, points)
+        region_skin = find_skin_row(item.bmode[y0:y1, x0:x1])
+        skin_row = None if region_skin is None else region_skin + y0
+        for point, cid, spread in zip(
+            points, ids, pass_spread(passes, components, ids, spacing_mm), strict=True
+        ):
+            if point.raw_confidence != point.raw_confidence:  # NaN: the uncalibrated mean probability
+                point.raw_confidence = point.confidence
+            point.confidence_sd, point.centroid_sd_mm = spread.confidence_sd, spread.centroid_sd_mm
+            _fill_stiffness(point, item.elasto_kpa, components == cid)
+            if skin_row is not None:
+                point.depth_from_skin_mm = (point.y_px - skin_row) * spacing_mm
+        self.calibration.apply(points)  # calibrated confidence, p_active, reported_class
+        p_frame = float(self.calibration.frame_probability(probs, self.classes, points))
+        return FramePrediction(
+            item.frame, item.bmode, item.elasto_kpa, label_map, points, item.notes,
+            warnings=item.warnings, p_trp_frame=p_frame, skin_row=skin_row,
+        )  # fmt: skip
+
+
+def _fill_stiffness(point: TriggerPoint, elasto_kpa: np.ndarray | None, inside: np.ndarray) -> None:
+    """The TrP's stiffness median, SD and SWE coverage, where ``find_trigger_points`` left them unset (NaN).
+    Coverage = share of its pixels with a valid SWE value; no SWE map at all leaves all three NaN."""
+    if elasto_kpa is None or not inside.any():
+        return
+    values = elasto_kpa[inside]
+    valid = values[np.isfinite(values)]
+    if point.swe_coverage != point.swe_coverage:
+        point.swe_coverage = float(valid.size) / float(values.size)
+    if valid.size == 0:
+        return
+    if point.stiffness_kpa_median != point.stiffness_kpa_median:
+        point.stiffness_kpa_median = float(np.median(valid))
+    if point.stiffness_kpa_sd != point.stiffness_kpa_sd:
+        point.stiffness_kpa_sd = float(valid.std(ddof=1)) if valid.size > 1 else 0.0
+
+
+def stiffness_note(point: TriggerPoint) -> str:
+    """ "no_swe" (no SWE over it), "low_coverage" (under ``MIN_SWE_COVERAGE`` of it measured) or ""."""
+    coverage = point.swe_coverage
+    if coverage != coverage or coverage == 0.0:
+        return "no_swe"
+    return "low_coverage" if coverage < MIN_SWE_COVERAGE else ""
 
 
 def _clip_box(

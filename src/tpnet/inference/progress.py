@@ -33,6 +33,7 @@ class FrameRecord:
     rejected_reason: str | None = None  # set: the frame was rejected while the run analysed it
     notes: list[str] = field(default_factory=list)  # what reading it assumed (bit depth, clipping)
     frame_row: list[str] = field(default_factory=list)  # its frames.csv line (cli.FRAME_COLUMNS)
+    warnings: list[dict] = field(default_factory=list)  # its named warnings: {"code", "message"} each
 
 
 class ProgressJournal:
