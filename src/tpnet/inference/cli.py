@@ -279,10 +279,14 @@ def _model_warnings(model: LoadedModel, tta: bool) -> list[str]:
     if isinstance(model.meta.get("calibration"), dict):
         fitted_tta = bool(Calibration.from_meta(model.meta).tta)
         if fitted_tta != tta:
-            fitted, now = ("with", "without") if fitted_tta else ("without", "with")
+            fitted, now, fix = (
+                ("with", "without", "leave out --no-tta")
+                if fitted_tta
+                else ("without", "with", "add --no-tta")
+            )
             found.append(
                 f"the model's calibration was fitted {fitted} test-time augmentation (the flip pass) but this "
-                f"run is {now} it (--no-tta): confidences may be less well calibrated"
+                f"run is {now} it: confidences may be less well calibrated ({fix} to match)"
             )
     return found
 
