@@ -170,16 +170,25 @@ def test_real_frames_out_of_distribution_warn_and_strict_rejects_them(tmp_path, 
 
 
 def test_synthetic_frames_of_held_out_subjects_pass_strict(tmp_path, models):
-    in_dir = tmp_path / "held_out"
-    in_dir.mkdir()
-    written = 0
+    root = (
+        tmp_path / "held_out"
+    )  # a dataset root: the manifest's subject ids reach frames.csv and the summary
+    root.mkdir()
+    lines = ["sample_id,subject_id,bmode,elasto,spacing_mm"]
     for subject in range(40, 60):  # subjects the reference never saw
         bmode, kpa, spacing = _synthetic(subject)
-        if kpa is not None and written < 8:  # with SWE, as the model was trained (15 % of frames have none)
-            _write(in_dir, f"s{subject}", bmode, kpa, spacing)
-            written += 1
-    assert written == 8
+        if (
+            kpa is not None and len(lines) <= 8
+        ):  # with SWE, as the model was trained (15 % of frames have none)
+            write_png(root / f"s{subject}.png", np.round(bmode * 255).astype(np.uint8))
+            write_tiff(root / f"s{subject}_swe.tif", kpa)
+            lines.append(f"s{subject},p{subject % 2},s{subject}.png,s{subject}_swe.tif,{spacing}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    (root / "dataset.yaml").write_text("name: held out\nelasto_unit: kPa\n")
 
-    assert _infer(models["carded"], in_dir, tmp_path / "out", "--strict") == 0  # no warning, so none rejected
+    assert _infer(models["carded"], root, tmp_path / "out", "--strict") == 0  # no warning, so none rejected
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["counts"]["frames_processed"] == 8 and summary["frame_warnings"] == []
+    assert {r["subject_id"] for r in _rows(tmp_path / "out" / "frames.csv")} == {"p0", "p1"}
+    assert [s["subject_id"] for s in summary["subjects"]] == ["p0", "p1"]
+    assert sum(s["frames_analysed"] for s in summary["subjects"]) == 8

@@ -462,6 +462,7 @@ def _analyse(
         stats.add(record)
     report = HtmlReport(output_dir / "report.html")
     loop_summaries: list[dict] = []
+    subject_summaries: list[dict] = []
 
     def all_warnings() -> list[str]:  # the run's, then each analysed frame's (journal order)
         # Each distinct note once: every frame of a cine loop saying the same thing is one warning.
@@ -517,6 +518,7 @@ def _analyse(
         }
         if complete:
             data["loops"] = loop_summaries
+            data["subjects"] = subject_summaries
         if not complete:  # what was done, what is left, and how to continue
             data["interrupted_by"] = signal.Signals(stats.stopped_by).name if stats.stopped_by else None
             data["frames_finished"] = len(journal.records)
@@ -545,6 +547,7 @@ def _analyse(
         )
         return exit_code(stats.stopped_by)
     loop_summaries, frame_summaries = _write_tables(output_dir, frames, journal, model, args.min_frames)
+    subject_summaries = _subject_summaries(frame_summaries)
     _write_json(output_dir / "summary.json", summary(complete=True))
     report.finish(
         model_name=str(model.meta["model_name"]),
@@ -796,6 +799,27 @@ def _write_tables(
         loop_lines += rows
     _write_csv(output_dir / "loops.csv", loop_lines)
     return summaries, frame_summaries
+
+
+def _subject_summaries(frame_summaries: list[dict]) -> list[dict]:
+    """Per subject (dataset inputs with a manifest's subject_id; empty otherwise): frames found, analysed, with
+    a trigger point, trigger points, and the frames with a named warning."""
+    subjects: dict[str, dict] = {}
+    for frame in frame_summaries:
+        if frame["subject_id"] is None:
+            continue
+        entry = subjects.setdefault(
+            frame["subject_id"],
+            {"subject_id": frame["subject_id"], "frames_found": 0, "frames_analysed": 0, "frames_with_trp": 0,
+             "trp_count": 0, "frames_with_warnings": 0},
+        )  # fmt: skip
+        entry["frames_found"] += 1
+        if frame["status"] == "analysed":
+            entry["frames_analysed"] += 1
+            entry["frames_with_trp"] += bool(frame["trp_count"])
+            entry["trp_count"] += frame["trp_count"] or 0
+            entry["frames_with_warnings"] += bool(frame["warnings"])
+    return [subjects[key] for key in sorted(subjects)]
 
 
 def _frame_summary(row: dict[str, str]) -> dict:
