@@ -63,7 +63,12 @@ def test_literature_dataset_keeps_its_name_and_dataset_yaml(tmp_path: Path):
     root = write_synthetic_dataset(tmp_path / "lit", 1, 1, seed=2, height=48, width=48)
     spec = yaml.safe_load((root / "dataset.yaml").read_text())
     assert spec["name"] == "synthetic-trapezius-s2"
-    assert spec["generator"] == {"name": "tpnet.data.synth", "version": 1, "seed": 2}
+    # Since issue #14 the generator block also records the active/latent effect (defaults: none), and
+    # ``synthetic: true`` says no patient is behind the frames; the name stays.
+    assert spec["synthetic"] is True
+    assert spec["generator"] == {
+        "name": "tpnet.data.synth", "version": 1, "seed": 2, "active_stiffness_factor": 1.0, "active_echo_db": 0.0
+    }  # fmt: skip
 
 
 def _spread(appearance: str, field: str, subjects: int = 40) -> float:

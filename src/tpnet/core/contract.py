@@ -51,6 +51,8 @@ class DatasetSpec:
     classes: tuple[str, ...]
     elasto_unit: str
     spacing_mm: float | None
+    # dataset.yaml's ``synthetic: true`` (tpnet-data synth writes it): frames made by a generator, no patient.
+    synthetic: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,12 +88,16 @@ def load_spec(root: str | Path) -> DatasetSpec:
     spacing = raw.get("spacing_mm")
     if spacing is not None:
         spacing = _spacing_mm(spacing, f"{path}: spacing_mm")
+    synthetic = raw.get("synthetic", False)
+    if not isinstance(synthetic, bool):
+        raise ContractError(f"{path}: synthetic must be true or false, got {synthetic!r}")
     return DatasetSpec(
         root=root,
         name=str(raw.get("name", root.name)),
         classes=tuple(classes),
         elasto_unit=unit,
         spacing_mm=spacing,
+        synthetic=synthetic,
     )
 
 

@@ -30,6 +30,20 @@ def _parser() -> argparse.ArgumentParser:
         "or shifted (the generalisation benchmark's domain B)",
     )
     synth.add_argument(
+        "--active-stiffness-factor",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="active TrPs' stiffness ratio x F (docs/synthetic-data.md, 'Active vs latent'; 1 = no difference)",
+    )
+    synth.add_argument(
+        "--active-echo-db",
+        type=float,
+        default=0.0,
+        metavar="DB",
+        help="active TrPs DB darker than latent ones (docs/synthetic-data.md; 0 = no difference)",
+    )
+    synth.add_argument(
         "--screenshots",
         action="store_true",
         help="draw the frames as scanner screenshots (colour map, colour bar, UI) with the true kPa and a profile",
@@ -95,16 +109,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "synth":
         from tpnet.data.synth import write_synthetic_dataset
 
-        root = write_synthetic_dataset(
-            args.out,
-            subjects=args.subjects,
-            frames_per_subject=args.frames_per_subject,
-            seed=args.seed,
-            height=args.height,
-            width=args.width,
-            workers=args.workers,
-            appearance=args.appearance,
-        )
+        try:
+            root = write_synthetic_dataset(
+                args.out,
+                subjects=args.subjects,
+                frames_per_subject=args.frames_per_subject,
+                seed=args.seed,
+                height=args.height,
+                width=args.width,
+                workers=args.workers,
+                appearance=args.appearance,
+                active_stiffness_factor=args.active_stiffness_factor,
+                active_echo_db=args.active_echo_db,
+            )
+        except ValueError as exc:
+            print(f"tpnet-data synth: {exc}", file=sys.stderr)
+            return 2
         print(f"wrote {args.subjects * args.frames_per_subject} frames to {root}")
         return 0
     if args.command == "check":
@@ -134,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
 def _synth_screenshots(args: argparse.Namespace) -> int:
     from tpnet.data.synth_screenshots import write_screenshot_dataset
 
+    if args.active_stiffness_factor != 1.0 or args.active_echo_db != 0.0:
+        print(
+            "tpnet-data synth: --screenshots supports only the default active/latent effect", file=sys.stderr
+        )
+        return 2
     if args.appearance != "literature":
         # The screenshot layout is drawn for one fixed frame size and pixel size; presets vary both.
         print("tpnet-data synth: --screenshots supports only --appearance literature", file=sys.stderr)

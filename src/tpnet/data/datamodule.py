@@ -54,6 +54,8 @@ def dataset_root(data_cfg: Any) -> Path:
         height=int(s.height),
         width=int(s.width),
         appearance=str(s.get("appearance", "literature")),
+        active_stiffness_factor=float(s.get("active_stiffness_factor", 1.0)),
+        active_echo_db=float(s.get("active_echo_db", 0.0)),
     )
 
 

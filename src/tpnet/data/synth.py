@@ -34,6 +34,10 @@ GENERATOR_VERSION = 1
 BACKGROUND, ACTIVE_TRP, LATENT_TRP, VESSEL = 0, 1, 2, 3
 SPEED_OF_SOUND_MM_PER_US = 1.54
 MAX_TGC_GAIN_DB = 60.0  # depth gain a scanner's TGC can add (assumption; "wide"/"shifted" presets only)
+# Active vs latent effect sizes (docs/synthetic-data.md, "Active vs latent"): the defaults are the literature's
+# "no reliable difference" (Valera-Calero 2021, Kobylarz 2025), i.e. active and latent TrPs drawn alike.
+DEFAULT_ACTIVE_STIFFNESS_FACTOR = 1.0  # active TrPs' stiffness ratio (TrP / muscle) x this
+DEFAULT_ACTIVE_ECHO_DB = 0.0  # active TrPs this many dB darker than a latent TrP of the same draw
 
 # Tissue codes of the ``tissue`` map returned by generate_frame (tests and benchmarks use it; not written).
 NEAR_FIELD, SKIN, FAT, FASCIA, MUSCLE, DEEP_MUSCLE, BONE, SHADOW = range(8)
@@ -474,9 +478,20 @@ def _draw_count(rng, probs) -> int:
 
 # ----------------------------------------------------------------------------------------------- frame
 def generate_frame(
-    seed: int, subject: int, frame: int, height: int = 256, width: int = 256, appearance: str = "literature"
+    seed: int,
+    subject: int,
+    frame: int,
+    height: int = 256,
+    width: int = 256,
+    appearance: str = "literature",
+    active_stiffness_factor: float = DEFAULT_ACTIVE_STIFFNESS_FACTOR,
+    active_echo_db: float = DEFAULT_ACTIVE_ECHO_DB,
 ) -> dict:
     """One synthetic frame, drawn from the ``appearance`` preset (``APPEARANCES``).
+
+    ``active_stiffness_factor`` multiplies an active TrP's stiffness ratio and ``active_echo_db`` makes it that
+    much darker (negative: brighter); latent TrPs and everything else are untouched. Both act after every
+    random draw, so the frame's randomness (and, at the defaults, its bytes) is the same whatever they are.
 
     ``height`` x ``width`` is the size asked for; presets that vary the frame size scale it per subject
     (``Subject.frame_size``), so read the size from the arrays. Returns ``{"bmode": uint8 (H, W), "elasto": float32 kPa (H, W) with NaN = no signal, or None,
@@ -484,6 +499,7 @@ def generate_frame(
     "objects": list of dicts (kind, label, cx_mm, cz_mm, area_mm2, contrast_db, stiffness_ratio)}``.
     """
     ranges = appearance_ranges(appearance)
+    check_active_latent_effect(active_stiffness_factor, active_echo_db)
     subj = sample_subject(seed, subject, appearance)
     rng = _rng(seed, 2, subject, frame)
     # The newer knobs' per-frame randomness has its own stream, so the literature stream stays as it was.
@@ -689,6 +705,9 @@ def generate_frame(
 
     # --- paint objects into echo, stiffness, labels
     for blob, label, contrast_db, ratio in trps:
+        if label == ACTIVE_TRP:  # the active/latent difference: deterministic, no draw of its own
+            contrast_db = contrast_db + active_echo_db
+            ratio = ratio * active_stiffness_factor
         rows, cols, r = blob.radius(s, shape)
         w = _soft(r, edge=0.35)
         # Darker, fibrillar pattern lost, heterogeneous interior (Sikdar 2009).
@@ -919,12 +938,12 @@ def write_frame_files(root: Path, sample: dict, sample_id: str, subject_id: str)
     }
 
 
-def _write_subject(args: tuple[Path, int, int, int, int, int, str]) -> list[dict[str, str]]:
-    root, seed, subject, frames, height, width, appearance = args
+def _write_subject(args: tuple[Path, int, int, int, int, int, str, float, float]) -> list[dict[str, str]]:
+    root, seed, subject, frames, height, width, appearance, stiffness_factor, echo_db = args
     return [
         write_frame_files(
             root,
-            generate_frame(seed, subject, frame, height, width, appearance),
+            generate_frame(seed, subject, frame, height, width, appearance, stiffness_factor, echo_db),
             f"s{subject:03d}_f{frame:03d}",
             f"s{subject:03d}",
         )
@@ -955,18 +974,24 @@ def write_synthetic_dataset(
     width: int = 256,
     workers: int = 1,
     appearance: str = "literature",
+    active_stiffness_factor: float = DEFAULT_ACTIVE_STIFFNESS_FACTOR,
+    active_echo_db: float = DEFAULT_ACTIVE_ECHO_DB,
 ) -> Path:
     """Write a contract dataset (dataset.yaml, manifest.csv, bmode/, elasto/, masks/) to ``out``.
 
     ``appearance``: a preset of ``APPEARANCES`` ("literature", "wide", "shifted"); with "wide" and "shifted"
-    frame size and pixel size vary per subject (each manifest row has its own spacing_mm)."""
+    frame size and pixel size vary per subject (each manifest row has its own spacing_mm).
+    ``active_stiffness_factor``, ``active_echo_db``: the active/latent difference (``generate_frame``);
+    dataset.yaml records both, and the name carries them when they differ from the defaults."""
     check_synth_arguments(out, subjects, frames_per_subject, seed, height, width)
     appearance_ranges(appearance)  # an unknown preset fails before anything is written
+    stiffness_factor, echo_db = check_active_latent_effect(active_stiffness_factor, active_echo_db)
     out = Path(out)
     for sub in ("bmode", "elasto", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     jobs = [
-        (out, seed, subject, frames_per_subject, height, width, appearance) for subject in range(subjects)
+        (out, seed, subject, frames_per_subject, height, width, appearance, stiffness_factor, echo_db)
+        for subject in range(subjects)
     ]
     if workers > 1:
         with multiprocessing.get_context().Pool(min(workers, subjects)) as pool:
@@ -975,10 +1000,20 @@ def write_synthetic_dataset(
         per_subject = [_write_subject(job) for job in jobs]
     generator = {"name": "tpnet.data.synth", "version": GENERATOR_VERSION, "seed": seed}
     name = f"synthetic-trapezius-s{seed}"
-    if appearance != "literature":  # literature datasets keep the dataset.yaml they always had
+    if appearance != "literature":  # literature datasets keep the name they always had
         generator["appearance"] = appearance
         name += f"-{appearance}"
-    spec = {"name": name, "classes": list(DEFAULT_CLASSES), "elasto_unit": "kPa", "generator": generator}
+    generator["active_stiffness_factor"] = stiffness_factor
+    generator["active_echo_db"] = echo_db
+    name += _effect_suffix(stiffness_factor, echo_db)
+    # synthetic: true tells readers (the model card) that no patient is behind these frames.
+    spec = {
+        "name": name,
+        "classes": list(DEFAULT_CLASSES),
+        "elasto_unit": "kPa",
+        "synthetic": True,
+        "generator": generator,
+    }
     (out / "dataset.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     with (out / "manifest.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
@@ -988,12 +1023,40 @@ def write_synthetic_dataset(
     return out
 
 
+def check_active_latent_effect(stiffness_factor: float, echo_db: float) -> tuple[float, float]:
+    """The effect sizes as floats; ValueError for a factor that is not a positive finite number or an echo
+    difference that is not finite (a stiffness ratio must stay positive, an image finite)."""
+    factor, echo = float(stiffness_factor), float(echo_db)
+    if not (math.isfinite(factor) and factor > 0.0):
+        raise ValueError(f"active_stiffness_factor must be a positive number (got {stiffness_factor!r})")
+    if not math.isfinite(echo):
+        raise ValueError(f"active_echo_db must be a finite number of dB (got {echo_db!r})")
+    return factor, echo
+
+
+def _effect_suffix(stiffness_factor: float, echo_db: float) -> str:
+    """Empty at the defaults (older names stay valid), else both values exactly (repr): caches never mix."""
+    if stiffness_factor == DEFAULT_ACTIVE_STIFFNESS_FACTOR and echo_db == DEFAULT_ACTIVE_ECHO_DB:
+        return ""
+    return f"-active-stiffness{float(stiffness_factor)!r}x-echo{float(echo_db)!r}db"
+
+
 def synthetic_dataset_name(
-    subjects: int, frames_per_subject: int, seed: int, height: int, width: int, appearance: str = "literature"
+    subjects: int,
+    frames_per_subject: int,
+    seed: int,
+    height: int,
+    width: int,
+    appearance: str = "literature",
+    active_stiffness_factor: float = DEFAULT_ACTIVE_STIFFNESS_FACTOR,
+    active_echo_db: float = DEFAULT_ACTIVE_ECHO_DB,
 ) -> str:
-    """Cache folder name; the appearance is part of it unless it is "literature" (older names stay valid)."""
+    """Cache folder name; the appearance is part of it unless it is "literature", the active/latent effect
+    sizes unless they are the defaults (older names stay valid)."""
     name = f"synth-v{GENERATOR_VERSION}-seed{seed}-{subjects}x{frames_per_subject}-{height}x{width}"
-    return name if appearance == "literature" else f"{name}-{appearance}"
+    if appearance != "literature":
+        name += f"-{appearance}"
+    return name + _effect_suffix(*check_active_latent_effect(active_stiffness_factor, active_echo_db))
 
 
 def ensure_synthetic_dataset(
@@ -1005,6 +1068,8 @@ def ensure_synthetic_dataset(
     width: int = 256,
     workers: int = 1,
     appearance: str = "literature",
+    active_stiffness_factor: float = DEFAULT_ACTIVE_STIFFNESS_FACTOR,
+    active_echo_db: float = DEFAULT_ACTIVE_ECHO_DB,
 ) -> Path:
     """Generate once into ``cache_dir/<name from the arguments>`` and reuse it afterwards.
 
@@ -1012,13 +1077,18 @@ def ensure_synthetic_dataset(
     folder that looks complete."""
     cache_dir = Path(cache_dir)
     appearance_ranges(appearance)
-    target = cache_dir / synthetic_dataset_name(subjects, frames_per_subject, seed, height, width, appearance)
+    effect = check_active_latent_effect(active_stiffness_factor, active_echo_db)
+    target = cache_dir / synthetic_dataset_name(
+        subjects, frames_per_subject, seed, height, width, appearance, *effect
+    )
     if (target / "manifest.csv").is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{target.name}.tmp-"))
     try:
-        write_synthetic_dataset(tmp, subjects, frames_per_subject, seed, height, width, workers, appearance)
+        write_synthetic_dataset(
+            tmp, subjects, frames_per_subject, seed, height, width, workers, appearance, *effect
+        )
         try:
             os.rename(tmp, target)
         except OSError:
