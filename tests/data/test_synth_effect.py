@@ -234,7 +234,11 @@ def test_dataset_yaml_says_synthetic_and_load_spec_reads_it(tmp_path: Path):
     written = yaml.safe_load(spec_path.read_text())
     del written["synthetic"]
     spec_path.write_text(yaml.safe_dump(written))
+    assert load_spec(root).synthetic is True  # cached before the key existed: the generator block says so
+    spec_path.write_text(yaml.safe_dump({k: v for k, v in written.items() if k != "generator"}))
     assert load_spec(root).synthetic is False  # a dataset that does not say so: real frames
+    spec_path.write_text(yaml.safe_dump({**written, "generator": {"name": "someone.elses.simulator"}}))
+    assert load_spec(root).synthetic is False
     for wrong in ("yes please", 1):
         spec_path.write_text(yaml.safe_dump({**written, "synthetic": wrong}))
         with pytest.raises(ContractError, match="synthetic must be true or false"):

@@ -44,6 +44,10 @@ class ContractError(ValueError):
     """The dataset breaks the contract; the message names the file or sample."""
 
 
+# dataset.yaml ``generator.name`` of tpnet's synthetic generators (tpnet.data.synth, tpnet.data.synth_screenshots).
+_TPNET_GENERATORS = ("tpnet.data.synth", "tpnet.data.synth_screenshots")
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     root: Path
@@ -51,7 +55,8 @@ class DatasetSpec:
     classes: tuple[str, ...]
     elasto_unit: str
     spacing_mm: float | None
-    # dataset.yaml's ``synthetic: true`` (tpnet-data synth writes it): frames made by a generator, no patient.
+    # dataset.yaml's ``synthetic: true`` (tpnet-data synth writes it), or a tpnet generator block: frames made
+    # by a generator, no patient behind them.
     synthetic: bool = False
 
 
@@ -88,7 +93,11 @@ def load_spec(root: str | Path) -> DatasetSpec:
     spacing = raw.get("spacing_mm")
     if spacing is not None:
         spacing = _spacing_mm(spacing, f"{path}: spacing_mm")
-    synthetic = raw.get("synthetic", False)
+    # Without the key, a generator block of tpnet's own generators still says so: data sets cached before the key
+    # existed, and the screenshot generator's raw/ folder, which does not write it.
+    generator = raw.get("generator")
+    made_by_tpnet = isinstance(generator, dict) and generator.get("name") in _TPNET_GENERATORS
+    synthetic = raw.get("synthetic", made_by_tpnet)
     if not isinstance(synthetic, bool):
         raise ContractError(f"{path}: synthetic must be true or false, got {synthetic!r}")
     return DatasetSpec(
