@@ -15,27 +15,44 @@ from tpnet.core.run_lock import FolderLockedError, lock_folder, unlock_folder
 from tpnet.training.cli import RUN_LOCK_NAME
 from train_helpers import checkpoint_epoch, run_train, sigkill, start_train, subprocess_env, wait_for
 
-
-def _sleeper() -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+OWNER = """
+import sys, time
+from pathlib import Path
+from tpnet.core.run_lock import lock_folder
+lock_folder(Path(sys.argv[1]), sys.argv[2], "tpnet-train", "wait for it")
+print("locked", flush=True)
+time.sleep(60)
+"""
 
 
 def test_a_live_owner_keeps_the_lock_and_a_dead_one_loses_it(tmp_path):
     folder = tmp_path / "run"
-    owner = _sleeper()
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(folder), RUN_LOCK_NAME], stdout=subprocess.PIPE, text=True
+    )
     try:
-        folder.mkdir()
-        (folder / RUN_LOCK_NAME).write_text(f"{owner.pid}\n")
+        assert owner.stdout.readline().strip() == "locked"
         with pytest.raises(FolderLockedError) as refused:
             lock_folder(folder, RUN_LOCK_NAME, "tpnet-train", "wait for it")
-        assert str(folder) in str(refused.value) and str(owner.pid) in str(refused.value)
+        assert str(folder) in str(refused.value) and f"process {owner.pid}" in str(refused.value)
     finally:
-        owner.kill()
+        owner.kill()  # SIGKILL: no clean-up ran, the lock file stays behind
         owner.wait(timeout=30)
-    lock = lock_folder(folder, RUN_LOCK_NAME, "tpnet-train", "wait for it")  # stale: taken over
+    assert (folder / RUN_LOCK_NAME).exists()
+    lock = lock_folder(folder, RUN_LOCK_NAME, "tpnet-train", "wait for it")  # the OS released it: taken over
     assert lock.read_text().strip() == str(os.getpid())
     unlock_folder(lock)
     assert not lock.exists()
+
+
+def test_a_pid_file_alone_does_not_lock(tmp_path):
+    """An older tool's PID file (or one naming a live but unrelated process) is no lock: only the OS lock is."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / RUN_LOCK_NAME).write_text(f"{os.getppid()}\n")
+    lock = lock_folder(folder, RUN_LOCK_NAME, "tpnet-train", "wait for it")
+    assert lock.read_text().strip() == str(os.getpid())
+    unlock_folder(lock)
 
 
 @pytest.mark.slow
