@@ -314,7 +314,7 @@ class EvalSchema:
     data: EvalDataSchema = field(default_factory=EvalDataSchema)
     output: str | None = None
     device: str = "auto"
-    tta: bool = False
+    tta: bool | None = None  # None: the model's calibration.tta
     evaluation: EvaluationSchema = field(default_factory=EvaluationSchema)  # the same key as tpnet-train's
     log_to_mlflow: bool = True
     tracking_uri: str | None = None

@@ -166,7 +166,7 @@ def test_nearest_vessel_matches_brute_force_on_random_shapes():
         labels[rng.integers(0, 36) :][:4, 10:14] = ACTIVE
         labels[5:9, rng.integers(0, 36) :][:, :4] = LATENT
         vessel_yx = np.argwhere(labels == VESSEL)
-        for p in find_trigger_points(labels, SPACING_MM, CLASSES):
+        for p in find_trigger_points(labels, SPACING_MM, CLASSES, min_vessel_area_mm2=0.0):  # every speck counts
             brute = np.hypot(vessel_yx[:, 0] - p.y_px, vessel_yx[:, 1] - p.x_px).min() * SPACING_MM
             assert p.nearest_vessel_mm == pytest.approx(brute)
 
@@ -209,3 +209,48 @@ def test_params_without_min_mean_prob_load_as_zero():
     assert PostprocessParams.from_dict(old).min_mean_prob == 0.0
     with pytest.raises(ValueError, match="min_mean_prob"):
         PostprocessParams(min_mean_prob=1.0)
+
+
+def test_evidence_fields_peak_probability_and_active_share(scene):
+    """Issue #14: the component's own evidence the detection calibration reads."""
+    probs = np.zeros((4, 96, 96), np.float32)
+    probs[BG] = 1.0
+    probs[:, scene["active"]] = np.array([0.2, 0.6, 0.2, 0.0])[:, None]
+    probs[:, 20, 25] = np.array([0.05, 0.9, 0.05, 0.0])  # one peak pixel
+    active = next(
+        p for p in find_trigger_points(scene["labels"], SPACING_MM, CLASSES, probs=probs) if p.label == 1
+    )
+    assert active.raw_confidence == active.confidence
+    assert active.max_prob == pytest.approx(0.95)
+    inside = probs[:, scene["active"]]
+    assert active.active_fraction == pytest.approx(inside[1].sum() / inside[1:3].sum(), rel=1e-5)
+    ground_truth = find_trigger_points(scene["labels"], SPACING_MM, CLASSES)[0]
+    assert math.isnan(ground_truth.max_prob) and math.isnan(ground_truth.active_fraction)
+
+
+def test_stiffness_median_sd_coverage_and_contrast_with_the_surrounding_ring(scene):
+    elasto = np.full(scene["labels"].shape, 10.0, np.float32)  # muscle around: 10 kPa
+    rows, cols = np.nonzero(scene["active"])
+    values = np.where(cols < 25, 20.0, 40.0).astype(np.float32)
+    elasto[rows, cols] = values
+    elasto[rows[cols > 30], cols[cols > 30]] = np.nan  # part of the nodule without signal
+    active, latent = find_trigger_points(scene["labels"], SPACING_MM, CLASSES, elasto_kpa=elasto)
+    valid = elasto[scene["active"]]
+    valid = valid[np.isfinite(valid)]
+    assert active.stiffness_kpa_median == pytest.approx(float(np.median(valid)))
+    assert active.stiffness_kpa_sd == pytest.approx(float(np.std(valid, ddof=1)), rel=1e-5)
+    assert active.swe_coverage == pytest.approx(valid.size / scene["active"].sum())
+    assert active.stiffness_contrast == pytest.approx(np.median(valid) / 10.0)
+    assert latent.swe_coverage == 1.0 and latent.stiffness_contrast == pytest.approx(1.0)
+    no_swe = find_trigger_points(scene["labels"], SPACING_MM, CLASSES)[0]
+    assert math.isnan(no_swe.swe_coverage) and math.isnan(no_swe.stiffness_kpa_median)
+
+
+def test_vessel_fragments_below_the_minimum_area_are_not_used_for_distances(scene):
+    labels = scene["labels"].copy()
+    labels[20, 45] = VESSEL  # one stray pixel (0.01 mm2) near the active nodule
+    active, latent = find_trigger_points(labels, SPACING_MM, CLASSES)
+    assert latent.nearest_vessel_mm == pytest.approx(1.5)  # the real vessel, as without the speck
+    assert active.nearest_vessel_mm == pytest.approx(math.hypot(55, 35) * SPACING_MM)
+    speck_counts = find_trigger_points(labels, SPACING_MM, CLASSES, min_vessel_area_mm2=0.0)[0]
+    assert speck_counts.nearest_vessel_mm == pytest.approx(2.0)  # (25, 20) -> (45, 20)

@@ -50,12 +50,26 @@ def _reference():
 def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     calibration = Calibration(temperature=TEMPERATURE, tta=True).to_dict()
+    # p_active = active_fraction itself (logistic with weight 1 on its logit), validated as separable.
+    identity = {
+        "features": ["logit_active_fraction"],
+        "mean": [0.0],
+        "scale": [1.0],
+        "intercept": 0.0,
+        "coef": [1.0],
+    }
+    separable = Calibration(
+        temperature=TEMPERATURE, tta=True, active=identity, active_separable=True
+    ).to_dict()
     card = {"training_data": {"name": "synthetic test subjects", "synthetic": True}, "channels": list(CHANNELS),
             "spacing_mm": MODEL_SPACING_MM, "input_reference": _reference()}  # fmt: skip
     return {
         "plain": make_model_file(folder, name="plain.pt"),
         "calibrated": make_model_file(
             folder, name="calibrated.pt", edit_meta=lambda meta: meta.update(calibration=calibration)
+        ),
+        "separable": make_model_file(
+            folder, name="separable.pt", edit_meta=lambda meta: meta.update(calibration=separable)
         ),
         "carded": make_model_file(
             folder, name="carded.pt", edit_meta=lambda meta: meta.update(model_card=card)
@@ -99,7 +113,13 @@ def test_calibrated_columns_uncertainty_depth_and_no_finding_rows(tmp_path, mode
     assert empty["finding"] == NO_FINDING and all(
         empty[c] == "" for c in CSV_COLUMNS if c not in ("stem", "finding")
     )
-    assert nodule["class"] == "active_trp" and nodule["finding"] == "active trigger point"
+    # Without a validated active/latent model the type is not claimed.
+    assert nodule["class"] == "indeterminate" and nodule["p_active"] == ""
+    assert nodule["finding"] == "trigger point (active or latent: indeterminate)"
+    assert _infer(models["separable"], in_dir, tmp_path / "separable") == 0
+    (typed,) = [r for r in _rows(tmp_path / "separable" / "detections.csv") if r["stem"] == "scene"]
+    assert typed["class"] == "active_trp" and typed["finding"] == "active trigger point"
+    assert float(typed["p_active"]) > 0.6
     # The temperature is applied: the uncalibrated mean probability is softer than the untempered model's.
     (untempered,) = [r for r in plain if r["stem"] == "scene"]
     assert float(nodule["raw_confidence"]) < float(untempered["raw_confidence"]) - 0.05

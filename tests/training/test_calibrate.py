@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -113,3 +115,19 @@ def test_frames_without_a_true_trigger_point_keep_the_configured_post_processing
     )  # fmt: skip
     assert all(row["det_f1"] != row["det_f1"] for row in grid)
     assert best == base
+
+
+def test_active_latent_is_separable_only_when_the_balanced_accuracy_ci_lies_above_chance():
+    from tpnet.training.calibrate import active_latent_test
+
+    rng = np.random.default_rng(0)
+    subjects = [f"s{i % 12}" for i in range(240)]
+    truth = rng.random(240) < 0.35  # active TrPs are the minority
+    all_latent = active_latent_test(subjects, truth, [0.2] * 240, n_boot=200, seed=0)
+    # Plain accuracy would be the latent share (~0.65) and look like skill; balanced accuracy is chance.
+    assert all_latent["value"] == pytest.approx(0.5) and not all_latent["separable"]
+    coin = active_latent_test(subjects, truth, rng.random(240), n_boot=200, seed=0)
+    assert coin["ci95"][0] <= 0.5 and not coin["separable"]
+    told = active_latent_test(subjects, truth, np.where(truth, 0.8, 0.2), n_boot=200, seed=0)
+    assert told["value"] == 1.0 and told["separable"]
+    assert not active_latent_test([], [], [], n_boot=10, seed=0)["separable"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -78,6 +79,22 @@ def test_train_on_a_foreign_dataset_leaves_checkpoints_and_one_complete_mlflow_r
     (epoch_dir,) = client.list_artifacts(run.info.run_id, "overlays")
     assert any(a.path.endswith(".png") for a in client.list_artifacts(run.info.run_id, epoch_dir.path))
     assert not (run_dir / "mlflow_not_logged.txt").exists()
+
+    # Issue #14: calibration errors before and after, with subject-bootstrap CIs, in metrics.json and MLflow;
+    # the reliability diagram as an artifact; the model card in the checkpoint that exports copy.
+    report = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("pixel_ece", "pixel_ece_raw", "trp_pixel_ece", "frame_ece", "frame_ece_raw"):
+        assert 0.0 <= report[key] <= 1.0 and len(report["ci95"][key]) == 2, key
+    assert {"detection_ece", "detection_ece_raw", "detection_brier", "detection_brier_raw"} <= report.keys()
+    assert len(report["reliability"]["pixel"]["raw"]["count"]) == report["reliability"]["n_bins"]
+    assert "reliability_test.png" in top
+    logged = run.data.metrics
+    assert logged["test/pixel_ece"] == pytest.approx(report["pixel_ece"])
+    assert logged["test/pixel_ece_ci_low"] <= logged["test/pixel_ece"] <= logged["test/pixel_ece_ci_high"]
+    card = load_checkpoint(run_dir / "checkpoints/best.pt")["meta"]["model_card"]
+    assert card["training_data"]["name"] == "foreign_lab" and card["training_data"]["synthetic"] is False
+    assert card["channels"] == list(last["meta"]["encoding"]["channels"]) and card["input_reference"]
+    assert card["test"]["pixel_ece"]["value"] == pytest.approx(report["pixel_ece"])
 
 
 def _cfg_job(command: list[str]) -> str:

@@ -20,6 +20,13 @@ import numpy as np
 from tpnet.core.contract import trp_class_indices
 
 VESSEL_CLASS = "vessel"
+ACTIVE_CLASS = "active_trp"
+# Vessel fragments smaller than this (a few pixels of speckle the network called vessel) are not used for the
+# TrP-to-vessel distance: a needle plan must not be steered by a spurious dot. 0.5 mm2 is the cross-section of
+# a 0.8 mm vessel, below the arteries a needle plan is about (and 12 px at the usual 0.2 mm spacing).
+MIN_VESSEL_AREA_MM2 = 0.5
+# Width of the ring around a TrP whose median stiffness is the reference for stiffness_contrast.
+CONTRAST_RING_MM = 2.0
 
 
 @dataclass
@@ -159,12 +166,18 @@ def find_trigger_points(
     probs: np.ndarray | None = None,
     elasto_kpa: np.ndarray | None = None,
     min_area_mm2: float = 0.0,
+    min_vessel_area_mm2: float = MIN_VESSEL_AREA_MM2,
 ) -> list[TriggerPoint]:
     """Connected components (8-connectivity) of the union of TrP classes, in mm, sorted by (y, x).
 
-    Class = majority TrP label inside (ties go to the earlier class); confidence = mean summed TrP
-    probability inside (1.0 without ``probs``, i.e. ground truth); stiffness = mean of the valid kPa
-    values under the component; nearest_vessel_mm = centroid to the nearest vessel-pixel centre.
+    Class = majority TrP label inside (ties go to the earlier class); confidence = raw_confidence = mean summed
+    TrP probability inside (1.0 without ``probs``, i.e. ground truth); max_prob = its largest value inside;
+    active_fraction = active_trp share of the TrP probability mass inside; stiffness = mean, median and sample
+    SD (ddof=1; 0 for one pixel) of the valid kPa values under the component, swe_coverage = valid SWE pixels /
+    component pixels (all NaN without an SWE map); stiffness_contrast = median kPa inside / median valid kPa in
+    a ``CONTRAST_RING_MM`` ring around it outside every TrP (NaN when either is empty);
+    nearest_vessel_mm = centroid to the nearest vessel-pixel centre, ignoring vessel components under
+    ``min_vessel_area_mm2`` (default ``MIN_VESSEL_AREA_MM2``).
     """
     if label_map.ndim != 2:
         raise ValueError(f"label_map must be (H, W); got shape {label_map.shape}")
@@ -189,15 +202,19 @@ def find_trigger_points(
     comp_label = np.asarray(trp)[np.argmax(votes, axis=0)]
     area_px = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
 
+    max_prob = np.full(n, np.nan)
+    active_fraction = np.full(n, np.nan)
     if probs is not None:
         # Component 0 (background) is empty when every pixel is TrP, e.g. an untrained model.
+        trp_prob = probs[trp].sum(axis=0)
+        trp_mass = _per_component_sum(components, trp_prob, n)
         confidence = np.zeros(n)
-        np.divide(
-            _per_component_sum(components, probs[trp].sum(axis=0), n),
-            area_px,
-            out=confidence,
-            where=area_px > 0,
-        )
+        np.divide(trp_mass, area_px, out=confidence, where=area_px > 0)
+        max_prob = np.zeros(n)
+        np.maximum.at(max_prob, components.ravel(), trp_prob.ravel().astype(np.float64))
+        if ACTIVE_CLASS in classes:
+            active_mass = _per_component_sum(components, probs[list(classes).index(ACTIVE_CLASS)], n)
+            np.divide(active_mass, trp_mass, out=active_fraction, where=trp_mass > 0)
     else:
         confidence = np.ones(n)
 
@@ -208,8 +225,8 @@ def find_trigger_points(
         kpa_count = _per_component_sum(components, valid, n)
         np.divide(kpa_sum, kpa_count, out=stiffness, where=kpa_count > 0)
 
-    vessel = vessel_class_index(classes)
-    vessel_mask = label_map == vessel if vessel is not None else np.zeros(shape, bool)
+    stiffness_stats = _stiffness_stats(components, stats, elasto_kpa, spacing_mm)
+    vessel_mask = _vessel_mask(label_map, classes, spacing_mm, min_vessel_area_mm2)
     vessel_edge_yx = np.argwhere(vessel_mask & ~_eroded(vessel_mask))
 
     points = []
@@ -240,12 +257,64 @@ def find_trigger_points(
                 stiffness_kpa_mean=float(stiffness[c]),
                 confidence=float(confidence[c]),
                 nearest_vessel_mm=nearest_vessel_mm,
+                raw_confidence=float(confidence[c]),
+                max_prob=float(max_prob[c]),
+                active_fraction=float(active_fraction[c]),
+                **stiffness_stats[c],
             )
         )
     points.sort(key=lambda p: (p.y_px, p.x_px))
     for trp_id, point in enumerate(points, start=1):
         point.trp_id = trp_id
     return points
+
+
+def _vessel_mask(
+    label_map: np.ndarray, classes: Sequence[str], spacing_mm: float, min_area_mm2: float
+) -> np.ndarray:
+    """Vessel pixels of the components of at least ``min_area_mm2``."""
+    vessel = vessel_class_index(classes)
+    if vessel is None:
+        return np.zeros(label_map.shape, bool)
+    n, components, stats, _ = _components(label_map == vessel)
+    big = stats[:, cv2.CC_STAT_AREA] * float(spacing_mm) ** 2 >= min_area_mm2
+    big[0] = False
+    return big[components]
+
+
+def _stiffness_stats(
+    components: np.ndarray, boxes: np.ndarray, elasto_kpa: np.ndarray | None, spacing_mm: float
+) -> list[dict[str, float]]:
+    """Per component: stiffness median, SD, SWE coverage and contrast with its surrounding ring."""
+    nan = {"stiffness_kpa_median": math.nan, "stiffness_kpa_sd": math.nan, "swe_coverage": math.nan}
+    n = len(boxes)
+    out = [{**nan, "stiffness_contrast": math.nan} for _ in range(n)]
+    if elasto_kpa is None:
+        return out
+    valid = np.isfinite(elasto_kpa)
+    any_trp = components > 0
+    ring_px = max(1, round(CONTRAST_RING_MM / float(spacing_mm)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ring_px + 1, 2 * ring_px + 1))
+    height, width = components.shape
+    for c in range(1, n):
+        x, y, w, h = (int(v) for v in boxes[c, :4])
+        y0, y1 = max(0, y - ring_px), min(height, y + h + ring_px)
+        x0, x1 = max(0, x - ring_px), min(width, x + w + ring_px)
+        inside = components[y0:y1, x0:x1] == c
+        kpa, ok = elasto_kpa[y0:y1, x0:x1], valid[y0:y1, x0:x1]
+        values = kpa[inside & ok].astype(np.float64)
+        out[c]["swe_coverage"] = float(values.size / max(int(inside.sum()), 1))
+        if values.size == 0:
+            continue
+        median = float(np.median(values))
+        out[c]["stiffness_kpa_median"] = median
+        out[c]["stiffness_kpa_sd"] = float(np.std(values, ddof=1)) if values.size > 1 else 0.0
+        ring = cv2.dilate(inside.astype(np.uint8), kernel).astype(bool) & ~any_trp[y0:y1, x0:x1] & ok
+        if ring.any():
+            ring_median = float(np.median(kpa[ring]))
+            if ring_median > 0:
+                out[c]["stiffness_contrast"] = median / ring_median
+    return out
 
 
 def frame_trp_score(probs: np.ndarray, classes: Sequence[str]) -> float:

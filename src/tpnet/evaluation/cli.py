@@ -29,6 +29,7 @@ DEFAULT_EXPERIMENT = "tpnet"  # training's default: an ensemble's run joins its 
 
 
 def run_eval(cfg: DictConfig) -> dict:
+    from tpnet.core.confidence import Calibration
     from tpnet.core.device import pick_device
     from tpnet.core.postprocess import PostprocessParams
     from tpnet.data.datamodule import frame_dataset, frame_loader, iter_frames
@@ -67,6 +68,8 @@ def run_eval(cfg: DictConfig) -> dict:
     frames = frame_loader(
         dataset, list(range(len(dataset))), int(OmegaConf.create(state["config"]).data.num_workers)
     )
+    calibration = Calibration.from_meta(meta)
+    tta = calibration.tta if cfg.tta is None else bool(cfg.tta)  # null: as the model was calibrated
     _, records = evaluate(
         deployable.model,
         iter_frames(frames),
@@ -74,7 +77,8 @@ def run_eval(cfg: DictConfig) -> dict:
         int(meta["size_multiple"]),
         params,
         device,
-        tta=bool(cfg.tta),
+        tta=tta,
+        calibration=calibration,
     )
     seed = int(state["config"]["seed"])
     report = evaluation_report(records, meta["classes"], n_boot=int(cfg.evaluation.n_boot), seed=seed)
@@ -82,7 +86,7 @@ def run_eval(cfg: DictConfig) -> dict:
         split=cfg.split,
         checkpoint=[str(p.resolve()) for p in deployable.paths] if ensemble else str(first_path.resolve()),
         dataset=str(data.spec.root),
-        tta=bool(cfg.tta),
+        tta=tta,
     )
     if ensemble:
         report["ensemble"] = ensemble

@@ -79,7 +79,9 @@ def record_from_dict(raw: dict[str, Any]) -> FrameRecord:
 def _typed(value: Any, annotation: str) -> Any:
     """A JSON value back as the field's type (the annotations are strings: ``from __future__ import annotations``)."""
     if "ndarray" in annotation:
-        return np.asarray(value)
+        return (
+            None if value is None else np.asarray(value, dtype=np.float64 if "None" in annotation else None)
+        )
     if annotation.startswith("tuple"):
         return tuple(_number(v) for v in value)
     if annotation.startswith("list"):

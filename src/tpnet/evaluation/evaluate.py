@@ -1,5 +1,6 @@
-"""Evaluation loop: full frames through the same prediction and post-processing as inference,
-then pooled metrics, subject-level bootstrap CIs and an atomic ``metrics.json``."""
+"""Evaluation loop: full frames through the same prediction, calibration and post-processing as inference,
+then pooled metrics (with calibration errors before and after), subject-level bootstrap CIs and an atomic
+``metrics.json``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 
 from tpnet.core.atomic import atomic_write_text
+from tpnet.core.confidence import Calibration
+from tpnet.core.contract import trp_class_indices
 from tpnet.core.postprocess import (
     PostprocessParams,
     TriggerPoint,
@@ -19,13 +22,16 @@ from tpnet.core.postprocess import (
     frame_trp_score,
     labels_from_probs,
 )
-from tpnet.core.predict import predict_probs
+from tpnet.core.predict import predict_probs, temper_probs
+from tpnet.evaluation import calibration_metrics
 from tpnet.evaluation.metrics import (
     FrameRecord,
     aggregate,
     bootstrap_ci,
     frame_record,
     json_safe,
+    match_points,
+    reliability_curves,
     undefined_reasons,
 )
 
@@ -71,14 +77,36 @@ def score_frame(
     classes: Sequence[str],
     params: PostprocessParams,
     gt_points: list[TriggerPoint] | None = None,
+    calibration: Calibration | None = None,
+    raw_probs: np.ndarray | None = None,
 ) -> tuple[FrameRecord, np.ndarray, list[TriggerPoint]]:
     """Post-process one frame's (K, H, W) probabilities and score them against its label map: the one path
     shared by evaluation, validation during training and post-processing calibration.
+
+    With ``calibration`` (``probs`` already tempered by it, ``raw_probs`` the same before tempering), the
+    predicted TrPs get their calibrated confidence, p_active and reported class, the frame score is the
+    calibrated frame probability, and the record carries calibration counts (before and after).
     Returns the record, the predicted label map and the predicted trigger points."""
     pred_labels = labels_from_probs(probs, classes, params, spacing_mm)
     pred_points = find_trigger_points(pred_labels, spacing_mm, classes, probs=probs, elasto_kpa=elasto_kpa)
     if gt_points is None:
         gt_points = find_trigger_points(gt_labels, spacing_mm, classes, elasto_kpa=elasto_kpa)
+    raw_frame_score = frame_trp_score(probs, classes)
+    frame_score, counts = raw_frame_score, None
+    if calibration is not None:
+        calibration.apply(pred_points)
+        frame_score = calibration.frame_probability(probs, classes, pred_points)
+        matched = {p for p, _ in match_points(pred_points, gt_points, params.match_mm).pairs}
+        counts = calibration_metrics.frame_counts(
+            probs if raw_probs is None else raw_probs,
+            probs,
+            gt_labels,
+            trp_class_indices(classes),
+            [(p.raw_confidence, p.confidence, i in matched) for i, p in enumerate(pred_points)],
+            raw_frame_score,
+            frame_score,
+            bool(gt_points),
+        )
     record = frame_record(
         pred_labels,
         gt_labels,
@@ -88,7 +116,8 @@ def score_frame(
         subject_id=frame["subject_id"],
         num_classes=len(classes),
         match_mm=params.match_mm,
-        frame_score=frame_trp_score(probs, classes),
+        frame_score=frame_score,
+        calibration=counts,
     )
     return record, pred_labels, pred_points
 
@@ -102,13 +131,18 @@ def evaluate(
     device: str | torch.device = "cpu",
     tta: bool = False,
     amp_dtype: torch.dtype | None = None,
+    calibration: Calibration | None = None,
 ) -> tuple[dict[str, float], list[FrameRecord]]:
-    """Predict every frame at full size (batch 1, padded to ``size_multiple``) and score it.
+    """Predict every frame at full size (batch 1, padded to ``size_multiple``), calibrate and score it.
+
+    ``calibration``: the model's (``Calibration.from_meta``); None = identity, whose "after" figures equal the
+    "before" ones (calibration errors are measured either way).
 
     ``model`` must already live on ``device``; an ``nn.Module`` is switched to eval mode for the
     loop and back to its previous mode afterwards (so the training loop can call this directly).
     """
     device = torch.device(device)
+    calibration = calibration if calibration is not None else Calibration()
     was_training = getattr(model, "training", None)
     if isinstance(model, torch.nn.Module):
         model.eval()
@@ -116,13 +150,24 @@ def evaluate(
     try:
         for frame in frames:
             image, gt_labels, elasto, spacing_mm = _check_frame(frame)
-            probs = predict_probs(model, image[None].to(device), size_multiple, tta=tta, amp_dtype=amp_dtype)
-            probs = probs[0].cpu().numpy()
-            if probs.shape[0] != len(classes):
+            raw = predict_probs(model, image[None].to(device), size_multiple, tta=tta, amp_dtype=amp_dtype)
+            if raw.shape[1] != len(classes):
                 raise ValueError(
-                    f"{frame['sample_id']}: model gives {probs.shape[0]} classes, expected {len(classes)}"
+                    f"{frame['sample_id']}: model gives {raw.shape[1]} classes, expected {len(classes)}"
                 )
-            record, _, _ = score_frame(probs, gt_labels, elasto, spacing_mm, frame, classes, params)
+            probs = temper_probs(raw, calibration.temperature)[0].cpu().numpy()
+            raw = raw[0].cpu().numpy()
+            record, _, _ = score_frame(
+                probs,
+                gt_labels,
+                elasto,
+                spacing_mm,
+                frame,
+                classes,
+                params,
+                calibration=calibration,
+                raw_probs=raw,
+            )
             records.append(record)
     finally:
         if isinstance(model, torch.nn.Module) and was_training is not None:
@@ -141,6 +186,9 @@ def evaluation_report(
     ci = bootstrap_ci(records, classes, n_boot=n_boot, seed=seed, level=0.95)
     report["ci95"] = {key: [lo, hi] for key, (lo, hi) in ci.items()}
     report["undefined"] = undefined_reasons(point)
+    curves = reliability_curves(records, classes)
+    if curves is not None:
+        report["reliability"] = {"n_bins": calibration_metrics.N_BINS, **curves}
     report["bootstrap"] = {"n_boot": n_boot, "seed": seed, "unit": "subject"}
     return report
 

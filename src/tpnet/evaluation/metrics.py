@@ -25,6 +25,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from tpnet.core.postprocess import TriggerPoint
+from tpnet.evaluation import calibration_metrics
 
 DEFAULT_RADII_MM: tuple[float, ...] = (3.0, 5.0, 10.0)
 
@@ -85,6 +86,8 @@ class FrameRecord:
     has_gt_trp: bool
     n_gt_trp: int
     n_pred_trp: int
+    # Calibration counts (``calibration_metrics.frame_counts``); None where not measured (validation epochs).
+    calibration: np.ndarray | None = None
 
 
 def pixel_confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> tuple[np.ndarray, ...]:
@@ -108,8 +111,10 @@ def frame_record(
     match_radii: Sequence[float] = DEFAULT_RADII_MM,
     match_mm: float = 5.0,
     frame_score: float | None = None,
+    calibration: np.ndarray | None = None,
 ) -> FrameRecord:
-    """``frame_score`` defaults to the largest confidence among predicted TrPs (0 without any)."""
+    """``frame_score`` defaults to the largest confidence among predicted TrPs (0 without any);
+    ``calibration``: the frame's calibration counts, if measured."""
     if pred_labels.shape != gt_labels.shape:
         raise ValueError(f"{sample_id}: prediction shape {pred_labels.shape} != mask shape {gt_labels.shape}")
     for name, labels in (("mask", gt_labels), ("prediction", pred_labels)):
@@ -140,6 +145,7 @@ def frame_record(
         has_gt_trp=len(gt_points) > 0,
         n_gt_trp=len(gt_points),
         n_pred_trp=len(pred_points),
+        calibration=calibration,
     )
 
 
@@ -153,11 +159,14 @@ class _Layout:
     num_classes: int
     radii_mm: tuple[float, ...]
     match_mm: float
+    calibrated: bool = False  # every record carries calibration counts
 
     def slices(self) -> dict[str, slice]:
         k, r = self.num_classes, len(self.radii_mm)
         sizes = {"tp_px": k, "fp_px": k, "fn_px": k, "det_tp": r, "det_fp": r, "det_fn": r}
         sizes |= {"loc_sum": 1, "loc_count": 1, "agree": 1, "matched": 1, "n_gt": 1, "frames": 1}
+        if self.calibrated:
+            sizes["calibration"] = calibration_metrics.SIZE
         out, start = {}, 0
         for name, size in sizes.items():
             out[name] = slice(start, start + size)
@@ -176,7 +185,8 @@ def _layout(records: Sequence[FrameRecord], classes: Sequence[str]) -> _Layout:
             )
         if rec.radii_mm != first.radii_mm or rec.match_mm != first.match_mm:
             raise ValueError(f"{rec.sample_id}: detection radii differ from {first.sample_id}")
-    return _Layout(len(classes), first.radii_mm, first.match_mm)
+    calibrated = all(rec.calibration is not None for rec in records)
+    return _Layout(len(classes), first.radii_mm, first.match_mm, calibrated)
 
 
 def _count_matrix(records: Sequence[FrameRecord], layout: _Layout) -> np.ndarray:
@@ -190,6 +200,7 @@ def _count_matrix(records: Sequence[FrameRecord], layout: _Layout) -> np.ndarray
                 r.det_fp,
                 r.det_fn,
                 [sum(r.loc_errors_mm), len(r.loc_errors_mm), r.class_agree, r.class_matched, r.n_gt_trp, 1],
+                r.calibration if layout.calibrated else [],
             ]
         )
         for r in records
@@ -226,7 +237,18 @@ def _metrics_from_totals(totals: np.ndarray, layout: _Layout, classes: Sequence[
             out["fp_per_frame"] = _ratio(d_fp, s["frames"][0])
     out["loc_err_mm"] = _ratio(s["loc_sum"][0], s["loc_count"][0])
     out["class_acc"] = _ratio(s["agree"][0], s["matched"][0])
+    if layout.calibrated:
+        out.update(calibration_metrics.metrics_from_totals(s["calibration"]))
     return out
+
+
+def reliability_curves(records: Sequence[FrameRecord], classes: Sequence[str]) -> dict | None:
+    """Pooled reliability curves per level, before and after calibration (None without calibration counts)."""
+    layout = _layout(records, classes)
+    if not layout.calibrated:
+        return None
+    totals = _count_matrix(records, layout).sum(axis=0)
+    return calibration_metrics.reliability_report(totals[layout.slices()["calibration"]])
 
 
 class _AucRanks:
@@ -286,7 +308,7 @@ def undefined_reasons(metrics: dict[str, float]) -> dict[str, str]:
             continue
         if key.startswith(("det_", "loc_err_mm", "class_acc")) and nothing_to_find:
             reasons[key] = _NOTHING_TO_FIND
-        elif key == "det_precision":
+        elif key == "det_precision" or key.startswith("detection_"):
             reasons[key] = "no trigger point predicted"
         elif key in ("loc_err_mm", "class_acc"):
             reasons[key] = "no predicted trigger point matched a true one"

@@ -131,6 +131,24 @@ def ensemble_meta(metas: Sequence[dict]) -> dict[str, Any]:
         "config_fingerprint": None,
         "dataset_fingerprint": _shared(metas, "dataset_fingerprint"),
         "dataset_name": _shared(metas, "dataset_name"),
+        # Each member's calibration was fitted on its own validation fold and does not hold for the averaged
+        # probabilities: the ensemble is uncalibrated (identity) until it is fitted as a whole.
+        "calibration": None,
+        "model_card": _ensemble_card(first.get("model_card"), len(metas)),
+    }
+
+
+def _ensemble_card(card: dict | None, n_members: int) -> dict | None:
+    """The first member's card (same training data, channels, spacing and input reference) without its
+    validation and test figures, which describe that member only."""
+    if not isinstance(card, dict):
+        return None
+    return {
+        **card,
+        "validation": None,
+        "test": None,
+        "active_separable": False,
+        "note": f"ensemble of {n_members} folds: no validated figures of its own (score it with tpnet-eval)",
     }
 
 

@@ -79,6 +79,7 @@ def after_fold(
 ) -> Path:  # fmt: skip
     """Rank 0, after calibration: predict this fold's validation subjects (the ones it did not train on) with its
     best checkpoint and the post-processing stored in it, write ``oof_records.json`` and log it."""
+    from tpnet.core.confidence import Calibration
     from tpnet.core.postprocess import PostprocessParams
     from tpnet.data.datamodule import split_frames
     from tpnet.evaluation.cross_validation import OOF_FILE, oof_document, write_json
@@ -87,9 +88,10 @@ def after_fold(
 
     model, state = load_deployable_model(best_path, device)
     params = PostprocessParams.from_dict(state["meta"]["postprocess"])
+    calibration = Calibration.from_meta(state["meta"])
     _, records = evaluate(
         model, split_frames(data, "val", cfg.data.num_workers), classes, int(model.size_multiple), params, device,
-        amp_dtype=amp_dtype,
+        amp_dtype=amp_dtype, tta=calibration.tta, calibration=calibration,
     )  # fmt: skip
     non_test = {row.subject_id for split in ("train", "val") for row in data.splits[split]}
     document = oof_document(

@@ -35,6 +35,7 @@ from tpnet.configuration import (
 )
 from tpnet.core.atomic import atomic_write_text
 from tpnet.core.checkpoint import load_checkpoint
+from tpnet.core.confidence import Calibration
 from tpnet.core.device import amp_dtype_for, pick_device
 from tpnet.core.postprocess import PostprocessParams
 from tpnet.core.terminal import progress_bar
@@ -47,8 +48,9 @@ from tpnet.data.datamodule import (
     split_frames,
     train_loader,
 )
-from tpnet.evaluation.evaluate import evaluate, evaluation_report, save_metrics_json
-from tpnet.evaluation.metrics import aggregate
+from tpnet.evaluation.evaluate import evaluate, evaluation_report, save_metrics_json, score_frame
+from tpnet.evaluation.metrics import aggregate, json_safe
+from tpnet.evaluation.reliability_plot import draw_reliability
 from tpnet.models import build_model
 from tpnet.models.from_checkpoint import load_deployable_model
 from tpnet.models.summary import count_flops, count_parameters
@@ -57,13 +59,19 @@ from tpnet.planning.apply import mlflow_params as plan_mlflow_params
 from tpnet.planning.plan import Plan
 from tpnet.tracking.mlflow_logger import MlflowTracker, default_tags, flatten, run_tags, unique_run_name
 from tpnet.training import console, cv_sweep, distributed, fault_injection, progress_plot
-from tpnet.training.calibrate import calibrate_postprocess
+from tpnet.training.calibrate import (
+    choose_postprocess,
+    fit_confidence,
+    fit_pixel_temperature,
+    predict_validation,
+)
 from tpnet.training.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from tpnet.training.console import FILE_ONLY
 from tpnet.training.distributed import DistInfo, EpochSampler
 from tpnet.training.ema import EMA
 from tpnet.training.label_set import choose_monitor, has_trigger_points, label_set_warnings, summarise_labels
 from tpnet.training.losses import deep_supervision
+from tpnet.training.model_card import build_model_card, training_input_reference
 from tpnet.training.overlays import write_overlays
 from tpnet.training.validate import validate_frames
 
@@ -629,23 +637,29 @@ def _finish(
     close the MLflow run."""
     final: dict[str, float] = {}
     best_path = ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").exists() else ckpt_dir / "last.pt"
+    validation = None
     if cfg.calibration.enabled and data.splits["val"]:
         if val_has_trp:
-            calibrate_checkpoint(best_path, data, device, amp_dtype, cfg, classes, params, run_dir, tracker)
+            validation = calibrate_checkpoint(best_path, data, device, amp_dtype, cfg, classes, params, run_dir,
+                                              tracker)  # fmt: skip
         else:  # every setting would score an undefined F1: keep the configured post-processing
             log.info("post-processing not calibrated: no validation mask contains a trigger point (keeping "
                      "postprocess.threshold=%s, min_area_mm2=%s)", params.threshold, params.min_area_mm2)  # fmt: skip
     if cfg.cv.fold is not None and data.splits["val"]:
         cv_sweep.after_fold(cfg, best_path, data, device, amp_dtype, classes, run_dir, tracker)
     tested = cfg.trainer.test_after_training and data.splits["test"]
+    report = None
     if tested:
         report = evaluate_checkpoint_on(best_path, data, "test", device, amp_dtype, cfg, classes)
         save_metrics_json(run_dir / "metrics.json", report)
         tracker.log_metrics(_metric_values(report, "test/"), step=int(cfg.trainer.max_epochs))
         tracker.log_artifact(run_dir / "metrics.json")
+        _draw_reliability(report, run_dir / "reliability_test.png", "test", tracker)
         final.update(_metric_values(report, "test/"))
         for line in console.report_lines(report):
             log.info(line)
+    if best_path.exists():
+        _write_model_card(best_path, data, validation, report, cfg)
     if cfg.logger.log_checkpoint and best_path.exists():
         tracker.log_artifact(best_path, "checkpoints")
     if cfg.logger.get("progress_plot", True):
@@ -677,35 +691,98 @@ def _describe_best(best_path: Path, run_dir: Path, monitor: str, mode: str) -> s
     return f"{best_path.relative_to(run_dir)}{where}"
 
 
-def calibrate_checkpoint(
-    path, data, device, amp_dtype, cfg, classes, params, run_dir, tracker
-) -> PostprocessParams:
-    """Pick threshold and minimum area on the validation split and store them in the checkpoint's metadata."""
+def calibrate_checkpoint(path, data, device, amp_dtype, cfg, classes, params, run_dir, tracker) -> dict:
+    """On the validation split: the pixel temperature, then threshold and minimum area, then the confidence
+    models (training/calibrate.py); stored in the checkpoint's metadata. Returns the validation report with the
+    calibration applied (the model card's validation figures)."""
     model, state = load_deployable_model(path, device)
-    best, grid = calibrate_postprocess(
-        model, split_frames(data, "val", cfg.data.num_workers), classes, params, device, amp_dtype,
-        cfg.calibration.thresholds, cfg.calibration.min_areas_mm2,
-        min_mean_probs=cfg.calibration.get("min_mean_probs") or (0.0,),
-    )  # fmt: skip
-    state["meta"]["postprocess"] = best.to_dict()
-    save_checkpoint(state, path)
-    atomic_write_text(
-        run_dir / "calibration.json", json.dumps({"chosen": best.to_dict(), "grid": grid}, indent=2)
+    ccfg, seed = cfg.calibration, int(cfg.seed)
+    tta = bool(ccfg.get("tta", False))
+    cached = predict_validation(
+        model, split_frames(data, "val", cfg.data.num_workers), classes, device, amp_dtype, tta=tta
     )
+    temperature = fit_pixel_temperature(cached, seed) if ccfg.get("temperature", True) else 1.0
+    best, grid = choose_postprocess(
+        cached, classes, params, ccfg.thresholds, ccfg.min_areas_mm2, ccfg.get("min_mean_probs") or (0.0,)
+    )
+    calibration, active_latent = fit_confidence(
+        cached, classes, best, temperature, tta, detection=bool(ccfg.get("detection", True)),
+        active_band=float(ccfg.get("active_band", 0.1)), n_boot=int(cfg.evaluation.n_boot), seed=seed,
+    )  # fmt: skip
+    records = [
+        score_frame(c.probs, c.gt, c.frame["elasto_kpa"], c.spacing_mm, c.frame, classes, best, c.gt_points,
+                    calibration=calibration, raw_probs=c.raw_probs)[0]
+        for c in cached
+    ]  # fmt: skip
+    validation = evaluation_report(records, classes, n_boot=int(cfg.evaluation.n_boot), seed=seed)
+    validation["active_latent_balanced_acc"] = active_latent["value"]
+    validation["ci95"]["active_latent_balanced_acc"] = active_latent["ci95"]
+    state["meta"]["postprocess"] = best.to_dict()
+    state["meta"]["calibration"] = calibration.to_dict()
+    save_checkpoint(state, path)
+    validation.update(split="val", checkpoint=str(path), postprocess=best.to_dict())
+    document = {"chosen": best.to_dict(), "grid": grid, "confidence": calibration.to_dict(),
+                "active_latent_test": active_latent,
+                "validation": {k: validation.get(k) for k in _CALIBRATION_FIGURES}}  # fmt: skip
+    atomic_write_text(run_dir / "calibration.json", json.dumps(json_safe(document), indent=2))
     tracker.set_tags({
         "postprocess.threshold": best.threshold, "postprocess.min_area_mm2": best.min_area_mm2,
-        "postprocess.min_mean_prob": best.min_mean_prob,
+        "postprocess.min_mean_prob": best.min_mean_prob, "calibration.temperature": f"{temperature:.4f}",
+        "calibration.active_separable": calibration.active_separable,
     })  # fmt: skip
+    tracker.log_metrics(_metric_values(validation, "calibration_val/"), step=int(cfg.trainer.max_epochs))
     tracker.log_artifact(run_dir / "calibration.json")
+    _draw_reliability(validation, run_dir / "reliability_val.png", "validation", tracker)
     log.info("post-processing calibrated on validation: threshold %.2f, min area %.1f mm2, min mean probability "
              "%.2f", best.threshold, best.min_area_mm2, best.min_mean_prob)  # fmt: skip
-    return best
+    log.info("confidence calibrated on validation: temperature %.3f, detection ECE %s -> %s, active/latent %s",
+             temperature, _fmt(validation.get("detection_ece_raw")), _fmt(validation.get("detection_ece")),
+             "separable" if calibration.active_separable else "NOT separable (reported 'indeterminate')")  # fmt: skip
+    for note in calibration.notes:
+        log.info("calibration: %s", note)
+    return validation
+
+
+_CALIBRATION_FIGURES = (
+    "pixel_ece_raw", "pixel_ece", "trp_pixel_ece_raw", "trp_pixel_ece", "detection_ece_raw", "detection_ece",
+    "detection_brier_raw", "detection_brier", "frame_ece_raw", "frame_ece", "frame_auc", "class_acc", "ci95",
+)  # fmt: skip
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None or value != value else f"{value:.3f}"
+
+
+def _draw_reliability(report: dict, path: Path, split: str, tracker: MlflowTracker) -> None:
+    """Reliability diagrams before/after calibration; a plot that cannot be drawn never stops training."""
+    if "reliability" not in report:
+        return
+    try:
+        draw_reliability(report, path, f"{split} split")
+    except Exception as exc:  # matplotlib missing or failing: metrics.json holds the curves anyway
+        log.warning("reliability diagram not drawn (%s: %s); the curves are in metrics.json",
+                    type(exc).__name__, exc)  # fmt: skip
+        return
+    tracker.log_artifact(path)
+
+
+def _write_model_card(path: Path, data: DataSetup, validation: dict | None, test: dict | None, cfg) -> None:
+    """The model card (training/model_card.py) into the checkpoint's metadata, so exports carry it."""
+    state = load_checkpoint(path)
+    calibration = Calibration.from_meta(state["meta"])
+    reference = training_input_reference(data, int(cfg.data.num_workers))
+    state["meta"]["model_card"] = build_model_card(
+        data, validation, test, calibration.active_separable, reference
+    )
+    save_checkpoint(state, path)
 
 
 def evaluate_checkpoint_on(path, data, split, device, amp_dtype, cfg, classes) -> dict:
-    """The metrics.json report of a checkpoint on one split, with the post-processing stored in it."""
+    """The metrics.json report of a checkpoint on one split, with the post-processing and calibration stored in
+    it (TTA as it was calibrated with, as tpnet-infer runs)."""
     model, state = load_deployable_model(path, device)
     params = PostprocessParams.from_dict(state["meta"]["postprocess"])
+    calibration = Calibration.from_meta(state["meta"])
     _, records = evaluate(
         model,
         split_frames(data, split, cfg.data.num_workers),
@@ -713,10 +790,14 @@ def evaluate_checkpoint_on(path, data, split, device, amp_dtype, cfg, classes) -
         int(model.size_multiple),
         params,
         device,
+        tta=calibration.tta,
         amp_dtype=amp_dtype,
+        calibration=calibration,
     )
     report = evaluation_report(records, classes, n_boot=int(cfg.evaluation.n_boot), seed=int(cfg.seed))
-    report.update(split=split, checkpoint=str(path), postprocess=params.to_dict())
+    report.update(
+        split=split, checkpoint=str(path), postprocess=params.to_dict(), calibration=calibration.to_dict()
+    )
     return report
 
 
@@ -833,12 +914,17 @@ def _every(epoch: int, n: Any, max_epochs: int) -> bool:
 
 
 def _metric_values(report: dict[str, Any], prefix: str) -> dict[str, float]:
-    """The metrics worth a curve: numbers, without counts (n_frames, ...) or nested records (ci95, ...)."""
-    return {
+    """The metrics worth a curve: numbers, without counts (n_frames, ...) or nested records; the calibration
+    errors also with their CI bounds (``<name>_ci_low`` / ``_ci_high``), which MLflow cannot nest."""
+    values = {
         prefix + k: float(v)
         for k, v in report.items()
         if isinstance(v, int | float) and not isinstance(v, bool) and not k.startswith("n_")
     }
+    for key, bounds in (report.get("ci95") or {}).items():
+        if key.endswith(("_ece", "_ece_raw", "_brier", "_brier_raw")) and bounds is not None:
+            values[f"{prefix}{key}_ci_low"], values[f"{prefix}{key}_ci_high"] = (float(b) for b in bounds)
+    return values
 
 
 def _log_epoch(tracker: MlflowTracker, history_path: Path, metrics: dict[str, float], epoch: int) -> None:
