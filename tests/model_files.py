@@ -73,6 +73,28 @@ def make_meta(spacing_mm: float, channels: Sequence[str], method: str, min_area_
     )
 
 
+# A calibration whose p_active is the component's active share itself (weight 1 on its logit), validated as
+# separable: tests that check active/latent classes through tpnet-infer use it (an uncalibrated model says
+# "indeterminate", issue #14).
+SEPARABLE_CALIBRATION = {
+    "temperature": 1.0,
+    "active": {
+        "features": ["logit_active_fraction"],
+        "mean": [0.0],
+        "scale": [1.0],
+        "intercept": 0.0,
+        "coef": [1.0],
+    },
+    "active_separable": True,
+    "tta": True,  # as tpnet-infer runs by default
+}
+
+
+def separable(meta: dict) -> None:
+    """``edit_meta`` for make_model_file: the model tells active from latent (``SEPARABLE_CALIBRATION``)."""
+    meta["calibration"] = dict(SEPARABLE_CALIBRATION)
+
+
 def make_model_file(
     tmp_path: Path,
     fmt: str = "torchscript",

@@ -489,6 +489,21 @@ _RANGES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
     ("data.kpa_clip", lambda v: 0 < v < math.inf, "must be positive"),
     ("data.fg_fraction", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     ("data.samples_per_epoch", lambda v: v >= 1, "must be at least 1 (or null: one pass over the frames)"),
+    (
+        "data.synthetic.active_stiffness_factor",
+        lambda v: 0 < v < math.inf,
+        "must be a positive factor (1 = no difference)",
+    ),
+    (
+        "data.synthetic.active_echo_db",
+        lambda v: -math.inf < v < math.inf,
+        "must be a finite number of dB (0 = no difference)",
+    ),
+    (
+        "calibration.active_band",
+        lambda v: 0 <= v < 0.5,
+        "must be in [0, 0.5): |p_active - 0.5| below it is 'indeterminate'",
+    ),
     ("optim.lr", lambda v: 0 < v < math.inf, "the learning rate must be positive"),
     ("trainer.accumulate_grad_batches", lambda v: v >= 1, "must be at least 1 (1 = no accumulation)"),
     ("trainer.max_epochs", lambda v: v >= 1, "must be at least 1"),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from crafted_images import write_png16, write_png_bomb
-from model_files import blob_frame, make_model_file
+from model_files import blob_frame, make_model_file, separable
 from peak_rss import run_with_peak_rss
 from tpnet.core.io import write_png
 from tpnet.inference.cli import EXIT_REJECTED, LOCK_NAME
@@ -28,7 +28,7 @@ def _detections(csv_path, stem):
 @pytest.mark.slow  # ~20 s: a fresh process imports torch
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS from /proc (Linux)")
 def test_bomb_is_rejected_by_name_and_the_run_completes(tmp_path):
-    model = make_model_file(tmp_path / "model")
+    model = make_model_file(tmp_path / "model", edit_meta=separable)  # reports classes
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
     bmode, _ = blob_frame((12.8, 12.8), 0.2, nodules=[(3.0, 3.0, 1.5)], vessels=[(9.0, 9.0, 1.2)])

@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from model_files import CLASSES, blob_frame, make_model_file
+from model_files import CLASSES, blob_frame, make_model_file, separable
 from tpnet.core.io import read_array, write_npy, write_png, write_tiff
+from tpnet.core.overlay import MIN_IMAGE_SIDE_PX
 from tpnet.inference.cli import CSV_COLUMNS, LOCK_NAME, OUTPUT_MARKER, main
 
 ACTIVE, LATENT, VESSEL = (CLASSES.index(n) for n in ("active_trp", "latent_trp", "vessel"))
@@ -19,7 +20,7 @@ BROKEN = {"trunc_bmode.png", "zero_bmode.png", "text_bmode.png", "mismatch_bmode
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    return make_model_file(tmp_path_factory.mktemp("model"))
+    return make_model_file(tmp_path_factory.mktemp("model"), edit_meta=separable)  # reports classes
 
 
 def _write_pair(folder, stem, bmode, kpa=None, spacing_mm=None, bmode_format="png"):
@@ -105,7 +106,9 @@ def test_mixed_folder_end_to_end(tmp_path, model_path, capsys):
         bmode = read_array(in_dir / f"{stem}_bmode.{'npy' if stem == 'wide' else 'png'}")
         mask = read_array(out_dir / "masks" / f"{stem}.png")
         overlay = read_array(out_dir / "overlays" / f"{stem}.png")
-        assert mask.shape == bmode.shape and overlay.shape == (*bmode.shape, 3)  # the input's own size
+        # Masks at the input's own size; the overlay larger: upscaled to a legible size, with margins.
+        assert mask.shape == bmode.shape and overlay.ndim == 3 and overlay.shape[2] == 3
+        assert min(overlay.shape[:2]) >= max(min(bmode.shape), MIN_IMAGE_SIDE_PX)
         frame_rows = [r for r in rows if r["stem"] == stem]
         # Every CSV row is a component of the written label map, at centroid * the frame's spacing.
         trp_components = _components(mask, ACTIVE) + _components(mask, LATENT)
@@ -221,18 +224,27 @@ def test_one_run_per_output_folder_and_stale_locks_are_taken_over(tmp_path, mode
     assert not (out_dir / LOCK_NAME).exists()  # released at the end
     first_csv = (out_dir / "detections.csv").read_text()
 
-    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # Another run holds the folder's OS lock (filelock), as a live tpnet-infer would.
+    owner = (
+        "import sys, time; from pathlib import Path; from tpnet.core.run_lock import lock_folder; "
+        "lock_folder(Path(sys.argv[1]), sys.argv[2], 'tpnet-infer', 'x'); print('locked', flush=True); "
+        "time.sleep(60)"
+    )
+    running = subprocess.Popen(
+        [sys.executable, "-c", owner, str(out_dir), LOCK_NAME], stdout=subprocess.PIPE, text=True
+    )
     try:
-        (out_dir / LOCK_NAME).write_text(f"{running.pid}\n")  # another run is writing here
+        assert running.stdout.readline().strip() == "locked"
         assert main(args) == 2
         err = capsys.readouterr().err
         assert f"process {running.pid}" in err and "another tpnet-infer" in err
         assert (out_dir / "detections.csv").read_text() == first_csv  # its files were left alone
     finally:
-        running.kill()
+        running.kill()  # SIGKILL: no clean-up runs, the kernel drops its lock, the file stays
         running.wait()
 
-    # The owner is gone (killed run): the lock is stale and the next run takes over.
+    # The owner is gone (killed run): its lock file is left, the next run takes over.
+    assert (out_dir / LOCK_NAME).exists()
     assert main(args) == 0
     assert not (out_dir / LOCK_NAME).exists()
 

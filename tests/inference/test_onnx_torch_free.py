@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from model_files import blob_frame, make_model_file
+from model_files import blob_frame, make_model_file, separable
 from tpnet.core.io import read_array, write_png, write_tiff
 from tpnet.inference.cli import main as infer_main
 
@@ -53,7 +53,10 @@ SCRIPT = textwrap.dedent(
 def models(tmp_path_factory) -> dict[str, Path]:
     """The same BlobDetector (the same weights) as ONNX and as TorchScript."""
     folder = tmp_path_factory.mktemp("models")
-    return {"onnx": make_model_file(folder, fmt="onnx"), "torchscript": make_model_file(folder)}
+    return {  # both report classes (tests/model_files.py, SEPARABLE_CALIBRATION)
+        "onnx": make_model_file(folder, fmt="onnx", edit_meta=separable),
+        "torchscript": make_model_file(folder, edit_meta=separable),
+    }
 
 
 @pytest.fixture(scope="module")
