@@ -7,7 +7,11 @@
   trigger points, legend, scale bar, depth ruler from the skin line and the SWE colour layer, opened in the
   browser as a clinician would see it.
 
-    .venv/bin/python scripts/report_screenshots.py [--out docs/img]
+    .venv/bin/python scripts/report_screenshots.py [--out docs/img] [--model outputs/demo/<run>/export/model.pt]
+
+With ``--model`` (what the README's picture uses: the main job's exported model, whose model card holds its own
+measured figures) the report is made with that model; without it, with the tests' blob detector, whose card
+carries made-up figures for the layout only.
 
 Needs the dev extra (selenium) and Debian's chromium + chromium-driver (.ci/run installs them)."""
 
@@ -38,14 +42,14 @@ from tpnet.inference.cli import main as infer  # noqa: E402
 CLASSES = ("background", "active_trp", "latent_trp", "vessel")
 
 
-def report_screenshot(work: Path, out: Path) -> None:
+def report_screenshot(work: Path, out: Path, model: Path | None = None) -> None:
     inputs = write_report_inputs(work, input_reference=training_reference())  # + the statistic test
     # Beside the two real DL_Track frames, synthetic frames of subjects the reference never saw (the test's flat
     # blob frames are, rightly, unlike the training images too): the banner then flags the real frames only.
     for old in inputs["input"].glob("*"):
         if not old.name.startswith("img_"):
             old.unlink()
-    for subject in (40, 41, 43):
+    for subject in (200, 201, 203):  # beyond the main job's 120 subjects: frames no model here has seen
         sample = generate_frame(0, subject, 0, 128, 128)
         stem = f"synthetic_s{subject}"
         write_png(inputs["input"] / f"{stem}_bmode.png", sample["bmode"])
@@ -53,7 +57,7 @@ def report_screenshot(work: Path, out: Path) -> None:
             write_tiff(inputs["input"] / f"{stem}_elasto.tif", sample["elasto"])
         (inputs["input"] / f"{stem}.json").write_text(json.dumps({"spacing_mm": sample["spacing_mm"]}))
     report = work / "out"
-    infer(["--model", str(inputs["model"]), "--input", str(inputs["input"]), "--output", str(report)])
+    infer(["--model", str(model or inputs["model"]), "--input", str(inputs["input"]), "--output", str(report)])
     driver = chromium(width=1200, height=1150)
     try:
         driver.get((report / "report.html").as_uri())
@@ -106,10 +110,11 @@ def overlay_screenshot(work: Path, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
+    parser.add_argument("--model", type=Path, default=None, help="an exported model (default: the tests' one)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        report_screenshot(Path(tmp) / "report", args.out)
+        report_screenshot(Path(tmp) / "report", args.out, args.model)
         overlay_screenshot(Path(tmp), args.out)
     print(f"wrote {args.out / 'report_ood.png'} and {args.out / 'overlay_legend.png'}")
 
