@@ -74,3 +74,25 @@ def test_evaluate_measures_errors_before_and_after_with_subject_cis():
     low, high = report["ci95"]["pixel_ece"]
     assert low <= report["pixel_ece"] <= high
     assert set(report["reliability"]) == {"n_bins", *calibration_metrics.LEVELS}
+
+
+def _detection_totals(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    confidence = rng.uniform(0.5, 1.0, n)
+    matched = rng.random(n) < confidence  # perfectly calibrated by construction
+    return calibration_metrics.frame_counts(
+        np.full((2, 1, 1), 0.5), np.full((2, 1, 1), 0.5), np.zeros((1, 1), np.int64), [1],
+        [(c, c, bool(m)) for c, m in zip(confidence, matched, strict=True)], 0.5, 0.5, False,
+    )  # fmt: skip
+
+
+def test_the_noise_floor_is_what_a_perfectly_calibrated_model_scores_on_so_few_items():
+    few, many = _detection_totals(40, 0), _detection_totals(20000, 0)
+    floor_few = calibration_metrics.ece_noise_floor(few, "detection")
+    # Forty perfectly calibrated detections still show an ECE of several hundredths; twenty thousand do not.
+    assert 0.04 < floor_few < 0.2 and calibration_metrics.ece_noise_floor(many, "detection") < 0.01
+    measured = [
+        calibration_metrics.metrics_from_totals(_detection_totals(40, s))["detection_ece"] for s in range(200)
+    ]
+    assert float(np.mean(measured)) == pytest.approx(floor_few, rel=0.25)
+    assert np.isnan(calibration_metrics.ece_noise_floor(np.zeros(calibration_metrics.SIZE), "detection"))

@@ -51,8 +51,10 @@ def test_tpnet_eval_writes_metrics_with_confidence_intervals(tmp_path, reference
             assert low <= high
     # The training run's own test report came from the same checkpoint and data: same point estimates.
     trained = json.loads((reference_run / "metrics.json").read_text())
-    for key in ("det_f1", "dice_mean", "dice/background"):
-        assert report[key] == trained[key], key
+    for key in ("det_f1", "dice_mean", "dice/background", "pixel_ece", "frame_ece"):
+        assert report[key] == trained[key], key  # calibration and its TTA applied alike (issue #14)
+    assert report["tta"] == trained["calibration"]["tta"]
+    assert output.with_name(f"reliability_{output.stem}.png").stat().st_size > 0
     # ... and are attached to the checkpoint's own MLflow run.
     import torch
     from mlflow import MlflowClient
@@ -64,7 +66,10 @@ def test_tpnet_eval_writes_metrics_with_confidence_intervals(tmp_path, reference
     assert logged.get("test/det_f1") == report["det_f1"]  # None on both sides when undefined
     # A flag is a setting, not a number over time: a tag, never a metric.
     assert "test/tta" not in logged and client.get_run(run_id).data.tags["test/tta"] == "false"
-    assert [a.path for a in client.list_artifacts(run_id, "eval")] == ["eval/metrics.json"]
+    assert [a.path for a in client.list_artifacts(run_id, "eval")] == [
+        "eval/metrics.json",
+        "eval/reliability_metrics.png",
+    ]
 
 
 # ---- a typo fails at start: exit 2, the key named, no traceback, nothing heavy imported -----------------------

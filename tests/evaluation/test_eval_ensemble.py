@@ -53,7 +53,10 @@ def test_tpnet_eval_scores_an_ensemble_in_a_run_of_its_own(tmp_path, reference_r
     assert run.data.metrics["test/dice_mean"] == report["dice_mean"]
     # A flag is not a number over time: a tag, not a metric.
     assert "test/tta" not in run.data.metrics and run.data.tags["test/tta"] == "false"
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "eval")] == ["eval/metrics.json"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "eval")] == [
+        "eval/metrics.json",
+        "eval/reliability_metrics.png",
+    ]
     for member_run in member_runs:  # no member's run gets the ensemble's numbers
         assert not any(k.startswith("test/") for k in client.get_run(member_run).data.metrics)
 

@@ -149,7 +149,7 @@ def test_synthetic_model_that_cannot_separate_active_from_latent(tmp_path):
         "not been validated on real patients"
     )
     assert (
-        "accuracy at it, 52 % (95 % CI 44–60 %), is no better than chance" in box and "“indeterminate”" in box
+        "accuracy 52 % (95 % CI 44–60 %) at it is no better than chance" in box and "“indeterminate”" in box
     )
     assert "79 of every 100 trigger points" in box and "85 of every 100 it marked were real" in box
     assert "0.6 mm (95 % CI 0.5–0.7 mm)" in box and "0.040" in box  # a CI of None is left out
@@ -264,3 +264,18 @@ def test_model_statement_never_fails_on_odd_values():
     for meta in (None, {}, {"model_card": "text"}, {"model_card": {"validation": {"det_recall": "high"}}}):
         statement = model_statement(meta)
         assert statement["what"] and statement["cannot"]
+
+
+def test_the_box_prefers_the_balanced_active_latent_accuracy(tmp_path):
+    """Plain accuracy rewards calling every TrP the commoner type; the card's balanced accuracy is shown."""
+    card = {
+        **CARD,
+        "validation": {
+            **CARD["validation"],
+            "active_latent_balanced_acc": {"value": 0.5, "ci95": [0.45, 0.58]},
+        },
+    }
+    page = _finish(tmp_path, [], model_meta={"model_card": card, "calibration": {"active_separable": False}})
+    box = " ".join(_Page(page).text_by_id["capabilities"].split())
+    assert "balanced accuracy 50 % (95 % CI 45–58 %) at it is no better than chance" in box
+    assert "Active/latent balanced accuracy" in page

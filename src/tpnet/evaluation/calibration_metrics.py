@@ -111,6 +111,23 @@ def metrics_from_totals(totals: np.ndarray) -> dict[str, float]:
     return out
 
 
+def ece_noise_floor(
+    totals: np.ndarray, level: str, stage: str = "calibrated", draws: int = 2000, seed: int = 0
+) -> float:
+    """The ECE a PERFECTLY calibrated model would still show with these confidences and this few items: the mean
+    ECE when each bin's outcomes are drawn as Binomial(count, mean confidence). ECE is biased upwards on small
+    sets (tens of detections): a measured ECE near this floor is all the data can tell apart from perfect.
+    Seeded, so the figure is reproducible; NaN without items."""
+    o = _offset(level, stage)
+    count, conf = totals[o : o + N_BINS], totals[o + N_BINS : o + 2 * N_BINS]
+    n = count.sum()
+    if n <= 0:
+        return math.nan
+    mean = np.divide(conf, count, out=np.zeros(N_BINS), where=count > 0)
+    outcomes = np.random.default_rng(seed).binomial(count.astype(np.int64), mean, size=(draws, N_BINS))
+    return float(np.abs(conf - outcomes).sum(axis=1).mean() / n)
+
+
 def reliability_report(totals: np.ndarray) -> dict[str, dict[str, dict[str, list[float]]]]:
     """Every level's reliability curves before and after, for metrics.json and the diagram."""
     return {level: {stage: reliability(totals, level, stage) for stage in STAGES} for level in LEVELS}

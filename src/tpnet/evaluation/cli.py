@@ -93,6 +93,7 @@ def run_eval(cfg: DictConfig) -> dict:
         report["postprocess"] = params.to_dict()
     output = Path(cfg.output) if cfg.output else _default_output(deployable.paths, ensemble, cfg.split)
     save_metrics_json(output, report)
+    _draw_reliability(report, output.with_name(f"reliability_{output.stem}.png"), cfg.split)
     if cfg.log_to_mlflow:
         if ensemble:
             _log_to_ensemble_run(cfg, ensemble, report, output)
@@ -191,6 +192,19 @@ def _log_to_ensemble_run(cfg: DictConfig, ensemble: dict, report: dict, output: 
     _log_report(cfg, tracker, report, output)
 
 
+def _draw_reliability(report: dict, path: Path, split: str) -> None:
+    """The reliability diagram beside metrics.json; one that cannot be drawn is said, never fatal."""
+    from tpnet.evaluation.reliability_plot import draw_reliability
+
+    if "reliability" not in report:
+        return
+    try:
+        draw_reliability(report, path, f"{split} split")
+        log.info("wrote %s", path)
+    except Exception as exc:  # matplotlib missing or failing: metrics.json holds the curves
+        log.warning("reliability diagram not drawn (%s: %s)", type(exc).__name__, exc)
+
+
 def _log_report(cfg: DictConfig, tracker, report: dict, output: Path) -> None:
     prefix = f"{cfg.split}/" if not cfg.data.root else f"{cfg.split}_external/"
     # Metrics are numbers (a bool is an int to Python): flags such as tta are settings, so tags.
@@ -199,10 +213,16 @@ def _log_report(cfg: DictConfig, tracker, report: dict, output: Path) -> None:
         for k, v in report.items()
         if isinstance(v, int | float) and not isinstance(v, bool) and not k.startswith("n_")
     }
+    for key, bounds in (report.get("ci95") or {}).items():
+        if key.endswith(("_ece", "_ece_raw", "_brier", "_brier_raw")) and bounds and None not in bounds:
+            values[f"{prefix}{key}_ci_low"], values[f"{prefix}{key}_ci_high"] = (float(b) for b in bounds)
     flags = {prefix + k: str(v).lower() for k, v in report.items() if isinstance(v, bool)}
     tracker.log_metrics(values, step=0)
     tracker.set_tags(flags)
     tracker.log_artifact(output, "eval")
+    diagram = output.with_name(f"reliability_{output.stem}.png")
+    if diagram.is_file():
+        tracker.log_artifact(diagram, "eval")
     tracker.end("FINISHED")
     lost = tracker.summary_of_losses()
     if lost:

@@ -28,10 +28,10 @@ from tpnet.evaluation.metrics import (
     FrameRecord,
     aggregate,
     bootstrap_ci,
+    calibration_totals,
     frame_record,
     json_safe,
     match_points,
-    reliability_curves,
     undefined_reasons,
 )
 
@@ -186,9 +186,13 @@ def evaluation_report(
     ci = bootstrap_ci(records, classes, n_boot=n_boot, seed=seed, level=0.95)
     report["ci95"] = {key: [lo, hi] for key, (lo, hi) in ci.items()}
     report["undefined"] = undefined_reasons(point)
-    curves = reliability_curves(records, classes)
-    if curves is not None:
+    totals = calibration_totals(records, classes)
+    if totals is not None:
+        curves = calibration_metrics.reliability_report(totals)
         report["reliability"] = {"n_bins": calibration_metrics.N_BINS, **curves}
+        # What a perfectly calibrated model would score on this few detections / frames (docs/confidence.md).
+        for level in ("detection", "frame"):
+            report[f"{level}_ece_floor"] = calibration_metrics.ece_noise_floor(totals, level, seed=seed)
     report["bootstrap"] = {"n_boot": n_boot, "seed": seed, "unit": "subject"}
     return report
 

@@ -242,13 +242,12 @@ def _metrics_from_totals(totals: np.ndarray, layout: _Layout, classes: Sequence[
     return out
 
 
-def reliability_curves(records: Sequence[FrameRecord], classes: Sequence[str]) -> dict | None:
-    """Pooled reliability curves per level, before and after calibration (None without calibration counts)."""
+def calibration_totals(records: Sequence[FrameRecord], classes: Sequence[str]) -> np.ndarray | None:
+    """The pooled calibration counts (``calibration_metrics``), or None when the records carry none."""
     layout = _layout(records, classes)
     if not layout.calibrated:
         return None
-    totals = _count_matrix(records, layout).sum(axis=0)
-    return calibration_metrics.reliability_report(totals[layout.slices()["calibration"]])
+    return _count_matrix(records, layout).sum(axis=0)[layout.slices()["calibration"]]
 
 
 class _AucRanks:

@@ -186,17 +186,17 @@ def model_statement(model_meta: Mapping | None) -> dict:
     separable = _separable(card, calibration)
     statement["active_separable"] = separable
     classes = next((f for f in statement["figures"] if f["class_acc"] is not None), None)
-    accuracy = classes["class_acc"] if classes else None
+    accuracy = f"{classes['class_acc_kind']} {classes['class_acc']}" if classes else None
     if separable is True:
         band = (calibration or {}).get("active_band")
         near = f"within {100 * band:.0f} % of even odds" if _finite(band) else "close to even odds"
         statement["can"].append(
             "Tell active from latent trigger points"
-            + (f" (validated accuracy {accuracy})" if accuracy else "")
+            + (f" (validated {accuracy})" if accuracy else "")
             + f"; a call {near} is reported as “indeterminate”."
         )
     elif separable is False:  # first: the one thing a clinician would otherwise read into the class column
-        chance = f": its validated accuracy at it, {accuracy}, is no better than chance" if accuracy else ""
+        chance = f": its validated {accuracy} at it is no better than chance" if accuracy else ""
         statement["cannot"].insert(
             0,
             f"It cannot tell active from latent trigger points{chance}. So every trigger point it finds is "
@@ -228,7 +228,16 @@ def _figures(split_name: str, block: Mapping) -> dict:
         "det_f1": _with_ci(block, "det_f1"),
         "det_precision": _with_ci(block, "det_precision"),
         "det_recall": _with_ci(block, "det_recall"),
-        "class_acc": _with_ci(block, "class_acc"),
+        # Balanced accuracy where the card has it: chance is 0.5 whatever the share of active TrPs, whereas plain
+        # accuracy rewards calling every TrP the commoner type.
+        **(
+            {
+                "class_acc": _with_ci(block, "active_latent_balanced_acc"),
+                "class_acc_kind": "balanced accuracy",
+            }
+            if _with_ci(block, "active_latent_balanced_acc")
+            else {"class_acc": _with_ci(block, "class_acc"), "class_acc_kind": "accuracy"}
+        ),
         "loc_err_mm": _with_ci(block, "loc_err_mm", percent=False, digits=1, unit=" mm"),
         "detection_ece": _with_ci(block, "detection_ece", percent=False, digits=3),
         "detection_brier": _with_ci(block, "detection_brier", percent=False, digits=3),
