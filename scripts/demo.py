@@ -71,8 +71,8 @@ def main() -> None:
     run("check", ["-m", "tpnet.data.cli", "check", str(root)], timings)
     run(
         "train",
-        ["-m", "tpnet.training.cli", "experiment=cpu_demo", "trainer.test_after_training=false",
-         f"hydra.run.dir={out / 'train'}", *overrides],
+        # Tested after training too (seconds): the model card then carries its test figures (issue #14).
+        ["-m", "tpnet.training.cli", "experiment=cpu_demo", f"hydra.run.dir={out / 'train'}", *overrides],
         timings,
     )  # fmt: skip
     best = out / "train" / "checkpoints" / "best.pt"
@@ -102,6 +102,23 @@ def main() -> None:
         "test_det_recall": report.get("det_recall"),
         "test_loc_err_mm": report.get("loc_err_mm"),
         "test_dice_mean": report.get("dice_mean"),
+        # Calibration (issue #14): before (_raw) and after, with CIs, and the noise floor of so few detections.
+        **{
+            f"test_{k}": report.get(k)
+            for k in (
+                "detection_ece_raw",
+                "detection_ece",
+                "detection_ece_floor",
+                "detection_brier_raw",
+                "detection_brier",
+                "frame_ece_raw",
+                "frame_ece",
+                "pixel_ece_raw",
+                "pixel_ece",
+                "n_pred_trp",
+            )
+        },
+        "test_detection_ece_ci95": ci.get("detection_ece"),
         "inference_warning_counts": _warning_counts(out / "inference"),
         "real_frames_warning_counts": _warning_counts(out / "infer-real"),
         "real_frames_strict_rejected": _warning_counts(out / "infer-real-strict", "frames_rejected"),

@@ -49,8 +49,10 @@ def report_screenshot(work: Path, out: Path, model: Path | None = None) -> None:
     for old in inputs["input"].glob("*"):
         if not old.name.startswith("img_"):
             old.unlink()
-    for subject in (200, 201, 203):  # beyond the main job's 120 subjects: frames no model here has seen
-        sample = generate_frame(0, subject, 0, 128, 128)
+    # Beyond the main job's 120 subjects (frames no model here has seen), the first three with SWE.
+    samples = (generate_frame(0, subject, 0, 128, 128) for subject in range(200, 300))
+    with_swe = [(200 + i, sample) for i, sample in enumerate(samples) if sample["elasto"] is not None]
+    for subject, sample in with_swe[:3]:
         stem = f"synthetic_s{subject}"
         write_png(inputs["input"] / f"{stem}_bmode.png", sample["bmode"])
         if sample["elasto"] is not None:

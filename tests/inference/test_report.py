@@ -279,3 +279,13 @@ def test_the_box_prefers_the_balanced_active_latent_accuracy(tmp_path):
     box = " ".join(_Page(page).text_by_id["capabilities"].split())
     assert "balanced accuracy 50 % (95 % CI 45–58 %) at it is no better than chance" in box
     assert "Active/latent balanced accuracy" in page
+
+
+def test_a_confidence_the_figures_do_not_show_calibrated_is_not_called_calibrated(tmp_path):
+    card = {
+        **CARD,
+        "validation": {**CARD["validation"], "detection_ece": {"value": 0.12, "ci95": [0.07, 0.2]}},
+    }
+    page = _finish(tmp_path, [], model_meta={"model_card": card, "calibration": {"active_separable": False}})
+    box = " ".join(_Page(page).text_by_id["capabilities"].split())
+    assert "is calibrated" not in box and "only roughly calibrated" in box and "12 percentage points" in box
