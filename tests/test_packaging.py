@@ -36,6 +36,7 @@ NOT_IN_BASE = ("torch", *TRAINING_ONLY)  # what a plain ``pip install tpnet`` do
 # What tpnet-infer needs for ONNX models, and so the base install (distribution names as in the wheel's metadata).
 BASE_REQUIREMENTS = {
     "numpy", "opencv-python-headless", "tifffile", "pyyaml", "tqdm", "pydicom", "pillow", "onnxruntime",
+    "jinja2", "filelock",  # the report's templates; the output folder's OS lock (issue #14)
 }  # fmt: skip
 
 # Runs an installed console script (argv[1]) in this process, after printing where tpnet was imported from;
@@ -121,6 +122,9 @@ def test_wheel_contains_every_config(wheel):
     assert "tpnet/configs/train.yaml" in configs and "tpnet/configs/hydra/launcher/slurm.yaml" in configs
     names = set(zipfile.ZipFile(wheel).namelist())
     assert sorted(configs - names) == []
+    templates = REPO / "src" / "tpnet" / "inference" / "templates"
+    shipped = {f"tpnet/inference/templates/{p.name}" for p in templates.iterdir() if p.is_file()}
+    assert shipped and sorted(shipped - names) == []  # the report cannot be written without them
 
 
 def test_base_requirements_are_what_inference_needs(wheel):
@@ -223,6 +227,7 @@ def test_installed_infer_runs_an_onnx_model_on_the_base_install(site, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _imported_from(proc).is_relative_to(site.resolve())
     assert (out / "masks" / "one.png").is_file()
+    assert "What this model can and cannot tell" in (out / "report.html").read_text()  # templates installed
 
 
 def test_installed_infer_names_the_torch_extra_for_a_torchscript_model(site, tmp_path):
