@@ -209,3 +209,14 @@ def test_bootstrap_resamples_subjects_as_units():
     recall = bootstrap_samples(records, CLASSES, n_boot=200, seed=0)["det_recall"]
     # Drawing 2 subjects: AA -> 1, AB -> 2/3, BB -> 0. Frame-level resampling would also give 1/3, 1/2.
     assert set(np.round(recall, 6)) == {0.0, round(2 / 3, 6), 1.0}
+
+
+def test_balanced_class_accuracy_does_not_reward_calling_every_trp_the_commoner_type():
+    truth = [point(10.0 * i, 5.0, "active_trp") for i in range(3)] + [point(40.0, 5.0, "latent_trp")]
+    all_active = [point(p.x_mm, p.y_mm, "active_trp") for p in truth]
+    metrics = aggregate([record(all_active, truth)], CLASSES)
+    assert metrics["class_acc"] == pytest.approx(0.75)  # looks like skill ...
+    assert metrics["class_balanced_acc"] == pytest.approx(0.5)  # ... and is chance
+    only_active = aggregate([record(all_active[:3], truth[:3])], CLASSES)
+    assert math.isnan(only_active["class_balanced_acc"])  # no latent TrP to recall
+    assert "both true active and true latent" in undefined_reasons(only_active)["class_balanced_acc"]

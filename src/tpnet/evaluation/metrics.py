@@ -88,6 +88,11 @@ class FrameRecord:
     n_pred_trp: int
     # Calibration counts (``calibration_metrics.frame_counts``); None where not measured (validation epochs).
     calibration: np.ndarray | None = None
+    # Matches of a true active / latent TrP, and those given the same class (balanced active/latent accuracy).
+    active_matched: int = 0
+    active_agree: int = 0
+    latent_matched: int = 0
+    latent_agree: int = 0
 
 
 def pixel_confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> tuple[np.ndarray, ...]:
@@ -125,6 +130,12 @@ def frame_record(
     radii = tuple(sorted({float(r) for r in match_radii} | {float(match_mm)}))
     matchings = {r: match_points(pred_points, gt_points, r) for r in radii}
     main = matchings[float(match_mm)]
+    by_class = {"active_trp": [0, 0], "latent_trp": [0, 0]}  # true class -> [matched, same class predicted]
+    for p, g in main.pairs:
+        counts = by_class.get(gt_points[g].class_name)
+        if counts is not None:
+            counts[0] += 1
+            counts[1] += int(pred_points[p].class_name == gt_points[g].class_name)
     if frame_score is None:
         frame_score = max((p.confidence for p in pred_points), default=0.0)
     return FrameRecord(
@@ -146,6 +157,10 @@ def frame_record(
         n_gt_trp=len(gt_points),
         n_pred_trp=len(pred_points),
         calibration=calibration,
+        active_matched=by_class["active_trp"][0],
+        active_agree=by_class["active_trp"][1],
+        latent_matched=by_class["latent_trp"][0],
+        latent_agree=by_class["latent_trp"][1],
     )
 
 
@@ -165,6 +180,7 @@ class _Layout:
         k, r = self.num_classes, len(self.radii_mm)
         sizes = {"tp_px": k, "fp_px": k, "fn_px": k, "det_tp": r, "det_fp": r, "det_fn": r}
         sizes |= {"loc_sum": 1, "loc_count": 1, "agree": 1, "matched": 1, "n_gt": 1, "frames": 1}
+        sizes["by_class"] = 4  # active matched, active agree, latent matched, latent agree
         if self.calibrated:
             sizes["calibration"] = calibration_metrics.SIZE
         out, start = {}, 0
@@ -200,6 +216,7 @@ def _count_matrix(records: Sequence[FrameRecord], layout: _Layout) -> np.ndarray
                 r.det_fp,
                 r.det_fn,
                 [sum(r.loc_errors_mm), len(r.loc_errors_mm), r.class_agree, r.class_matched, r.n_gt_trp, 1],
+                [r.active_matched, r.active_agree, r.latent_matched, r.latent_agree],
                 r.calibration if layout.calibrated else [],
             ]
         )
@@ -237,6 +254,10 @@ def _metrics_from_totals(totals: np.ndarray, layout: _Layout, classes: Sequence[
             out["fp_per_frame"] = _ratio(d_fp, s["frames"][0])
     out["loc_err_mm"] = _ratio(s["loc_sum"][0], s["loc_count"][0])
     out["class_acc"] = _ratio(s["agree"][0], s["matched"][0])
+    # Balanced: the mean of the active and the latent recall among matches. Chance is 0.5 whatever the share of
+    # active TrPs; plain class_acc rewards calling every TrP the commoner type.
+    a_n, a_ok, l_n, l_ok = s["by_class"]
+    out["class_balanced_acc"] = 0.5 * (a_ok / a_n + l_ok / l_n) if a_n > 0 and l_n > 0 else math.nan
     if layout.calibrated:
         out.update(calibration_metrics.metrics_from_totals(s["calibration"]))
     return out
@@ -305,12 +326,14 @@ def undefined_reasons(metrics: dict[str, float]) -> dict[str, str]:
     for key, value in metrics.items():
         if not (isinstance(value, float) and math.isnan(value)):
             continue
-        if key.startswith(("det_", "loc_err_mm", "class_acc")) and nothing_to_find:
+        if key.startswith(("det_", "loc_err_mm", "class_acc", "class_balanced_acc")) and nothing_to_find:
             reasons[key] = _NOTHING_TO_FIND
         elif key == "det_precision" or key.startswith("detection_"):
             reasons[key] = "no trigger point predicted"
         elif key in ("loc_err_mm", "class_acc"):
             reasons[key] = "no predicted trigger point matched a true one"
+        elif key == "class_balanced_acc":
+            reasons[key] = "matches of both true active and true latent trigger points are needed"
         elif key == "frame_auc":
             reasons[key] = "frames of one kind only (all with, or all without, a true trigger point)"
         elif key.startswith(("dice/", "iou/")):

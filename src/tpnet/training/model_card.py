@@ -18,7 +18,7 @@ from tpnet.evaluation.metrics import json_safe
 
 # The figures a reader needs (names of metrics.json), with their subject-bootstrap 95 % CIs.
 FIGURES: tuple[str, ...] = (
-    "det_f1", "det_precision", "det_recall", "loc_err_mm", "class_acc", "active_latent_balanced_acc",
+    "det_f1", "det_precision", "det_recall", "loc_err_mm", "class_acc", "class_balanced_acc", "active_latent_balanced_acc",
     "fp_per_frame",
     "detection_ece", "detection_ece_raw", "detection_brier", "pixel_ece", "pixel_ece_raw", "trp_pixel_ece",
     "frame_auc", "frame_ece",
