@@ -296,13 +296,9 @@ class Predictor:
         components, ids = trp_components(label_map, self.classes, points)
         region_skin = find_skin_row(item.bmode[y0:y1, x0:x1])
         skin_row = None if region_skin is None else region_skin + y0
-        for point, cid, spread in zip(
-            points, ids, pass_spread(passes, components, ids, spacing_mm), strict=True
-        ):
-            if point.raw_confidence != point.raw_confidence:  # NaN: the uncalibrated mean probability
-                point.raw_confidence = point.confidence
+        for point, spread in zip(points, pass_spread(passes, components, ids, spacing_mm), strict=True):
+            # find_trigger_points filled the raw confidence and the stiffness median / SD / SWE coverage.
             point.confidence_sd, point.centroid_sd_mm = spread.confidence_sd, spread.centroid_sd_mm
-            _fill_stiffness(point, item.elasto_kpa, components == cid)
             if skin_row is not None:
                 point.depth_from_skin_mm = (point.y_px - skin_row) * spacing_mm
         self.calibration.apply(points)  # calibrated confidence, p_active, reported_class
@@ -311,23 +307,6 @@ class Predictor:
             item.frame, item.bmode, item.elasto_kpa, label_map, points, item.notes,
             warnings=item.warnings, p_trp_frame=p_frame, skin_row=skin_row,
         )  # fmt: skip
-
-
-def _fill_stiffness(point: TriggerPoint, elasto_kpa: np.ndarray | None, inside: np.ndarray) -> None:
-    """The TrP's stiffness median, SD and SWE coverage, where ``find_trigger_points`` left them unset (NaN).
-    Coverage = share of its pixels with a valid SWE value; no SWE map at all leaves all three NaN."""
-    if elasto_kpa is None or not inside.any():
-        return
-    values = elasto_kpa[inside]
-    valid = values[np.isfinite(values)]
-    if point.swe_coverage != point.swe_coverage:
-        point.swe_coverage = float(valid.size) / float(values.size)
-    if valid.size == 0:
-        return
-    if point.stiffness_kpa_median != point.stiffness_kpa_median:
-        point.stiffness_kpa_median = float(np.median(valid))
-    if point.stiffness_kpa_sd != point.stiffness_kpa_sd:
-        point.stiffness_kpa_sd = float(valid.std(ddof=1)) if valid.size > 1 else 0.0
 
 
 def stiffness_note(point: TriggerPoint) -> str:
