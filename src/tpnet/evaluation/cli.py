@@ -206,16 +206,11 @@ def _draw_reliability(report: dict, path: Path, split: str) -> None:
 
 
 def _log_report(cfg: DictConfig, tracker, report: dict, output: Path) -> None:
+    from tpnet.evaluation.evaluate import metric_values
+
     prefix = f"{cfg.split}/" if not cfg.data.root else f"{cfg.split}_external/"
     # Metrics are numbers (a bool is an int to Python): flags such as tta are settings, so tags.
-    values = {
-        prefix + k: float(v)
-        for k, v in report.items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and not k.startswith("n_")
-    }
-    for key, bounds in (report.get("ci95") or {}).items():
-        if key.endswith(("_ece", "_ece_raw", "_brier", "_brier_raw")) and bounds and None not in bounds:
-            values[f"{prefix}{key}_ci_low"], values[f"{prefix}{key}_ci_high"] = (float(b) for b in bounds)
+    values = metric_values(report, prefix)
     flags = {prefix + k: str(v).lower() for k, v in report.items() if isinstance(v, bool)}
     tracker.log_metrics(values, step=0)
     tracker.set_tags(flags)

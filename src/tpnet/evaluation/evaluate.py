@@ -197,6 +197,21 @@ def evaluation_report(
     return report
 
 
+def metric_values(report: dict, prefix: str) -> dict[str, float]:
+    """A report's numbers for MLflow: the metrics worth a curve, without counts (n_frames, ...), flags or nested
+    records; the calibration errors also with their CI bounds (``<name>_ci_low`` / ``_ci_high``), which MLflow
+    cannot nest. Shared by tpnet-train and tpnet-eval."""
+    values = {
+        prefix + k: float(v)
+        for k, v in report.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and not k.startswith("n_")
+    }
+    for key, bounds in (report.get("ci95") or {}).items():
+        if key.endswith(("_ece", "_ece_raw", "_brier", "_brier_raw")) and bounds and None not in bounds:
+            values[f"{prefix}{key}_ci_low"], values[f"{prefix}{key}_ci_high"] = (float(b) for b in bounds)
+    return values
+
+
 def save_metrics_json(path: str | Path, report: dict) -> None:
     """Write ``report`` atomically (temp file + os.replace), NaN as null."""
     text = json.dumps(json_safe(report), indent=2, sort_keys=True, allow_nan=False)

@@ -48,7 +48,13 @@ from tpnet.data.datamodule import (
     split_frames,
     train_loader,
 )
-from tpnet.evaluation.evaluate import evaluate, evaluation_report, save_metrics_json, score_frame
+from tpnet.evaluation.evaluate import (
+    evaluate,
+    evaluation_report,
+    metric_values,
+    save_metrics_json,
+    score_frame,
+)
 from tpnet.evaluation.metrics import aggregate, json_safe
 from tpnet.evaluation.reliability_plot import draw_reliability
 from tpnet.models import build_model
@@ -599,7 +605,7 @@ def _validate(
         log.info("validated %d frames from %d rank(s)", len(records), info.world_size,
                  extra=None if info.enabled else FILE_ONLY)  # fmt: skip
     metrics = {"val/loss": float(np.mean(losses)) if losses else math.nan}
-    metrics.update(_metric_values(aggregate(records, classes), "val/"))
+    metrics.update(metric_values(aggregate(records, classes), "val/"))
     if kept:
         for path in write_overlays(kept, classes, run_dir / "overlays" / f"epoch_{epoch + 1:03d}"):
             tracker.log_artifact(path, f"overlays/epoch_{epoch + 1:03d}")
@@ -652,10 +658,10 @@ def _finish(
     if tested:
         report = evaluate_checkpoint_on(best_path, data, "test", device, amp_dtype, cfg, classes)
         save_metrics_json(run_dir / "metrics.json", report)
-        tracker.log_metrics(_metric_values(report, "test/"), step=int(cfg.trainer.max_epochs))
+        tracker.log_metrics(metric_values(report, "test/"), step=int(cfg.trainer.max_epochs))
         tracker.log_artifact(run_dir / "metrics.json")
         _draw_reliability(report, run_dir / "reliability_test.png", "test", tracker)
-        final.update(_metric_values(report, "test/"))
+        final.update(metric_values(report, "test/"))
         for line in console.report_lines(report):
             log.info(line)
     if best_path.exists():
@@ -730,7 +736,7 @@ def calibrate_checkpoint(path, data, device, amp_dtype, cfg, classes, params, ru
         "postprocess.min_mean_prob": best.min_mean_prob, "calibration.temperature": f"{temperature:.4f}",
         "calibration.active_separable": calibration.active_separable,
     })  # fmt: skip
-    tracker.log_metrics(_metric_values(validation, "calibration_val/"), step=int(cfg.trainer.max_epochs))
+    tracker.log_metrics(metric_values(validation, "calibration_val/"), step=int(cfg.trainer.max_epochs))
     tracker.log_artifact(run_dir / "calibration.json")
     _draw_reliability(validation, run_dir / "reliability_val.png", "validation", tracker)
     log.info("post-processing calibrated on validation: threshold %.2f, min area %.1f mm2, min mean probability "
@@ -911,20 +917,6 @@ def _better(value: float, best: float | None, mode: str) -> bool:
 
 def _every(epoch: int, n: Any, max_epochs: int) -> bool:
     return bool(n) and ((epoch + 1) % int(n) == 0 or epoch + 1 == max_epochs)
-
-
-def _metric_values(report: dict[str, Any], prefix: str) -> dict[str, float]:
-    """The metrics worth a curve: numbers, without counts (n_frames, ...) or nested records; the calibration
-    errors also with their CI bounds (``<name>_ci_low`` / ``_ci_high``), which MLflow cannot nest."""
-    values = {
-        prefix + k: float(v)
-        for k, v in report.items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and not k.startswith("n_")
-    }
-    for key, bounds in (report.get("ci95") or {}).items():
-        if key.endswith(("_ece", "_ece_raw", "_brier", "_brier_raw")) and bounds is not None:
-            values[f"{prefix}{key}_ci_low"], values[f"{prefix}{key}_ci_high"] = (float(b) for b in bounds)
-    return values
 
 
 def _log_epoch(tracker: MlflowTracker, history_path: Path, metrics: dict[str, float], epoch: int) -> None:
