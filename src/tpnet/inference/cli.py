@@ -75,6 +75,10 @@ CSV_COLUMNS: tuple[str, ...] = (
     "stiffness_kpa_sd", "swe_coverage", "stiffness_note", "depth_from_skin_mm", "finding",
 )  # fmt: skip
 NO_FINDING = "no trigger point found"
+NO_OVERLAYS_NOTE = (
+    "overlays were not drawn (--no-overlays): overlays/ stays empty and the report lists each frame's findings "
+    "without its picture; masks/, the CSVs and summary.json are complete"
+)
 PRINTED_PER_CODE = (
     5  # console lines per warning code; a long run's others are counted (summary.json lists all)
 )
@@ -177,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         "finished are kept, the others analysed",
     )
     parser.add_argument(
+        "--no-overlays",
+        action="store_true",
+        help="do not draw overlays/ (drawing and writing them is most of the work per frame besides the network): "
+        "masks/, the CSVs, summary.json and the report (its findings without the pictures) are still written",
+    )
+    parser.add_argument(
         "--workers",
         type=_positive_int,
         default=2,
@@ -240,6 +250,7 @@ def _run_key(input_dir: Path, args: argparse.Namespace) -> dict[str, object]:
         "strict": args.strict,
         "profile": _file_identity(args.profile) if args.profile else None,
         "min_frames": args.min_frames,
+        "overlays": not args.no_overlays,  # a resumed run must not leave half its frames without a picture
     }
 
 
@@ -400,6 +411,8 @@ def _main(argv: list[str] | None, stops: StopRequests) -> int:
         return _error(str(exc))
     run_warnings = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
     run_warnings += _model_warnings(model, args.tta)
+    if args.no_overlays:
+        run_warnings.append(NO_OVERLAYS_NOTE)
     if not frames and not rejected:
         return _error(
             f"{input_dir}: no frames found (expected DICOM files, images (PNG/TIFF/.npy/JPEG/BMP), "
@@ -490,6 +503,7 @@ def _analyse(
                 "strict": args.strict,
                 "profile": str(Path(args.profile).resolve()) if args.profile else None,
                 "min_frames": args.min_frames,
+                "overlays": not args.no_overlays,
             },
             "counts": counts,
             "trp_by_class": stats.trp_counts,
@@ -639,6 +653,8 @@ def _run(
             stem = result.frame.stem
             try:
                 write_png(output_dir / "masks" / f"{stem}.png", result.label_map)
+                if args.no_overlays:
+                    return
                 elasto = result.elasto_kpa
                 overlay = render_overlay(
                     result.bmode, result.label_map, model.classes, result.trigger_points, elasto,
@@ -660,7 +676,7 @@ def _run(
             with stops.between_frames():
                 for result in progress:
                     fault_injection.slow_frame()
-                    record = _record_frame(result, input_dir, write_failures)
+                    record = _record_frame(result, input_dir, write_failures, overlays=not args.no_overlays)
                     for note in record.notes:
                         if note not in printed:
                             printed.add(note)
@@ -713,9 +729,13 @@ def _warning_totals(counts: dict[str, int]) -> list[str]:
 
 
 def _record_frame(
-    result: FramePrediction | FrameFailure, input_dir: Path, write_failures: dict[str, str]
+    result: FramePrediction | FrameFailure,
+    input_dir: Path,
+    write_failures: dict[str, str],
+    overlays: bool = True,
 ) -> FrameRecord:
-    """One finished frame as the journal keeps it: CSV rows and report section, or why it was rejected."""
+    """One finished frame as the journal keeps it: CSV rows and report section, or why it was rejected.
+    ``overlays``: whether its overlay was drawn (the report section links it, or says it was not)."""
     frame = result.frame
     if isinstance(result, FrameFailure):
         reason = result.reason.replace(f"{input_dir}{os.sep}", "")  # short names read better
@@ -738,7 +758,7 @@ def _record_frame(
         frame_row=_frame_row(frame, result.bmode.shape, len(points), "analysed", p_frame, codes),
         section=frame_section(
             frame,
-            f"overlays/{frame.stem}.png",
+            f"overlays/{frame.stem}.png" if overlays else None,
             points,
             result.bmode.shape,
             frame_warnings=frame_warnings,

@@ -461,21 +461,22 @@ def _anchor(stem: str) -> str:
 
 def frame_section(
     frame: FrameInput,
-    overlay_relpath: str,
+    overlay_relpath: str | None,
     trigger_points: Sequence[TriggerPoint],
     shape: tuple[int, int],
     *,
     frame_warnings: Sequence[dict] = (),
     p_frame: float | None = None,
 ) -> str:
-    """The report's HTML for one analysed frame. ``frame_warnings``: its named warnings (dicts with "code" and
-    "message"); ``p_frame``: the calibrated probability that it shows a trigger point (None: not known)."""
+    """The report's HTML for one analysed frame. ``overlay_relpath``: its overlay PNG (None: not drawn, e.g.
+    ``--no-overlays``; the section says so in its place); ``frame_warnings``: its named warnings (dicts with
+    "code" and "message"); ``p_frame``: the calibrated probability that it shows a trigger point (None: not known)."""
     return _render("frame.html.j2", **frame_context(frame, overlay_relpath, trigger_points, shape, frame_warnings, p_frame))  # fmt: skip
 
 
 def frame_context(
     frame: FrameInput,
-    overlay_relpath: str,
+    overlay_relpath: str | None,
     trigger_points: Sequence[TriggerPoint],
     shape: tuple[int, int],
     frame_warnings: Sequence[dict] = (),
@@ -517,7 +518,7 @@ def frame_context(
     return {
         "anchor": _anchor(frame.stem),
         "name": frame.name,
-        "href": quote(overlay_relpath),
+        "href": None if overlay_relpath is None else quote(overlay_relpath),
         "width": shape[1],
         "height": shape[0],
         "pixel_size": "unknown" if frame.spacing_mm is None else f"{frame.spacing_mm:.3g} mm",
