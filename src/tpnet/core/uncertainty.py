@@ -57,7 +57,7 @@ def pass_spread(
 ) -> list[DetectionSpread]:
     """Per component id, the spread across passes. ``trp_passes``: (P, H, W) summed TrP probability of each
     pass at the label map's pixels; ``spacing_mm``: the frame's pixel size."""
-    passes = np.asarray(trp_passes, dtype=np.float64)
+    passes = np.asarray(trp_passes)
     if passes.ndim != 3 or passes.shape[1:] != components.shape:
         raise ValueError(
             f"trp_passes must be (P, {components.shape[0]}, {components.shape[1]}); got {passes.shape}"
@@ -65,17 +65,25 @@ def pass_spread(
     count = passes.shape[0]
     if count < 2:
         return [DetectionSpread(math.nan, math.nan) for _ in component_ids]
+    # Every component at once, over the component pixels only (one scan of the frame, not one per component).
+    flat = components.ravel()
+    where = np.flatnonzero(flat)
+    labels = flat[where]
+    n = int(labels.max()) + 1 if labels.size else 1
+    rows, cols = np.divmod(where, components.shape[1])
+    weights = passes.reshape(count, -1)[:, where].astype(np.float64)  # (P, component pixels)
+    pixels = np.bincount(labels, minlength=n)
+    sums = np.stack([np.bincount(labels, weights=w, minlength=n) for w in weights])  # (P, n)
+    sum_x = np.stack([np.bincount(labels, weights=w * cols, minlength=n) for w in weights])
+    sum_y = np.stack([np.bincount(labels, weights=w * rows, minlength=n) for w in weights])
     out = []
     for cid in component_ids:
-        rows, cols = np.nonzero(components == cid)
-        if rows.size == 0:
+        if not 0 < cid < n or pixels[cid] == 0:
             out.append(DetectionSpread(math.nan, math.nan))
             continue
-        weights = passes[:, rows, cols]  # (P, n pixels)
-        means = weights.mean(axis=1)
-        mass = np.clip(weights.sum(axis=1), 1e-12, None)
-        centroid_x = (weights * cols).sum(axis=1) / mass
-        centroid_y = (weights * rows).sum(axis=1) / mass
+        means = sums[:, cid] / pixels[cid]
+        mass = np.clip(sums[:, cid], 1e-12, None)
+        centroid_x, centroid_y = sum_x[:, cid] / mass, sum_y[:, cid] / mass
         squared = (centroid_x - centroid_x.mean()) ** 2 + (centroid_y - centroid_y.mean()) ** 2
         radial_px = math.sqrt(float(squared.sum()) / (count - 1))
         out.append(DetectionSpread(float(np.std(means, ddof=1)), radial_px * float(spacing_mm)))
