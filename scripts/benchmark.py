@@ -74,6 +74,8 @@ class Settings:
     train_steps: int
     infer_batches: int
     infer_frames: int
+    # tpnet-infer frame counts of the scaling figures (--long adds 10,000)
+    infer_scaling_frames: tuple[int, ...]
     decode_frames: int
     train_workers: tuple[int, ...]
     workdir: Path
@@ -470,13 +472,20 @@ def write_frames(folder: Path, count: int, size: int) -> None:
 
 
 def run_infer_cli(
-    model_file: Path, frames: Path, output: Path, settings: Settings, spacing_mm: float, batch_size: int
+    model_file: Path,
+    frames: Path,
+    output: Path,
+    settings: Settings,
+    spacing_mm: float,
+    batch_size: int,
+    extra: tuple[str, ...] = (),
 ) -> dict:
-    """``tpnet-infer`` in a fresh process (its own peak RSS); returns its summary.json plus the process figures."""
+    """``tpnet-infer`` in a fresh process (its own peak RSS); returns its summary.json plus the process figures.
+    ``extra``: further tpnet-infer arguments (e.g. ``--no-overlays``)."""
     args = [
         "--model", str(model_file), "--input", str(frames), "--output", str(output),
         "--device", settings.device.type, "--batch-size", str(batch_size),
-        "--spacing-mm", str(spacing_mm), "--overwrite",
+        "--spacing-mm", str(spacing_mm), "--overwrite", *extra,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(settings.threads), "TQDM_DISABLE": "1"}
     done = subprocess.run(
@@ -546,6 +555,14 @@ def bench_infer(settings: Settings, report: Report) -> None:
         **spread(ratios),
     )
 
+    # Model-only as tpnet-infer runs the network: both test-time passes (the frame and its mirror image, the
+    # default), padding included; the end-to-end figures are compared with this, pass for pass.
+    from tpnet.core.predict import predict_passes
+
+    passes_fn = partial(predict_passes, scripted, size_multiple=int(model.size_multiple), tta=True)
+    model_rate, rates = forward_rate(passes_fn, images, settings, warmup=3)
+    report.emit("infer_model_frames_per_s", model_rate, "frames/s", **plain, passes=2, **spread(rates))
+
     model_file = settings.workdir / "unet.pt"
     export_model(model.cpu(), deployed_meta(model), model_file, fmt="torchscript")
 
@@ -567,7 +584,9 @@ def bench_infer(settings: Settings, report: Report) -> None:
     report.emit("infer_e2e_frames_per_s", e2e, "frames/s", **e2e_fields, trigger_points=n_trp,
                 process_wall_s=round(e2e_run["wall_s"], 2),
                 peak_rss_mb=round(e2e_run["peak_rss_kb"] / 1024, 1))  # fmt: skip
-    report.emit("infer_e2e_over_model", e2e / script_rate, "ratio", **e2e_fields, goal=0.8)
+    # Over the model-only rate at the same passes (figures before issue #15 divided by one pass's rate).
+    report.emit("infer_e2e_over_model", e2e / model_rate, "ratio", **e2e_fields, goal=0.8, passes=2)
+    bench_infer_scaling(settings, report, model_file, model_rate, e2e_fields)
 
     # Streaming memory: peak RSS of 10 vs N frames at tpnet-infer's default batch size, so that the 10-frame
     # run holds two full batches as a long run does (the first batch of any run starts from a cold heap and
@@ -592,6 +611,46 @@ def bench_infer(settings: Settings, report: Report) -> None:
     report.emit("infer_peak_rss_mb", max(peaks["many"]), "MiB", **rss_fields,
                 runs=[round(p, 1) for p in peaks["many"]],
                 growth_mb_vs_10=round(max(peaks["many"]) - max(peaks["10"]), 1))  # fmt: skip
+
+
+def scaling_frames(settings: Settings, count: int) -> Path:
+    """``count`` frames: the first ``infer_frames`` written once, the rest hard links to them under new names
+    (the same work per frame, without gigabytes of input for the 10,000-frame run)."""
+    base = benchmark_frames(settings)
+    folder = settings.workdir / f"frames_scaling_{count}"
+    folder.mkdir()
+    sources = sorted(base.glob("*_bmode.png"))
+    for i in range(count):
+        bmode = sources[i % len(sources)]
+        stem = bmode.name.removesuffix("_bmode.png")
+        for source in (bmode, base / f"{stem}_elasto.tif"):
+            if source.exists():
+                os.link(source, folder / source.name.replace(stem, f"s{i:05d}", 1))
+    return folder
+
+
+def bench_infer_scaling(
+    settings: Settings, report: Report, model_file: Path, model_rate: float, fields: dict[str, Any]
+) -> None:
+    """How tpnet-infer's cost grows with work (issue #15): frames/s and peak RSS for each count of
+    ``infer_scaling_frames``, with and without overlays, and the host-side milliseconds per frame (end-to-end
+    minus model-only time per frame at the same batch size and passes: what binds once the network is fast)."""
+    for count in settings.infer_scaling_frames:
+        folder = scaling_frames(settings, count)
+        for overlays in (True, False):
+            output = settings.workdir / "out_scaling"
+            run = run_infer_cli(
+                model_file, folder, output, settings, SPACING_MM, settings.batch_size,
+                extra=() if overlays else ("--no-overlays",),
+            )  # fmt: skip
+            rate = run["summary"]["timing"]["frames_per_s"]
+            common = {**fields, "frames": run["summary"]["counts"]["frames_processed"], "overlays": overlays}
+            report.emit("infer_e2e_frames_per_s", rate, "frames/s", **common, scaling=True,
+                        peak_rss_mb=round(run["peak_rss_kb"] / 1024, 1), process_wall_s=round(run["wall_s"], 2))  # fmt: skip
+            report.emit("infer_host_ms_per_frame", 1000 / rate - 1000 / model_rate, "ms/frame", **common,
+                        model_frames_per_s=round(model_rate, 2))  # fmt: skip
+            shutil.rmtree(output)
+        shutil.rmtree(folder)
 
 
 # ----------------------------------------------------------------------------------------------- onnx
@@ -761,6 +820,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--infer-frames", type=int, help="frames in the large tpnet-infer run (default 100)")
     parser.add_argument(
+        "--long",
+        action="store_true",
+        help="infer: add the 10,000-frame tpnet-infer scaling runs (with and without overlays; long on a CPU)",
+    )
+    parser.add_argument(
         "--decode-frames",
         type=int,
         help="decode: synthetic screenshots per colour map and layout (default 24)",
@@ -800,6 +864,7 @@ def make_settings(args: argparse.Namespace, workdir: Path) -> Settings:
         train_steps=pick(args.train_steps, 20 if cuda else 4, 1),
         infer_batches=pick(None, 20 if cuda else 2, 1),
         infer_frames=pick(args.infer_frames, 100, 12),
+        infer_scaling_frames=(6,) if quick else (100, 1000, *((10_000,) if args.long else ())),
         decode_frames=pick(args.decode_frames, 24, 3),
         train_workers=tuple(int(w) for w in args.train_workers.split(",") if w.strip()),
         workdir=workdir,
