@@ -26,6 +26,19 @@ def _no_default_mlflow_store(tmp_path_factory: pytest.TempPathFactory):
         os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _preprocessed_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """tpnet-train's preprocessed frame cache defaults to ./.cache/tpnet/preprocessed: keep the suite's
+    (training subprocesses inherit the variable) out of the repository."""
+    previous = os.environ.get("TPNET_PREPROCESSED")
+    os.environ["TPNET_PREPROCESSED"] = str(tmp_path_factory.mktemp("preprocessed"))
+    yield
+    if previous is None:
+        os.environ.pop("TPNET_PREPROCESSED", None)
+    else:
+        os.environ["TPNET_PREPROCESSED"] = previous
+
+
 @pytest.fixture(scope="session")
 def synthetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny synthetic dataset of ``train_helpers.SYNTH``, generated once per session."""

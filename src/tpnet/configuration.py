@@ -130,6 +130,13 @@ class SyntheticSchema:
 
 
 @dataclass
+class CacheSchema:
+    enabled: bool = True
+    dir: str = ".cache/tpnet/preprocessed"
+    workers: int | None = None
+
+
+@dataclass
 class DataSchema:
     root: str | None = None
     synthetic: SyntheticSchema = field(default_factory=SyntheticSchema)
@@ -143,6 +150,7 @@ class DataSchema:
     num_workers: int = 2
     fg_fraction: float | None = None
     bmode_norm: str | None = None
+    cache: CacheSchema = field(default_factory=CacheSchema)
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     samples_per_epoch: int | None = None

@@ -1,5 +1,6 @@
 """``tpnet-data``: synthesise a dataset, check one, render sample frames, import scanner screenshots and check a
-scanner profile against one (all in the base install, no torch), and plan an experiment (the training extra)."""
+scanner profile against one (all in the base install, no torch), plan an experiment and preprocess a dataset for
+training (the training extra)."""
 
 from __future__ import annotations
 
@@ -99,6 +100,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("root", type=Path)
     plan.add_argument("--out", type=Path, default=None, metavar="JSON", help="also write the plan here")
+    preprocess = sub.add_parser(
+        "preprocess",
+        help="build tpnet-train's preprocessed frame cache (decoded, kPa, resampled; memory-mapped) ahead of time",
+    )
+    preprocess.add_argument("root", type=Path)
+    preprocess.add_argument(
+        "--spacing-mm", type=float, default=None, metavar="S", help="target mm/pixel (default: the plan's)"
+    )
+    preprocess.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="cache root (default: data.cache.dir's default, $TPNET_PREPROCESSED or .cache/tpnet/preprocessed)",
+    )
+    preprocess.add_argument("--workers", type=int, default=None, help="build processes (default: every core)")
     return parser
 
 
@@ -144,6 +161,14 @@ def main(argv: list[str] | None = None) -> int:
         from tpnet.planning.cli import main_plan
 
         return main_plan(args.root, args.out)
+    if args.command == "preprocess":
+        message = missing_extra_message("tpnet-data preprocess", "train")  # reads frames as training does
+        if message is not None:
+            print(message, file=sys.stderr)
+            return EXIT_MISSING_EXTRA
+        from tpnet.data.preprocess_cli import main_preprocess
+
+        return main_preprocess(args.root, args.spacing_mm, args.cache_dir, args.workers)
     from tpnet.data.render import render_samples
 
     for path in render_samples(args.root, args.out, n=args.n, seed=args.seed):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,8 @@ from tpnet.data.dataset import (
     collate_frames,
     median_spacing_mm,
 )
+from tpnet.data.preprocessed import PreprocessedFrames, ensure_preprocessed
 from tpnet.data.splits import split_rows
-from tpnet.data.transforms import TrainTransform
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class DataSetup:
     encoding: Encoding
     spacing_mm: float
     fingerprint: str
+    labelled: list[ManifestRow] = field(default_factory=list)  # every labelled row, manifest order
 
 
 def dataset_root(data_cfg: Any) -> Path:
@@ -108,27 +109,32 @@ def setup_data(
         "/".join(str(len(splits[k])) for k in ("train", "val", "test")),
         spacing_mm,
     )
-    return DataSetup(spec, splits, encoding, spacing_mm, manifest_fingerprint(root))
+    return DataSetup(spec, splits, encoding, spacing_mm, manifest_fingerprint(root), labelled)
 
 
 def train_loader(
     setup: DataSetup,
     data_cfg: Any,
-    transform: TrainTransform | None,
+    transform: Any,
     sampler: Any,
     seed: int,
     device: torch.device,
 ) -> DataLoader:
     """Patches for one rank; call ``loader.sampler.set_epoch(epoch)`` before each epoch (the epoch then reaches
-    the workers with every index, see ``PatchSampler``)."""
+    the workers with every index, see ``PatchSampler``). ``transform``: a CPU ``TrainTransform`` (run in the
+    workers), an on-device one (``augment=gpu``: the workers deliver raw crops, the training step augments each
+    batch on the device), or None."""
+    on_device = bool(getattr(transform, "on_device", False))
     dataset = TrainPatchDataset(
         setup.spec,
         setup.splits["train"],
         setup.encoding,
         setup.spacing_mm,
         data_cfg.patch_size,
-        transform,
+        None if on_device else transform,
         seed,
+        frames=preprocessed_frames(setup, data_cfg),
+        raw=on_device,
     )
     batch_size = int(data_cfg.batch_size)
     workers = int(data_cfg.num_workers)
@@ -137,6 +143,7 @@ def train_loader(
         batch_size=batch_size,
         sampler=PatchSampler(sampler, batch_size, _fg_fraction(data_cfg)),
         num_workers=workers,
+        # Pinned batches let the step's non_blocking copies overlap the previous step's compute.
         pin_memory=device.type == "cuda",
         # Full batches only (BatchNorm statistics), unless the epoch holds less than one batch: a small dataset
         # (e.g. 3 training frames, batch 4) must still train, not run empty epochs.
@@ -145,6 +152,23 @@ def train_loader(
         prefetch_factor=4 if workers > 0 else None,
     )
     return loader
+
+
+def preprocessed_frames(setup: DataSetup, data_cfg: Any) -> PreprocessedFrames | None:
+    """The preprocessed cache of every labelled frame at the run's spacing (built on first use), or None when
+    ``data.cache.enabled`` is false (frames are then read and resampled per item)."""
+    cache_cfg = getattr(data_cfg, "cache", None)
+    if cache_cfg is None or not cache_cfg.enabled:
+        return None
+    rows = setup.labelled or [r for split in ("train", "val", "test") for r in setup.splits[split]]
+    workers = getattr(cache_cfg, "workers", None)
+    return ensure_preprocessed(
+        setup.spec,
+        rows,
+        setup.spacing_mm,
+        Path(str(cache_cfg.dir)),
+        workers=int(workers) if workers else None,
+    )
 
 
 def _fg_fraction(data_cfg: Any) -> float:

@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from tpnet.core.contract import ContractError, DatasetSpec, ManifestRow, resolve_path, trp_class_indices
+from tpnet.core.contract import ContractError, DatasetSpec, ManifestRow, resolve_path
 from tpnet.core.contract_frames import RowBmode, fit_to_bmode, read_row_bmode, row_spacing
 from tpnet.core.dicom import DicomHeader
-from tpnet.core.encoding import Encoding, elasto_to_kpa, resample_frame
+from tpnet.core.encoding import Encoding, elasto_to_kpa, imaged_region_stats, resample_frame
 from tpnet.core.io import read_elasto, read_mask
 from tpnet.core.plausibility import stiffness_problem
+from tpnet.data.preprocessed import BMODE_SCALE, FrameView, PreprocessedFrames, foreground_labels
 from tpnet.data.transforms import Frame, TrainTransform
 
 
@@ -105,7 +106,13 @@ class PatchSampler(Sampler):
 
 
 class TrainPatchDataset(Dataset):
-    """Random ``patch_size`` crops of resampled, augmented frames -> (image [C,h,w], mask [h,w]).
+    """Random ``patch_size`` crops of resampled, augmented frames -> (image [C,h,w] float16, mask [h,w] uint8):
+    compact across the worker boundary; the training step converts on the device.
+
+    Frames come from the preprocessed cache (``frames``: memory maps, nothing decoded per item) or, without one,
+    from their files (read and resampled per item). With ``raw=True`` (``augment=gpu``) an item is the margin
+    crop in physical units plus a seed, and the batch is augmented and encoded on the device
+    (``tpnet.data.gpu_augment``).
 
     All randomness of item ``i`` in epoch ``e`` comes from a generator seeded by (seed, e, i): the data are the
     same whatever the number of workers, and a resumed run sees exactly the batches an uninterrupted one saw.
@@ -122,6 +129,8 @@ class TrainPatchDataset(Dataset):
         patch_size: Sequence[int],
         transform: TrainTransform | None = None,
         seed: int = 0,
+        frames: PreprocessedFrames | None = None,
+        raw: bool = False,
     ) -> None:
         self.spec, self.rows, self.encoding = spec, list(rows), encoding
         self.target_spacing_mm = target_spacing_mm
@@ -129,10 +138,16 @@ class TrainPatchDataset(Dataset):
         self.transform = transform
         self.seed = seed
         self.epoch = 0
-        # Forced-foreground patches centre on a trigger point; a dataset without TrP classes (nerves, vessels,
-        # aponeuroses) centres them on any labelled structure instead.
-        foreground = trp_class_indices(spec.classes) or list(range(1, len(spec.classes)))
-        self.foreground_labels = np.array(foreground, dtype=np.uint8)
+        self.raw = raw
+        if frames is not None:
+            missing = [r.sample_id for r in self.rows if r.sample_id not in frames]
+            if missing or abs(frames.spacing_mm - target_spacing_mm) > 1e-9:
+                raise ValueError(
+                    f"preprocessed cache {frames.folder} does not hold these frames at {target_spacing_mm} mm/px "
+                    f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, cache at {frames.spacing_mm})"
+                )
+        self.frames = frames
+        self.foreground_labels = np.array(foreground_labels(spec), dtype=np.uint8)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -140,43 +155,114 @@ class TrainPatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(
-        self, key: int | tuple[int, bool] | tuple[int, bool, int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, bool] | tuple[int, bool, int]) -> Any:
         if not isinstance(key, tuple):
             key = (key, False)
         index, force_fg, epoch = key if len(key) == 3 else (*key, self.epoch)
         rng = np.random.default_rng([self.seed, epoch, index])
         row = self.rows[index]
-        try:
-            frame = load_frame(self.spec, row, self.target_spacing_mm)
-        except Exception as exc:
-            raise RuntimeError(f"{row.sample_id}: cannot load training frame: {exc}") from exc
-        # B-mode statistics of the whole frame (not the patch): inference normalises whole frames.
-        bmode_stats = self.encoding.bmode_stats(frame.bmode)
+        view = self._view(row)
         # Crop with a margin first so rotation corners come from real tissue, then augment, then crop exactly.
         margin = tuple(int(s * 1.25) for s in self.patch_size)
-        frame = _crop(frame, self._crop_origin(frame, margin, force_fg, rng), margin)
+        frame = view.crop(self._crop_origin(view, margin, force_fg, rng), margin)
+        if self.raw:  # augment=gpu: geometry, intensity and encoding happen per batch on the device
+            no_signal = np.full(margin, np.nan, np.float32)
+            return {
+                "bmode": _half(frame.bmode),
+                "elasto_kpa": _half(no_signal if frame.elasto_kpa is None else frame.elasto_kpa),
+                "mask": torch.from_numpy(frame.mask),
+                "bmode_stats": torch.tensor(view.bmode_stats(), dtype=torch.float32),
+                "seed": torch.tensor(int(rng.integers(2**62)), dtype=torch.int64),
+            }
         if self.transform is not None:
-            frame = self.transform(frame, rng)
-        offset = ((margin[0] - self.patch_size[0]) // 2, (margin[1] - self.patch_size[1]) // 2)
-        frame = _crop(frame, offset, self.patch_size)
-        image = torch.from_numpy(self.encoding.encode(frame.bmode, frame.elasto_kpa, bmode_stats))
-        return image, torch.from_numpy(frame.mask.astype(np.int64))
+            frame = self.transform(frame, rng, out_size=self.patch_size)  # geometry, centre crop, appearance
+        else:
+            offset = ((margin[0] - self.patch_size[0]) // 2, (margin[1] - self.patch_size[1]) // 2)
+            frame = _crop(frame, offset, self.patch_size)
+        # B-mode statistics of the whole frame (not the patch): inference normalises whole frames.
+        stats = view.bmode_stats() if self.encoding.bmode_norm != "none" else None
+        image = self.encoding.encode(frame.bmode, frame.elasto_kpa, stats)
+        return _half(image), torch.from_numpy(frame.mask.astype(np.uint8))
+
+    def _view(self, row: ManifestRow) -> _Source:
+        if self.frames is not None:
+            return _Source.cached(self.frames.view(row.sample_id))
+        try:
+            return _Source.loaded(load_frame(self.spec, row, self.target_spacing_mm), self.foreground_labels)
+        except Exception as exc:
+            raise RuntimeError(f"{row.sample_id}: cannot load training frame: {exc}") from exc
 
     def _crop_origin(
-        self, frame: Frame, size: tuple[int, int], force_fg: bool, rng: np.random.Generator
+        self, view: _Source, size: tuple[int, int], force_fg: bool, rng: np.random.Generator
     ) -> tuple[int, int]:
-        h, w = frame.mask.shape
+        h, w = view.shape
         if force_fg:
-            ys, xs = np.nonzero(np.isin(frame.mask, self.foreground_labels))
-            if ys.size:
-                k = rng.integers(ys.size)
+            foreground = view.foreground()
+            if foreground.shape[0]:
+                y, x = foreground[rng.integers(foreground.shape[0])]
                 # Centre on a TrP pixel with jitter, so the nodule is not always in the middle.
-                cy = ys[k] + rng.integers(-size[0] // 4, size[0] // 4 + 1)
-                cx = xs[k] + rng.integers(-size[1] // 4, size[1] // 4 + 1)
+                cy = int(y) + rng.integers(-size[0] // 4, size[0] // 4 + 1)
+                cx = int(x) + rng.integers(-size[1] // 4, size[1] // 4 + 1)
                 return int(cy - size[0] // 2), int(cx - size[1] // 2)
         return int(rng.integers(0, max(h - size[0], 0) + 1)), int(rng.integers(0, max(w - size[1], 0) + 1))
+
+
+class _Source:
+    """One frame to crop from: a loaded ``Frame`` (float32) or a cached ``FrameView`` (memory-mapped, stored
+    compactly); only the cropped region is converted to float32."""
+
+    def __init__(
+        self,
+        bmode: np.ndarray,
+        bmode_scale: float,
+        elasto: np.ndarray | None,
+        mask: np.ndarray,
+        foreground: Any,
+        stats: Any,
+    ) -> None:
+        self.bmode, self.bmode_scale, self.elasto, self.mask = bmode, bmode_scale, elasto, mask
+        self._foreground, self._stats = foreground, stats
+        self.shape = mask.shape
+
+    @classmethod
+    def cached(cls, view: FrameView) -> _Source:
+        return cls(view.bmode, 1.0 / BMODE_SCALE, view.elasto, view.mask, view.foreground, view.bmode_stats)
+
+    @classmethod
+    def loaded(cls, frame: Frame, labels: np.ndarray) -> _Source:
+        def foreground() -> np.ndarray:
+            return np.stack(np.nonzero(np.isin(frame.mask, labels)), axis=1)
+
+        return cls(
+            frame.bmode,
+            1.0,
+            frame.elasto_kpa,
+            frame.mask,
+            foreground,
+            lambda: imaged_region_stats(frame.bmode),
+        )
+
+    def foreground(self) -> np.ndarray:
+        return self._foreground() if callable(self._foreground) else self._foreground
+
+    def bmode_stats(self) -> tuple[float, float]:
+        return self._stats() if callable(self._stats) else self._stats
+
+    def crop(self, origin: tuple[int, int], size: tuple[int, int]) -> Frame:
+        bmode = _crop_array(self.bmode, origin, size, 0).astype(np.float32)
+        if self.bmode_scale != 1.0:
+            bmode *= np.float32(self.bmode_scale)
+        elasto = None
+        if self.elasto is not None:
+            elasto = _crop_array(self.elasto, origin, size, np.nan)
+            if elasto.dtype != np.float32:  # the cache's float16: torch converts ~20x faster than NumPy
+                elasto = torch.from_numpy(elasto).float().numpy()
+        return Frame(bmode=bmode, elasto_kpa=elasto, mask=_crop_array(self.mask, origin, size, 0))
+
+
+def _half(array: np.ndarray) -> torch.Tensor:
+    """float16 tensor of an array (torch's conversion is vectorised; NumPy's float16 casts are ~20x slower)."""
+    return torch.from_numpy(np.ascontiguousarray(array)).half()
 
 
 def _crop(frame: Frame, origin: tuple[int, int], size: tuple[int, int]) -> Frame:

@@ -86,10 +86,12 @@ class TrainTransform:
         elasto_void_p: float = 0.2,
         elasto_drop_p: float = 0.2,
     ) -> None:
-        # Only left-right flips: depth has a direction in ultrasound (skin on top, shadows below).
-        self.geometric = A.Compose(
+        # Only left-right flips: depth has a direction in ultrasound (skin on top, shadows below). The flip and
+        # whether the affine applies are drawn here, so a sample without the affine skips the warps (and the
+        # margin around its patch) altogether: half of the samples at the default affine_p.
+        self.hflip_p, self.affine_p = hflip_p, affine_p
+        self.affine = A.Compose(
             [
-                A.HorizontalFlip(p=hflip_p),
                 A.Affine(
                     scale=tuple(scale),
                     rotate=(-rotate_deg, rotate_deg),
@@ -98,7 +100,7 @@ class TrainTransform:
                     mask_interpolation=cv2.INTER_NEAREST,
                     fill=0,
                     fill_mask=0,
-                    p=affine_p,
+                    p=1.0,
                 ),
             ],
             additional_targets={"elasto": "mask", "elasto_valid": "mask"},
@@ -135,29 +137,43 @@ class TrainTransform:
         self.elasto_void_p = elasto_void_p
         self.elasto_drop_p = elasto_drop_p
 
-    def __call__(self, frame: Frame, rng: np.random.Generator) -> Frame:
-        """Augment one frame; all randomness comes from ``rng`` so a (seed, epoch, index) fixes the result."""
-        self.geometric.set_random_seed(int(rng.integers(2**31)))
-        self.intensity.set_random_seed(int(rng.integers(2**31)))
-        has_elasto = frame.elasto_kpa is not None
-        valid = np.isfinite(frame.elasto_kpa) if has_elasto else np.zeros(frame.bmode.shape, bool)
-        kpa = (
-            np.where(valid, frame.elasto_kpa, 0.0).astype(np.float32)
-            if has_elasto
-            else np.zeros_like(frame.bmode)
-        )
-        out = self.geometric(
-            image=frame.bmode, mask=frame.mask, elasto=kpa, elasto_valid=valid.astype(np.uint8)
-        )
+    def __call__(
+        self, frame: Frame, rng: np.random.Generator, out_size: tuple[int, int] | None = None
+    ) -> Frame:
+        """Augment one frame; all randomness comes from ``rng`` so a (seed, epoch, index) fixes the result.
+        ``out_size``: centre-crop to this size after the geometry (the training patch inside its margin crop),
+        so the per-pixel appearance transforms touch only the pixels the network sees."""
+        affine_seed, intensity_seed = (int(v) for v in rng.integers(2**31, size=2))
+        self.intensity.set_random_seed(intensity_seed)
+        flip, warp = rng.random() < self.hflip_p, rng.random() < self.affine_p
+        out = {"image": frame.bmode, "mask": frame.mask, "elasto": frame.elasto_kpa}
+        if warp:
+            self.affine.set_random_seed(affine_seed)
+            out = self._warp(frame)
+        if out_size is not None:
+            out = {k: None if v is None else _centre_crop(v, out_size) for k, v in out.items()}
+        if flip:
+            out = {k: None if v is None else np.ascontiguousarray(v[:, ::-1]) for k, v in out.items()}
         bmode = out["image"]
         if self.ultrasound is not None:
             bmode = self._ultrasound_artefacts(bmode, int(rng.integers(2**31)))
         bmode = np.clip(self.intensity(image=bmode)["image"], 0.0, 1.0).astype(np.float32)
         elasto = None
-        if has_elasto and rng.random() >= self.elasto_drop_p:
-            elasto = np.where(out["elasto_valid"] > 0, out["elasto"], np.nan).astype(np.float32)
-            elasto = self._elasto_artefacts(elasto, rng)
+        if out["elasto"] is not None and rng.random() >= self.elasto_drop_p:
+            elasto = self._elasto_artefacts(out["elasto"].astype(np.float32, copy=False), rng)
         return Frame(bmode=bmode, elasto_kpa=elasto, mask=out["mask"])
+
+    def _warp(self, frame: Frame) -> dict[str, np.ndarray | None]:
+        """The affine on B-mode (bilinear), labels and kPa (nearest: never blended); the kPa map's validity is
+        warped with it, so the fill outside the frame is "no signal" (NaN), not 0 kPa."""
+        if frame.elasto_kpa is None:
+            out = self.affine(image=frame.bmode, mask=frame.mask)
+            return {"image": out["image"], "mask": out["mask"], "elasto": None}
+        valid = np.isfinite(frame.elasto_kpa)
+        kpa = np.where(valid, frame.elasto_kpa, np.float32(0.0)).astype(np.float32)
+        out = self.affine(image=frame.bmode, mask=frame.mask, elasto=kpa, elasto_valid=valid.astype(np.uint8))
+        elasto = np.where(out["elasto_valid"] > 0, out["elasto"], np.float32(np.nan)).astype(np.float32)
+        return {"image": out["image"], "mask": out["mask"], "elasto": elasto}
 
     def _ultrasound_artefacts(self, bmode: np.ndarray, seed: int) -> np.ndarray:
         self.ultrasound.set_random_seed(seed)
@@ -170,17 +186,31 @@ class TrainTransform:
 
     def _elasto_artefacts(self, kpa: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.elasto_noise_std > 0:
-            kpa = kpa * (1.0 + self.elasto_noise_std * rng.standard_normal(kpa.shape, dtype=np.float32))
-            kpa = np.maximum(kpa, 0.0)
+            # Multiplicative noise of std elasto_noise_std, uniform (a third of the cost of Gaussian draws);
+            # NaN (no signal) stays NaN.
+            half_width = np.float32(self.elasto_noise_std * np.sqrt(3.0))
+            factor = rng.random(kpa.shape, dtype=np.float32)
+            factor *= 2 * half_width
+            factor += 1 - half_width
+            kpa = np.maximum(kpa * factor, np.float32(0.0))
         if rng.random() < self.elasto_void_p:
             # A "black hole" void: an elliptical patch with no signal, as SWE shows in low-signal regions.
             h, w = kpa.shape
             cy, cx = rng.uniform(0, h), rng.uniform(0, w)
             ry, rx = rng.uniform(0.03, 0.12) * h, rng.uniform(0.03, 0.12) * w
-            yy, xx = np.ogrid[:h, :w]
+            # Only the ellipse's bounding box is evaluated.
+            y0, y1 = max(int(cy - ry), 0), min(int(np.ceil(cy + ry)) + 1, h)
+            x0, x1 = max(int(cx - rx), 0), min(int(np.ceil(cx + rx)) + 1, w)
+            yy, xx = np.ogrid[y0:y1, x0:x1]
             kpa = kpa.copy()
-            kpa[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0] = np.nan
+            kpa[y0:y1, x0:x1][((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0] = np.nan
         return kpa
+
+
+def _centre_crop(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = arr.shape[:2]
+    y0, x0 = (h - size[0]) // 2, (w - size[1]) // 2
+    return np.ascontiguousarray(arr[y0 : y0 + size[0], x0 : x0 + size[1]])
 
 
 @contextmanager

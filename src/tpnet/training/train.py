@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -131,6 +132,8 @@ class TrainState:
     nan_policy: str = "skip"  # or "stop"
     max_skipped_steps: int = 10
     global_step: int = 0
+    # augment=gpu: raw crops (dict batch, on the device) -> (images, masks), augmented and encoded there
+    on_device_augment: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def state_dicts(self) -> dict[str, Any]:
         return {
@@ -209,8 +212,9 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
     plan = _plan_run(cfg, data, device, run_dir, info)  # fills the null (planned) keys of cfg before any use
     classes = list(data.spec.classes)
     monitor, mode, val_has_trp = _check_labels_and_pick_monitor(cfg, data, classes, info)
+    augment = instantiate(cfg.augment)
     loader = train_loader(
-        data, cfg.data, instantiate(cfg.augment),
+        data, cfg.data, augment,
         EpochSampler(len(data.splits["train"]), cfg.data.samples_per_epoch, int(cfg.seed), info),
         int(cfg.seed), device,
     )  # fmt: skip
@@ -219,6 +223,10 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
         val_set, list(range(info.rank, len(val_set), info.world_size)), cfg.data.num_workers
     )
     state = build_train_state(cfg, data.encoding.in_channels, len(classes), len(loader), device)
+    if getattr(augment, "on_device", False):
+        state.on_device_augment = functools.partial(
+            augment, encoding=data.encoding, patch_size=tuple(int(s) for s in cfg.data.patch_size)
+        )
     params = PostprocessParams.from_dict(OmegaConf.to_container(cfg.postprocess))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     meta = _model_meta(cfg, data, state.model, params, resolved)
@@ -302,9 +310,8 @@ def train_one_epoch(
     )
     start = time.perf_counter()
     state.optimizer.zero_grad(set_to_none=True)
-    for step, (images, masks) in enumerate(bar):
-        images = images.to(state.device, non_blocking=True).contiguous(memory_format=state.memory_format)
-        masks = masks.to(state.device, non_blocking=True)
+    for step, batch in enumerate(bar):
+        images, masks = batch_to_device(batch, state)
         with torch.autocast(
             state.device.type, dtype=state.amp_dtype or torch.float32, enabled=state.amp_dtype is not None
         ):
@@ -335,6 +342,19 @@ def train_one_epoch(
         total_loss / n_batches if n_batches else math.nan, info, state.device
     )
     return EpochStats(mean_loss, n_images * info.world_size / max(elapsed, 1e-9), wait.seconds, n_images)
+
+
+def batch_to_device(batch: Any, state: TrainState) -> tuple[torch.Tensor, torch.Tensor]:
+    """A loader batch -> (float images in the model's memory format, int64 masks) on the device. The loader's
+    batches are compact (float16 images, uint8 masks, pinned on CUDA): copied asynchronously, widened there."""
+    if isinstance(batch, dict):  # augment=gpu: margin crops in physical units, augmented here per batch
+        on_device = {k: v.to(state.device, non_blocking=True) for k, v in batch.items()}
+        images, masks = state.on_device_augment(on_device)
+    else:
+        images, masks = batch
+        images = images.to(state.device, non_blocking=True).float()
+        masks = masks.to(state.device, non_blocking=True).long()
+    return images.contiguous(memory_format=state.memory_format), masks
 
 
 def _float32(logits: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
