@@ -160,7 +160,7 @@ def preprocessed_frames(setup: DataSetup, data_cfg: Any) -> PreprocessedFrames |
     cache_cfg = getattr(data_cfg, "cache", None)
     if cache_cfg is None or not cache_cfg.enabled:
         return None
-    rows = setup.labelled or [r for split in ("train", "val", "test") for r in setup.splits[split]]
+    rows = setup.labelled or [r for split in ("train", "val", "test") for r in setup.splits.get(split, [])]
     workers = getattr(cache_cfg, "workers", None)
     return ensure_preprocessed(
         setup.spec,
