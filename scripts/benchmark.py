@@ -315,25 +315,31 @@ class LoaderParts:
     transform: Any
 
 
-def loader_parts(settings: Settings, dataset_root: Path) -> LoaderParts:
-    """tpnet-train's data settings and augmentation (``instantiate(cfg.augment)``) over ``dataset_root``."""
+def loader_parts(settings: Settings, dataset_root: Path, augment: str | None = None) -> LoaderParts:
+    """tpnet-train's data settings and augmentation (``instantiate(cfg.augment)``; ``augment`` picks another
+    config of the group) over ``dataset_root``; the preprocessed cache goes to the scratch folder."""
     from hydra.utils import instantiate
 
     from tpnet.data.datamodule import setup_data
 
-    cfg = train_config(settings)
+    cfg = train_config(settings, extra_overrides=(f"augment={augment}",) if augment else ())
     data_cfg = cfg.data
     data_cfg.root = str(dataset_root)
+    data_cfg.cache.dir = str(settings.workdir / "preprocessed")
     setup = setup_data(data_cfg, seed=0, check=False)
     return LoaderParts(setup, data_cfg, instantiate(cfg.augment))
 
 
-def make_train_loader(parts: LoaderParts, settings: Settings, workers: int, batches: int):
-    """The training DataLoader exactly as ``tpnet-train`` builds it (datamodule.train_loader)."""
+def make_train_loader(
+    parts: LoaderParts, settings: Settings, workers: int, batches: int, cache: bool = True
+) -> Callable[[], Any]:
+    """The training DataLoader exactly as ``tpnet-train`` builds it (datamodule.train_loader); ``cache=False``
+    reads and resamples the files per item (``data.cache.enabled=false``). The first call builds the cache."""
     from tpnet.data.datamodule import train_loader
     from tpnet.training.distributed import EpochSampler
 
     parts.data_cfg.num_workers = workers
+    parts.data_cfg.cache.enabled = cache
     sampler = EpochSampler(len(parts.setup.splits["train"]), batches * settings.batch_size, seed=0)
     loader = train_loader(parts.setup, parts.data_cfg, parts.transform, sampler, 0, settings.device)
     epoch = iter(range(10**9))
@@ -349,15 +355,38 @@ def count_samples(make_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.
     return sum(images.shape[0] for images, _ in make_batches())
 
 
-def bench_loader(settings: Settings, report: Report, parts: LoaderParts) -> None:
-    for workers in (0, 1, 2):
-        epoch = make_train_loader(parts, settings, workers, settings.loader_batches)
+LOADER_AUGMENTS = ("default", "ultrasound")  # augment/default.yaml, and train.yaml's default (+ usaugment)
 
-        rate, rates = median_rate(partial(count_samples, epoch), settings.repeats)
-        report.emit(
-            "loader_samples_per_s", rate, "samples/s", **settings.common(), num_workers=workers,
-            augment="default", **spread(rates),
-        )  # fmt: skip
+
+def bench_loader(settings: Settings, report: Report, dataset_root: Path) -> None:
+    """Samples/s of the training loader reading the preprocessed cache vs the files (decode + resample per
+    item), per worker count and augmentation; blocks alternate cache / files so load changes hit both.
+    ``loader_cache_speedup``: median of the per-block ratios."""
+    for augment in LOADER_AUGMENTS:
+        parts = loader_parts(settings, dataset_root, augment)
+        for workers in (0, 1, 2):
+            epochs = {
+                cache: make_train_loader(parts, settings, workers, settings.loader_batches, cache)
+                for cache in (False, True)
+            }
+            for make_batches in epochs.values():  # warm-up: workers started, caches (and the page cache) warm
+                count_samples(make_batches)
+            rates: dict[bool, list[float]] = {False: [], True: []}
+            for _ in range(settings.repeats):
+                for cache in (False, True):
+                    rates[cache].append(median_rate(partial(count_samples, epochs[cache]), 1, warmup=0)[0])
+            fields = {**settings.common(), "num_workers": workers, "augment": augment}
+            for cache in (False, True):
+                report.emit(
+                    "loader_samples_per_s", statistics.median(rates[cache]), "samples/s", **fields,
+                    cache=cache, **spread(rates[cache]),
+                )  # fmt: skip
+            ratios = [c / f for c, f in zip(rates[True], rates[False], strict=True)]
+            goal = {"goal": 4.0} if augment == "default" and workers else {}
+            report.emit(
+                "loader_cache_speedup", statistics.median(ratios), "ratio", **fields, **goal, **spread(ratios)
+            )  # fmt: skip
+            del epochs  # stop this worker count's processes before the next starts
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -916,11 +945,10 @@ def main(argv: list[str] | None = None) -> int:
                     0, settings.size, settings.size,
                 )  # fmt: skip
         if {"loader", "train"} & set(sections):
-            parts = loader_parts(settings, dataset_root)
             if "loader" in sections:
-                bench_loader(settings, report, parts)
+                bench_loader(settings, report, dataset_root)
             if "train" in sections:
-                bench_train(settings, report, parts)
+                bench_train(settings, report, loader_parts(settings, dataset_root))
         if "infer" in sections:
             bench_infer(settings, report)
         if "onnx" in sections:

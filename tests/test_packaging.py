@@ -31,7 +31,7 @@ from tpnet.core.io import write_png
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "src" / "tpnet" / "configs"
 # The training stack's top-level modules (hydra-core, omegaconf, mlflow, albumentations, torchvision, scipy).
-TRAINING_ONLY = ("hydra", "omegaconf", "mlflow", "albumentations", "torchvision", "scipy")
+TRAINING_ONLY = ("hydra", "omegaconf", "mlflow", "albumentations", "kornia", "torchvision", "scipy")
 NOT_IN_BASE = ("torch", *TRAINING_ONLY)  # what a plain ``pip install tpnet`` does not bring
 # What tpnet-infer needs for ONNX models, and so the base install (distribution names as in the wheel's metadata).
 BASE_REQUIREMENTS = {

@@ -32,7 +32,7 @@ from tpnet.configuration import (
     validate_export_config,
     validate_train_config,
 )
-from tpnet.core.encoding import Encoding
+from tpnet.core.encoding import Encoding, imaged_region_stats
 from tpnet.data.transforms import Frame
 from tpnet.models import build_model
 from tpnet.planning.apply import fill_unplanned
@@ -80,7 +80,7 @@ def augmented_batch(cfg: DictConfig, encoding: Encoding, side: int) -> tuple[tor
     item: a frame cropped with a 25 % margin, augmented with a per-item generator, centre-cropped, encoded."""
     transform = instantiate(cfg.augment)  # None for augment=none (enabled: false)
     margin = int(side * 1.25)
-    images, masks = [], []
+    images, masks, raw = [], [], []
     for index in range(BATCH):
         rng = np.random.default_rng([int(cfg.seed), 0, index])  # (seed, epoch, index) as the dataset seeds it
         mask = np.zeros((margin, margin), np.uint8)
@@ -90,6 +90,9 @@ def augmented_batch(cfg: DictConfig, encoding: Encoding, side: int) -> tuple[tor
         kpa = rng.uniform(5.0, 150.0, (margin, margin)).astype(np.float32)
         kpa[: margin // 4] = np.nan  # no SWE signal near the skin
         frame = Frame(bmode=rng.random((margin, margin), dtype=np.float32), elasto_kpa=kpa, mask=mask)
+        if getattr(transform, "on_device", False):  # augment=gpu: the whole batch on the device, below
+            raw.append(frame)
+            continue
         if transform is not None:
             frame = transform(frame, rng)
         assert frame.bmode.shape == frame.mask.shape == (margin, margin)
@@ -100,6 +103,18 @@ def augmented_batch(cfg: DictConfig, encoding: Encoding, side: int) -> tuple[tor
         elasto = None if frame.elasto_kpa is None else frame.elasto_kpa[o : o + side, o : o + side]
         images.append(torch.from_numpy(encoding.encode(bmode, elasto)))
         masks.append(torch.from_numpy(frame.mask[o : o + side, o : o + side].astype(np.int64)))
+    if raw:  # as TrainPatchDataset(raw=True) hands the margin crops over, collated
+        batch = {
+            "bmode": torch.stack([torch.from_numpy(f.bmode).half() for f in raw]),
+            "elasto_kpa": torch.stack([torch.from_numpy(f.elasto_kpa).half() for f in raw]),
+            "mask": torch.stack([torch.from_numpy(f.mask) for f in raw]),
+            "bmode_stats": torch.tensor([imaged_region_stats(f.bmode) for f in raw], dtype=torch.float32),
+            "seed": torch.arange(len(raw), dtype=torch.int64) + int(cfg.seed),
+        }
+        images_t, masks_t = transform(batch, encoding, (side, side))
+        assert images_t.shape == (len(raw), encoding.in_channels, side, side) and masks_t.dtype == torch.int64
+        assert set(masks_t.unique().tolist()) <= set(range(len(CLASSES)))  # labels stay labels
+        return images_t, masks_t
     return torch.stack(images), torch.stack(masks)
 
 

@@ -157,7 +157,9 @@ class TrainTransform:
         bmode = out["image"]
         if self.ultrasound is not None:
             bmode = self._ultrasound_artefacts(bmode, int(rng.integers(2**31)))
+        outside = bmode <= 0.0  # fill of the warp and of padding: not imaged, so no gain or noise lifts it
         bmode = np.clip(self.intensity(image=bmode)["image"], 0.0, 1.0).astype(np.float32)
+        bmode[outside] = 0.0
         elasto = None
         if out["elasto"] is not None and rng.random() >= self.elasto_drop_p:
             elasto = self._elasto_artefacts(out["elasto"].astype(np.float32, copy=False), rng)

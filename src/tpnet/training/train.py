@@ -348,7 +348,8 @@ def batch_to_device(batch: Any, state: TrainState) -> tuple[torch.Tensor, torch.
     """A loader batch -> (float images in the model's memory format, int64 masks) on the device. The loader's
     batches are compact (float16 images, uint8 masks, pinned on CUDA): copied asynchronously, widened there."""
     if isinstance(batch, dict):  # augment=gpu: margin crops in physical units, augmented here per batch
-        on_device = {k: v.to(state.device, non_blocking=True) for k, v in batch.items()}
+        # The seeds stay on the host: they seed the augmentation's parameter draws there (no device sync).
+        on_device = {k: v if k == "seed" else v.to(state.device, non_blocking=True) for k, v in batch.items()}
         images, masks = state.on_device_augment(on_device)
     else:
         images, masks = batch
