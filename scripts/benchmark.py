@@ -8,6 +8,8 @@ Sections (``--sections``, default all that apply):
   synth   synthetic generation: ``generate_frame`` loop, and ``write_synthetic_dataset`` with disk writes
   loader  the training data pipeline alone (decode, resample, augment, collate) through the real DataLoader
   train   training steps fed by the real loader / the same steps on batches already in memory (efficiency)
+  scale   1x / 4x / 16x tpnet-train's default dataset: loader-fed training samples/s, host memory of the
+          process and its workers, the preprocessed cache's build time per frame
   infer   eager vs TorchScript forward, end-to-end ``tpnet-infer`` on a folder, peak RSS for 10 vs N frames
   onnx    onnxruntime vs TorchScript forward of the same network (exported with ``tpnet-export format=onnx``'s
           code, CPU, fp32), and end-to-end ``tpnet-infer`` on the ``.onnx`` file (a process without torch)
@@ -49,7 +51,7 @@ import torch
 
 from tpnet.inference.memory import MMAP_THRESHOLD_BYTES, bound_cpu_memory
 
-SECTIONS = ("synth", "loader", "train", "infer", "onnx", "gpu", "decode")
+SECTIONS = ("synth", "loader", "train", "scale", "infer", "onnx", "gpu", "decode")
 RSS_REPEATS = 2  # tpnet-infer runs per frame count for the peak-RSS figures
 IN_CHANNELS, NUM_CLASSES = 3, 4  # encoding (bmode, elasto, elasto_valid) and the default classes
 
@@ -82,6 +84,7 @@ class Settings:
     # The onnx section's network: the default one, or with --quick a depth-1 U-Net (the dynamo export of the
     # default takes ~15 s here, of a depth-1 one ~5 s).
     onnx_model_overrides: tuple[str, ...] = ()
+    quick: bool = False
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -434,6 +437,104 @@ def bench_train(settings: Settings, report: Report, parts: LoaderParts) -> None:
         report.emit("train_efficiency", statistics.median(ratios), "ratio", **fields, goal=0.95,
                     data_wait_fraction=round(statistics.median(wait_fractions), 4), **spread(ratios))  # fmt: skip
     torch.set_num_threads(settings.threads)
+
+
+# ----------------------------------------------------------------------------------------------- scale
+SCALE_FACTORS = (1, 4, 16)  # x tpnet-train's default synthetic dataset (data/synthetic.yaml: 24 x 8 frames)
+
+# One dataset size in a fresh process: cache build, then loader-fed training steps, then the memory of this
+# process and of its DataLoader workers. RssAnon is private memory (what must not grow with the dataset);
+# RssFile counts the cache's memory-mapped pages (shared, reclaimable page cache).
+_SCALE_CHILD = r"""
+import json, re, statistics, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import benchmark as b
+args = json.loads(sys.argv[2])
+settings = b.make_settings(b.build_parser().parse_args(args["argv"]), Path(args["workdir"]))
+root = Path(args["root"])
+parts = b.loader_parts(settings, root)
+parts.data_cfg.cache.dir = args["cache_dir"]
+from tpnet.data.datamodule import preprocessed_frames
+start = time.perf_counter()
+frames = preprocessed_frames(parts.setup, parts.data_cfg)
+build_s = time.perf_counter() - start
+trainer = b.Trainer.build(settings)
+epoch = b.make_train_loader(parts, settings, args["workers"], settings.train_steps)
+trainer.train_on(epoch)  # warm-up: starts the workers
+rates = b.median_rate(lambda: trainer.train_on(epoch), args["repeats"], warmup=0)[1]
+
+def status(pid):
+    text = open(f"/proc/{pid}/status").read()
+    return {k: int(re.search(k + r":\s+(\d+) kB", text).group(1)) / 1024 for k in ("VmHWM", "RssAnon", "RssFile")}
+
+import os
+children = [int(c) for t in os.listdir("/proc/self/task") for c in open(f"/proc/self/task/{t}/children").read().split()]
+workers = [status(pid) for pid in children]
+print("SCALE " + json.dumps({
+    "frames": len(frames), "build_s": build_s, "cache_mb": frames.size_bytes / 2**20, "rates": rates,
+    "main": status("self"), "workers_rss_anon_mb": sum(w["RssAnon"] for w in workers),
+    "workers_rss_file_mb": sum(w["RssFile"] for w in workers), "workers_peak_mb": sum(w["VmHWM"] for w in workers),
+    "n_workers": len(workers),
+}))
+"""
+
+
+def replicated_dataset(base: Path, factor: int, out: Path) -> Path:
+    """``factor`` copies of every frame of ``base`` as new subjects (files hard-linked, not copied): a dataset
+    ``factor`` times as large whose frames cost the same to read."""
+    import csv
+
+    shutil.rmtree(out, ignore_errors=True)
+    subprocess.run(["cp", "-al", str(base), str(out)], check=True)
+    with (base / "manifest.csv").open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields, records = reader.fieldnames, list(reader)
+    (out / "manifest.csv").unlink()  # a hard link to base's manifest: replace it, do not write through it
+    with (out / "manifest.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for copy in range(factor):
+            for record in records:
+                writer.writerow({**record, "sample_id": f"{record['sample_id']}_c{copy}",
+                                 "subject_id": f"{record['subject_id']}_c{copy}"})  # fmt: skip
+    return out
+
+
+def bench_scale(settings: Settings, report: Report, argv: list[str]) -> None:
+    """Training samples/s (loader-fed, the cache on) and host memory for 1x / 4x / 16x tpnet-train's default
+    dataset, and the cache's build time per frame; one fresh process per size."""
+    from tpnet.data.synth import write_synthetic_dataset
+
+    subjects, per_subject = (4, 2) if settings.quick else (24, 8)
+    base = write_synthetic_dataset(
+        settings.workdir / "scale-1x", subjects, per_subject, 0, settings.size, settings.size, workers=usable_cores()
+    )  # fmt: skip
+    workers = max(settings.train_workers)
+    for factor in SCALE_FACTORS[:2] if settings.quick else SCALE_FACTORS:  # quick: 1x and 4x
+        root = base if factor == 1 else replicated_dataset(base, factor, settings.workdir / f"scale-{factor}x")
+        child_args = {
+            "argv": argv, "workdir": str(settings.workdir), "root": str(root), "workers": workers,
+            "cache_dir": str(settings.workdir / f"preprocessed-scale-{factor}x"), "repeats": min(settings.repeats, 2),
+        }  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-c", _SCALE_CHILD, str(Path(__file__).parent), json.dumps(child_args)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("SCALE ")), None)
+        if proc.returncode != 0 or line is None:
+            raise RuntimeError(f"scale {factor}x failed:\n{proc.stderr[-3000:]}")
+        r = json.loads(line[len("SCALE ") :])
+        fields = {**settings.common(), "dataset_x": factor, "frames": r["frames"], "num_workers": workers}
+        report.emit("scale_train_samples_per_s", statistics.median(r["rates"]), "samples/s", **fields,
+                    **spread(r["rates"]))  # fmt: skip
+        report.emit("scale_cache_build_ms_per_frame", 1000 * r["build_s"] / r["frames"], "ms/frame", **fields,
+                    cache_mb=round(r["cache_mb"], 1), build_processes=usable_cores())  # fmt: skip
+        report.emit("scale_main_peak_rss_mb", r["main"]["VmHWM"], "MiB", **fields,
+                    main_rss_anon_mb=round(r["main"]["RssAnon"], 1), main_rss_file_mb=round(r["main"]["RssFile"], 1))  # fmt: skip
+        report.emit("scale_workers_rss_anon_mb", r["workers_rss_anon_mb"], "MiB", **fields,
+                    workers_rss_file_mb=round(r["workers_rss_file_mb"], 1),
+                    workers_peak_mb=round(r["workers_peak_mb"], 1))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- infer
@@ -898,6 +999,7 @@ def make_settings(args: argparse.Namespace, workdir: Path) -> Settings:
         train_workers=tuple(int(w) for w in args.train_workers.split(",") if w.strip()),
         workdir=workdir,
         onnx_model_overrides=("model.depth=1",) if quick else (),
+        quick=quick,
     )
 
 
@@ -949,6 +1051,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench_loader(settings, report, dataset_root)
             if "train" in sections:
                 bench_train(settings, report, loader_parts(settings, dataset_root))
+        if "scale" in sections:
+            bench_scale(settings, report, sys.argv[1:] if argv is None else list(argv))
         if "infer" in sections:
             bench_infer(settings, report)
         if "onnx" in sections:

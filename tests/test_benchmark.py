@@ -21,9 +21,14 @@ EXPECTED = {
     "synth_frames_per_s",
     "synth_write_frames_per_s",
     "loader_samples_per_s",
+    "loader_cache_speedup",
     "train_memory_samples_per_s",
     "train_loader_samples_per_s",
     "train_efficiency",
+    "scale_train_samples_per_s",
+    "scale_cache_build_ms_per_frame",
+    "scale_main_peak_rss_mb",
+    "scale_workers_rss_anon_mb",
     "infer_eager_images_per_s",
     "infer_torchscript_images_per_s",
     "infer_torchscript_over_eager",
@@ -65,7 +70,13 @@ def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:
     # Settings travel with every figure; the loader runs with 0, 1 and 2 workers, training with 1 and 2.
     for row in by_figure["train_efficiency"] + by_figure["infer_e2e_frames_per_s"]:
         assert row["batch_size"] == 2 and row["height"] == row["width"] == 64
-    assert sorted(r["num_workers"] for r in by_figure["loader_samples_per_s"]) == [0, 1, 2]
+    # The loader: 0, 1 and 2 workers x cache on / off x augment=default / ultrasound, a speed-up per pair.
+    loader = {(r["augment"], r["num_workers"], r["cache"]) for r in by_figure["loader_samples_per_s"]}
+    assert loader == {(a, w, c) for a in ("default", "ultrasound") for w in (0, 1, 2) for c in (False, True)}
+    assert len(by_figure["loader_cache_speedup"]) == 6
+    # Scaling: 1x and 4x the dataset (16x without --quick), the frame count growing with it.
+    frames = {r["dataset_x"]: r["frames"] for r in by_figure["scale_train_samples_per_s"]}
+    assert sorted(frames) == [1, 4] and frames[4] == 4 * frames[1]
     assert sorted(r["num_workers"] for r in by_figure["train_efficiency"]) == [1, 2]
     assert sorted(r["frames"] for r in by_figure["infer_peak_rss_mb"]) == [10, 12]
     # Peak RSS: tpnet-infer's default batch size, two runs each, the highest reported.
