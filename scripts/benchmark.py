@@ -85,6 +85,7 @@ class Settings:
     # default takes ~15 s here, of a depth-1 one ~5 s).
     onnx_model_overrides: tuple[str, ...] = ()
     quick: bool = False
+    overrides: tuple[str, ...] = ()  # --override: Hydra overrides of tpnet-train's config (loader/train/scale)
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -103,6 +104,7 @@ class Settings:
             "amp": "bf16" if self.amp else "fp32",
             "channels_last": self.channels_last,
             "compile": self.compile,
+            **({"overrides": list(self.overrides)} if self.overrides else {}),
         }
 
 
@@ -208,6 +210,8 @@ def train_config(
         "trainer.max_epochs=1",
         f"data.patch_size=[{settings.size},{settings.size}]",
         f"data.batch_size={settings.batch_size}",
+        # --override (e.g. experiment=gpu_full, augment=gpu); a section's own choice of a group wins
+        *(o for o in settings.overrides if o.split("=")[0] not in {e.split("=")[0] for e in extra_overrides}),
         *extra_overrides,
     ]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name="benchmark"):
@@ -251,6 +255,15 @@ class Trainer:
         )
         if cfg.trainer.compile:
             state.forward = torch.compile(state.model)  # as tpnet-train wraps it (single process: no DDP)
+        from hydra.utils import instantiate
+
+        from tpnet.data.datamodule import encoding_from_config
+        from tpnet.training.train import on_device_augment
+
+        # augment=gpu: the step augments each batch on the device, as tpnet-train wires it.
+        state.on_device_augment = on_device_augment(
+            instantiate(cfg.augment), encoding_from_config(cfg.data), cfg.data.patch_size
+        )
         return cls(state)
 
     @property
@@ -354,8 +367,13 @@ def make_train_loader(
     return new_epoch
 
 
-def count_samples(make_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> int:
-    return sum(images.shape[0] for images, _ in make_batches())
+def batch_size_of(batch: Any) -> int:
+    """Samples in a loader batch: (images, masks), or augment=gpu's dict of raw crops."""
+    return int(batch["bmode"].shape[0] if isinstance(batch, dict) else batch[0].shape[0])
+
+
+def count_samples(make_batches: Callable[[], Iterable[Any]]) -> int:
+    return sum(batch_size_of(batch) for batch in make_batches())
 
 
 LOADER_AUGMENTS = ("default", "ultrasound")  # augment/default.yaml, and train.yaml's default (+ usaugment)
@@ -411,9 +429,9 @@ def bench_train(settings: Settings, report: Report, parts: LoaderParts) -> None:
         in_memory = []
 
         def recording(epoch=epoch, in_memory=in_memory):
-            for images, masks in epoch():
-                in_memory.append((images.to(settings.device), masks.to(settings.device)))
-                yield images, masks
+            for batch in epoch():
+                in_memory.append(_on_device(batch, settings.device))
+                yield batch
 
         trainer.train_on(recording)
 
@@ -437,6 +455,13 @@ def bench_train(settings: Settings, report: Report, parts: LoaderParts) -> None:
         report.emit("train_efficiency", statistics.median(ratios), "ratio", **fields, goal=0.95,
                     data_wait_fraction=round(statistics.median(wait_fractions), 4), **spread(ratios))  # fmt: skip
     torch.set_num_threads(settings.threads)
+
+
+def _on_device(batch: Any, device: torch.device) -> Any:
+    """A loader batch moved to the device once (augment=gpu's seeds stay on the host, as the step keeps them)."""
+    if isinstance(batch, dict):
+        return {k: v if k == "seed" else v.to(device) for k, v in batch.items()}
+    return tuple(t.to(device) for t in batch)
 
 
 # ----------------------------------------------------------------------------------------------- scale
@@ -965,6 +990,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sections", help=f"comma-separated subset of {','.join(SECTIONS)} (default: all; gpu only on cuda)"
     )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Hydra override of tpnet-train's config for the loader/train/scale sections (repeatable), "
+        "e.g. --override experiment=gpu_full --override augment=gpu",
+    )
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temp folder, removed after)")
     return parser
 
@@ -1000,6 +1033,7 @@ def make_settings(args: argparse.Namespace, workdir: Path) -> Settings:
         workdir=workdir,
         onnx_model_overrides=("model.depth=1",) if quick else (),
         quick=quick,
+        overrides=tuple(args.override),
     )
 
 

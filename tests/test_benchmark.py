@@ -34,6 +34,8 @@ EXPECTED = {
     "infer_torchscript_over_eager",
     "infer_e2e_frames_per_s",
     "infer_e2e_over_model",
+    "infer_model_frames_per_s",
+    "infer_host_ms_per_frame",
     "infer_peak_rss_mb",
     "infer_onnx_torchscript_images_per_s",
     "infer_onnxruntime_images_per_s",

@@ -94,13 +94,7 @@ def setup_data(
     # whose test subjects are the same) resamples to one spacing. Training's plan replaces it anyway.
     non_test = [*splits["train"], *splits["val"]]
     spacing_mm = float(spacing) if spacing else median_spacing_mm(spec, non_test)
-    encoding = Encoding(
-        channels=tuple(data_cfg.channels),
-        kpa_scale=float(data_cfg.kpa_scale),
-        kpa_clip=float(data_cfg.kpa_clip),
-        # null = not planned yet (training's plan fills it in); checkpoints from before the key: "none".
-        bmode_norm=str(data_cfg.get("bmode_norm") or "none"),
-    )
+    encoding = encoding_from_config(data_cfg)
     # Debug only: training prints the data line after planning (the planned spacing may replace this one).
     log.debug(
         "dataset %s at %s: %s frames (train/val/test), median spacing %.4f mm/px",
@@ -110,6 +104,17 @@ def setup_data(
         spacing_mm,
     )
     return DataSetup(spec, splits, encoding, spacing_mm, manifest_fingerprint(root), labelled)
+
+
+def encoding_from_config(data_cfg: Any) -> Encoding:
+    """The channel encoding the ``data`` config asks for."""
+    return Encoding(
+        channels=tuple(data_cfg.channels),
+        kpa_scale=float(data_cfg.kpa_scale),
+        kpa_clip=float(data_cfg.kpa_clip),
+        # null = not planned yet (training's plan fills it in); checkpoints from before the key: "none".
+        bmode_norm=str(data_cfg.get("bmode_norm") or "none"),
+    )
 
 
 def train_loader(

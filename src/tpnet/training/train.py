@@ -223,10 +223,7 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
         val_set, list(range(info.rank, len(val_set), info.world_size)), cfg.data.num_workers
     )
     state = build_train_state(cfg, data.encoding.in_channels, len(classes), len(loader), device)
-    if getattr(augment, "on_device", False):
-        state.on_device_augment = functools.partial(
-            augment, encoding=data.encoding, patch_size=tuple(int(s) for s in cfg.data.patch_size)
-        )
+    state.on_device_augment = on_device_augment(augment, data.encoding, cfg.data.patch_size)
     params = PostprocessParams.from_dict(OmegaConf.to_container(cfg.postprocess))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     meta = _model_meta(cfg, data, state.model, params, resolved)
@@ -342,6 +339,14 @@ def train_one_epoch(
         total_loss / n_batches if n_batches else math.nan, info, state.device
     )
     return EpochStats(mean_loss, n_images * info.world_size / max(elapsed, 1e-9), wait.seconds, n_images)
+
+
+def on_device_augment(augment: Any, encoding: Any, patch_size: Any) -> Callable | None:
+    """augment=gpu's per-batch step (raw crops on the device -> encoded images, masks), or None for a CPU
+    augmentation (which runs in the loader workers)."""
+    if not getattr(augment, "on_device", False):
+        return None
+    return functools.partial(augment, encoding=encoding, patch_size=tuple(int(s) for s in patch_size))
 
 
 def batch_to_device(batch: Any, state: TrainState) -> tuple[torch.Tensor, torch.Tensor]:
