@@ -90,21 +90,7 @@ class TrainTransform:
         # whether the affine applies are drawn here, so a sample without the affine skips the warps (and the
         # margin around its patch) altogether: half of the samples at the default affine_p.
         self.hflip_p, self.affine_p = hflip_p, affine_p
-        self.affine = A.Compose(
-            [
-                A.Affine(
-                    scale=tuple(scale),
-                    rotate=(-rotate_deg, rotate_deg),
-                    translate_percent=(-translate, translate),
-                    interpolation=cv2.INTER_LINEAR,
-                    mask_interpolation=cv2.INTER_NEAREST,
-                    fill=0,
-                    fill_mask=0,
-                    p=1.0,
-                ),
-            ],
-            additional_targets={"elasto": "mask", "elasto_valid": "mask"},
-        )
+        self.scale, self.rotate_deg, self.translate = tuple(scale), rotate_deg, translate
         # Acquisition artefacts first, then the display mapping (gain, contrast, gamma) as on a scanner.
         # None when all are off: no extra random draws, so runs without them are exactly as before.
         ultrasound = [
@@ -121,18 +107,13 @@ class TrainTransform:
         self.ultrasound = (
             A.Compose([t for t in ultrasound if t.p > 0]) if any(t.p > 0 for t in ultrasound) else None
         )
-        self.intensity = A.Compose(
-            [
-                A.RandomBrightnessContrast(
-                    brightness_limit=brightness_limit, contrast_limit=contrast_limit, p=brightness_contrast_p
-                ),
-                A.RandomGamma(gamma_limit=tuple(gamma_limit), p=gamma_p),
-                A.MultiplicativeNoise(
-                    multiplier=(0.9, 1.1), per_channel=False, elementwise=True, p=speckle_noise_p
-                ),
-                A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.3, 0.8), p=blur_p),
-            ]
-        )
+        # The display mapping and speckle, as albumentations defines them (RandomBrightnessContrast with
+        # brightness_by_max, RandomGamma, elementwise MultiplicativeNoise, a 3x3 GaussianBlur), written as the
+        # few array operations they are: albumentations' per-call machinery cost more than the arithmetic
+        # (see the README, "Performance").
+        self.brightness_contrast_p, self.brightness_limit = brightness_contrast_p, brightness_limit
+        self.contrast_limit, self.gamma_p, self.gamma_limit = contrast_limit, gamma_p, tuple(gamma_limit)
+        self.speckle_noise_p, self.blur_p = speckle_noise_p, blur_p
         self.elasto_noise_std = elasto_noise_std
         self.elasto_void_p = elasto_void_p
         self.elasto_drop_p = elasto_drop_p
@@ -143,13 +124,10 @@ class TrainTransform:
         """Augment one frame; all randomness comes from ``rng`` so a (seed, epoch, index) fixes the result.
         ``out_size``: centre-crop to this size after the geometry (the training patch inside its margin crop),
         so the per-pixel appearance transforms touch only the pixels the network sees."""
-        affine_seed, intensity_seed = (int(v) for v in rng.integers(2**31, size=2))
-        self.intensity.set_random_seed(intensity_seed)
         flip, warp = rng.random() < self.hflip_p, rng.random() < self.affine_p
         out = {"image": frame.bmode, "mask": frame.mask, "elasto": frame.elasto_kpa}
         if warp:
-            self.affine.set_random_seed(affine_seed)
-            out = self._warp(frame)
+            out = self._warp(frame, rng)
         if out_size is not None:
             out = {k: None if v is None else _centre_crop(v, out_size) for k, v in out.items()}
         if flip:
@@ -158,24 +136,56 @@ class TrainTransform:
         if self.ultrasound is not None:
             bmode = self._ultrasound_artefacts(bmode, int(rng.integers(2**31)))
         outside = bmode <= 0.0  # fill of the warp and of padding: not imaged, so no gain or noise lifts it
-        bmode = np.clip(self.intensity(image=bmode)["image"], 0.0, 1.0).astype(np.float32)
+        bmode = self._intensity(bmode, rng)
         bmode[outside] = 0.0
         elasto = None
         if out["elasto"] is not None and rng.random() >= self.elasto_drop_p:
             elasto = self._elasto_artefacts(out["elasto"].astype(np.float32, copy=False), rng)
         return Frame(bmode=bmode, elasto_kpa=elasto, mask=out["mask"])
 
-    def _warp(self, frame: Frame) -> dict[str, np.ndarray | None]:
-        """The affine on B-mode (bilinear), labels and kPa (nearest: never blended); the kPa map's validity is
-        warped with it, so the fill outside the frame is "no signal" (NaN), not 0 kPa."""
-        if frame.elasto_kpa is None:
-            out = self.affine(image=frame.bmode, mask=frame.mask)
-            return {"image": out["image"], "mask": out["mask"], "elasto": None}
-        valid = np.isfinite(frame.elasto_kpa)
-        kpa = np.where(valid, frame.elasto_kpa, np.float32(0.0)).astype(np.float32)
-        out = self.affine(image=frame.bmode, mask=frame.mask, elasto=kpa, elasto_valid=valid.astype(np.uint8))
-        elasto = np.where(out["elasto_valid"] > 0, out["elasto"], np.float32(np.nan)).astype(np.float32)
-        return {"image": out["image"], "mask": out["mask"], "elasto": elasto}
+    def _intensity(self, bmode: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Gain and contrast, gamma, multiplicative speckle and a slight blur, each with its probability;
+        B-mode in [0, 1] out."""
+        out = bmode.astype(np.float32, copy=True)
+        if rng.random() < self.brightness_contrast_p:
+            alpha = 1.0 + rng.uniform(-self.contrast_limit, self.contrast_limit)
+            beta = rng.uniform(-self.brightness_limit, self.brightness_limit)
+            out *= np.float32(alpha)
+            out += np.float32(beta)
+        if rng.random() < self.gamma_p:
+            np.clip(out, 0.0, 1.0, out=out)
+            np.power(out, np.float32(rng.uniform(*self.gamma_limit) / 100.0), out=out)
+        if rng.random() < self.speckle_noise_p:
+            factor = rng.random(out.shape, dtype=np.float32)
+            factor *= 0.2
+            factor += 0.9  # x U(0.9, 1.1) per pixel
+            out *= factor
+        if rng.random() < self.blur_p:
+            out = cv2.GaussianBlur(out, (3, 3), sigmaX=rng.uniform(0.3, 0.8))
+        return np.clip(out, 0.0, 1.0, out=out)
+
+    def _warp(self, frame: Frame, rng: np.random.Generator) -> dict[str, np.ndarray | None]:
+        """Scale, rotation and translation about the centre (albumentations' Affine parameters), one matrix for
+        every plane: B-mode bilinear (fill 0: not imaged), labels and kPa nearest (never blended; kPa fill NaN:
+        no signal). OpenCV's warp directly: albumentations' per-call machinery around the same four warps
+        cost twice the warps themselves (see the README, "Performance")."""
+        h, w = frame.mask.shape
+        zoom = rng.uniform(*self.scale)
+        angle = rng.uniform(-self.rotate_deg, self.rotate_deg)
+        shift = rng.uniform(-self.translate, self.translate, size=2) * (w, h)
+        matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, zoom)
+        matrix[:, 2] += shift
+
+        def warp(plane: np.ndarray, nearest: bool, fill: float) -> np.ndarray:
+            flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+            return cv2.warpAffine(
+                plane, matrix, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=fill
+            )
+
+        elasto = None
+        if frame.elasto_kpa is not None:
+            elasto = warp(frame.elasto_kpa.astype(np.float32, copy=False), True, float("nan"))
+        return {"image": warp(frame.bmode, False, 0.0), "mask": warp(frame.mask, True, 0), "elasto": elasto}
 
     def _ultrasound_artefacts(self, bmode: np.ndarray, seed: int) -> np.ndarray:
         self.ultrasound.set_random_seed(seed)
