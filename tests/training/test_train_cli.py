@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,10 @@ from train_helpers import (
     tiny_overrides,
 )
 
-EPOCH_METRICS = ("train/loss", "val/loss", "val/dice_mean", "val/det_f1", "lr", "throughput/img_per_s")
+EPOCH_METRICS = (
+    "train/loss", "val/loss", "val/dice_mean", "val/det_f1", "lr", "throughput/img_per_s",
+    "throughput/data_wait_fraction",
+)  # fmt: skip
 TINY_MODEL = ["data.patch_size=[32,32]", "data.batch_size=4", "data.num_workers=0"]
 TINY_MODEL += ["model.base_width=4", "model.depth=2", "evaluation.n_boot=20"]
 
@@ -62,6 +66,11 @@ def test_train_on_a_foreign_dataset_leaves_checkpoints_and_one_complete_mlflow_r
     assert params["optim._target_"] == "torch.optim.AdamW"
     for key in EPOCH_METRICS:
         assert metric_steps(mlflow_uri, run.info.run_id, key) == [1, 2, 3], key
+    assert all(0.0 <= row["throughput/data_wait_fraction"] <= 1.0 for row in read_history(run_dir))
+    # The run read its frames from the preprocessed cache it built on its first epoch (conftest points
+    # data.cache.dir's default, $TPNET_PREPROCESSED, at a temporary folder).
+    caches = list(Path(os.environ["TPNET_PREPROCESSED"]).glob("foreign_lab-*/index.json"))
+    assert caches, "tpnet-train did not build its preprocessed cache"
     train_losses = [row["train/loss"] for row in read_history(run_dir)]
     assert all(loss is not None and math.isfinite(loss) and loss > 0 for loss in train_losses)
     # loc_err_mm is only defined when a predicted TrP matched a true one: logged exactly for those epochs.

@@ -160,6 +160,12 @@ class EpochStats:
     images_per_s: float  # all ranks together
     data_wait_s: float  # this rank's time spent waiting for the next batch (a loader that keeps up: ~0)
     n_images: int  # this rank's
+    seconds: float = 0.0  # this rank's time in the epoch's loop
+
+    @property
+    def data_wait_fraction(self) -> float:
+        """Share of the epoch spent waiting for the loader: ~0 when the loader keeps the device busy."""
+        return self.data_wait_s / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass
@@ -252,6 +258,7 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
                 "train/loss": stats.loss,
                 "lr": state.optimizer.param_groups[0]["lr"],
                 "throughput/img_per_s": stats.images_per_s,
+                "throughput/data_wait_fraction": stats.data_wait_fraction,  # rank 0's; 0 = never waited
             }
             validating = bool(data.splits["val"]) and (
                 (epoch + 1) % int(tcfg.val_every_n_epochs) == 0 or epoch + 1 == max_epochs
@@ -338,7 +345,9 @@ def train_one_epoch(
     mean_loss = distributed.mean_across_ranks(
         total_loss / n_batches if n_batches else math.nan, info, state.device
     )
-    return EpochStats(mean_loss, n_images * info.world_size / max(elapsed, 1e-9), wait.seconds, n_images)
+    return EpochStats(
+        mean_loss, n_images * info.world_size / max(elapsed, 1e-9), wait.seconds, n_images, elapsed
+    )
 
 
 def on_device_augment(augment: Any, encoding: Any, patch_size: Any) -> Callable | None:
