@@ -85,7 +85,10 @@ class Settings:
     # default takes ~15 s here, of a depth-1 one ~5 s).
     onnx_model_overrides: tuple[str, ...] = ()
     quick: bool = False
-    overrides: tuple[str, ...] = ()  # --override: Hydra overrides of tpnet-train's config (loader/train/scale)
+    frame_size: int = 0  # --frame-size: the synthetic datasets' frames (0 = size: frame = patch)
+    overrides: tuple[
+        str, ...
+    ] = ()  # --override: Hydra overrides of tpnet-train's config (loader/train/scale)
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -104,6 +107,7 @@ class Settings:
             "amp": "bf16" if self.amp else "fp32",
             "channels_last": self.channels_last,
             "compile": self.compile,
+            **({"frame_size": self.frame_size} if self.frame_size else {}),
             **({"overrides": list(self.overrides)} if self.overrides else {}),
         }
 
@@ -314,10 +318,12 @@ def bench_synth(settings: Settings, report: Report) -> Path:
     for seed in range(settings.repeats):
         shutil.rmtree(root, ignore_errors=True)
         start = time.perf_counter()
-        write_synthetic_dataset(root, subjects, per_subject, seed, size, size, workers=1)
+        frame = settings.frame_size or size
+        write_synthetic_dataset(root, subjects, per_subject, seed, frame, frame, workers=1)
         rates.append(subjects * per_subject / (time.perf_counter() - start))
     report.emit(
-        "synth_write_frames_per_s", statistics.median(rates), "frames/s", height=size, width=size,
+        "synth_write_frames_per_s", statistics.median(rates), "frames/s", height=settings.frame_size or size,
+        width=settings.frame_size or size,
         frames=subjects * per_subject, workers=1, **spread(rates),
     )  # fmt: skip
     return root
@@ -533,11 +539,14 @@ def bench_scale(settings: Settings, report: Report, argv: list[str]) -> None:
 
     subjects, per_subject = (4, 2) if settings.quick else (24, 8)
     base = write_synthetic_dataset(
-        settings.workdir / "scale-1x", subjects, per_subject, 0, settings.size, settings.size, workers=usable_cores()
+        settings.workdir / "scale-1x", subjects, per_subject, 0, settings.frame_size or settings.size,
+        settings.frame_size or settings.size, workers=usable_cores()
     )  # fmt: skip
     workers = max(settings.train_workers)
     for factor in SCALE_FACTORS[:2] if settings.quick else SCALE_FACTORS:  # quick: 1x and 4x
-        root = base if factor == 1 else replicated_dataset(base, factor, settings.workdir / f"scale-{factor}x")
+        root = (
+            base if factor == 1 else replicated_dataset(base, factor, settings.workdir / f"scale-{factor}x")
+        )
         child_args = {
             "argv": argv, "workdir": str(settings.workdir), "root": str(root), "workers": workers,
             "cache_dir": str(settings.workdir / f"preprocessed-scale-{factor}x"), "repeats": min(settings.repeats, 2),
@@ -962,6 +971,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, help="frame/patch height = width (default 256; quick 64)")
     parser.add_argument("--batch-size", type=int, help="default 8 (quick 2)")
     parser.add_argument(
+        "--frame-size",
+        type=int,
+        help="height = width of the synthetic datasets' frames (default: --size; experiment=gpu_full's data: 384)",
+    )
+    parser.add_argument(
         "--threads", type=int, help="torch threads (default: torch's own, i.e. OMP_NUM_THREADS or the cores)"
     )
     parser.add_argument("--amp", action="store_true", help="bf16 autocast for training and eager inference")
@@ -1033,6 +1047,7 @@ def make_settings(args: argparse.Namespace, workdir: Path) -> Settings:
         workdir=workdir,
         onnx_model_overrides=("model.depth=1",) if quick else (),
         quick=quick,
+        frame_size=args.frame_size or 0,
         overrides=tuple(args.override),
     )
 
@@ -1078,7 +1093,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 dataset_root = write_synthetic_dataset(
                     workdir / "dataset", settings.dataset_subjects, settings.dataset_frames_per_subject,
-                    0, settings.size, settings.size,
+                    0, settings.frame_size or settings.size, settings.frame_size or settings.size,
                 )  # fmt: skip
         if {"loader", "train"} & set(sections):
             if "loader" in sections:
