@@ -39,7 +39,6 @@ from tpnet.core.device import DeviceUnavailableError
 from tpnet.core.input_check import usable_reference
 from tpnet.core.io import write_png
 from tpnet.core.model_file import LoadedModel, ModelFileError, ModelNeedsTorchError, load_model_file
-from tpnet.core.overlay import render_overlay
 from tpnet.core.postprocess import TriggerPoint
 from tpnet.core.run_lock import FolderLockedError, lock_folder, unlock_folder
 from tpnet.core.scanner_profile import ProfileError, ScannerProfile, load_profile
@@ -60,6 +59,7 @@ from tpnet.inference.output_folder import (
     remove_earlier_results,
 )
 from tpnet.inference.output_names import bounded_stem
+from tpnet.inference.overlay_writers import OverlayWriters, default_overlay_processes
 from tpnet.inference.predictor import FrameFailure, FramePrediction, Predictor, stiffness_note
 from tpnet.inference.progress import PROGRESS_NAME, FrameRecord, ProgressJournal, ResumeError, model_identity
 from tpnet.inference.report import HtmlReport, frame_section
@@ -192,7 +192,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="threads reading frames and writing results while the network runs (default 2; more on a GPU)",
     )
+    parser.add_argument(
+        "--overlay-processes",
+        type=_non_negative_int,
+        default=default_overlay_processes(),
+        metavar="N",
+        help="processes drawing and writing overlays, beside the threads (default: 0 up to 4 cores, then half "
+        f"the cores beyond 4, at most 8; here {default_overlay_processes()}); 0 = in the worker threads",
+    )
     return parser
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -641,7 +659,10 @@ def _run(
     printed: set[str] = set()  # notes already shown: a loop's frames often share one
     printed_codes: dict[str, int] = {}  # frames whose warning of each code was printed
     started = time.perf_counter()
-    with (output_dir / "detections.csv").open("w", newline="", encoding="utf-8") as csv_file:
+    with (
+        contextlib.ExitStack() as stack,
+        (output_dir / "detections.csv").open("w", newline="", encoding="utf-8") as csv_file,
+    ):
         writer = csv.writer(csv_file)
         writer.writerow(CSV_COLUMNS)
         for record in journal.records:  # an interrupted run's frames, from its journal: each exactly once
@@ -656,18 +677,21 @@ def _run(
                 if args.no_overlays:
                     return
                 elasto = result.elasto_kpa
-                overlay = render_overlay(
-                    result.bmode, result.label_map, model.classes, result.trigger_points, elasto,
+                overlay_writers.write(
+                    output_dir / "overlays" / f"{stem}.png",
+                    bmode=result.bmode, label_map=result.label_map, classes=list(model.classes),
+                    trigger_points=list(result.trigger_points), elasto_kpa=elasto,
                     spacing_mm=result.frame.spacing_mm, skin_row=result.skin_row, title=result.frame.name,
                     swe_layer=elasto is not None and bool(np.isfinite(elasto).any()),
                 )  # fmt: skip
-                write_png(output_dir / "overlays" / f"{stem}.png", overlay)
             except Exception as exc:  # a full disk, a name the file system refuses: this frame only
                 write_failures[stem] = f"cannot write its results ({exc})"
                 for name in OUTPUT_DIRS:  # no mask without its overlay
                     with contextlib.suppress(OSError):
                         (output_dir / name / f"{stem}.png").unlink(missing_ok=True)
 
+        overlay_writers = OverlayWriters(0 if args.no_overlays else args.overlay_processes)
+        stack.enter_context(overlay_writers)
         results = predictor.run(todo, workers=args.workers, finish=write_images)
         progress = progress_bar(
             results, total=len(todo), unit="frame", desc="tpnet-infer", dynamic_ncols=True
