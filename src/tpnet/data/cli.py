@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         if message is not None:
             print(message, file=sys.stderr)
             return EXIT_MISSING_EXTRA
-        from tpnet.data.preprocess_cli import main_preprocess
+        from tpnet.planning.cli import main_preprocess
 
         return main_preprocess(args.root, args.spacing_mm, args.cache_dir, args.workers)
     from tpnet.data.render import render_samples
