@@ -801,7 +801,8 @@ def bench_infer_scaling(
     minus model-only time per frame at the same batch size and passes: what binds once the network is fast)."""
     for count in settings.infer_scaling_frames:
         folder = scaling_frames(settings, count)
-        for overlays in (True, False):
+        # --quick: without overlays only (the e2e figure above has them): one tpnet-infer start-up less.
+        for overlays in (False,) if settings.quick else (True, False):
             output = settings.workdir / "out_scaling"
             run = run_infer_cli(
                 model_file, folder, output, settings, SPACING_MM, settings.batch_size,
