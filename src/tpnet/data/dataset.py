@@ -166,10 +166,10 @@ class TrainPatchDataset(Dataset):
         margin = tuple(int(s * 1.25) for s in self.patch_size)
         frame = view.crop(self._crop_origin(view, margin, force_fg, rng), margin)
         if self.raw:  # augment=gpu: geometry, intensity and encoding happen per batch on the device
-            no_signal = np.full(margin, np.nan, np.float32)
+            elasto = frame.elasto_kpa if frame.elasto_kpa is not None else np.full(margin, np.nan, np.float32)
             return {
                 "bmode": _half(frame.bmode),
-                "elasto_kpa": _half(no_signal if frame.elasto_kpa is None else frame.elasto_kpa),
+                "elasto_kpa": _half(elasto),
                 "mask": torch.from_numpy(frame.mask),
                 "bmode_stats": torch.tensor(view.bmode_stats(), dtype=torch.float32),
                 "seed": torch.tensor(int(rng.integers(2**62)), dtype=torch.int64),

@@ -199,7 +199,7 @@ def ensure_preprocessed(
         partial = folder.parent / f"{folder.name}.tmp-{os.getpid()}"
         start = time.perf_counter()
         try:
-            _build(spec, rows, spacing_mm, partial, workers, show_progress)
+            _build(spec, rows, spacing_mm, partial, folder.name, workers, show_progress)
             os.replace(partial, folder)  # the commit: a complete folder appears at once
         finally:
             shutil.rmtree(partial, ignore_errors=True)
@@ -220,6 +220,7 @@ def _build(
     rows: Sequence[ManifestRow],
     spacing_mm: float,
     folder: Path,
+    name: str,
     workers: int | None,
     show_progress: bool,
 ) -> None:
@@ -262,7 +263,7 @@ def _build(
     index = {
         "format": CACHE_FORMAT,
         "storage": STORAGE,
-        "key": folder.name.rsplit(".tmp-", 1)[0].rsplit("-", 1)[-1],
+        "key": name.rsplit("-", 1)[-1],  # the final folder's name is <dataset>-<key>
         "dataset": spec.name,
         "root": str(spec.root),
         "spacing_mm": spacing_mm,
