@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from tpnet.core.contract import ClassRoles
 from tpnet.core.postprocess import TriggerPoint, frame_trp_score
 
 INDETERMINATE = "indeterminate"
@@ -227,10 +228,14 @@ class Calibration:
             p.reported_class = self.reported_class(p.p_active)
 
     def frame_probability(
-        self, probs: np.ndarray, classes: Sequence[str], points: Sequence[TriggerPoint]
+        self,
+        probs: np.ndarray,
+        classes: Sequence[str],
+        points: Sequence[TriggerPoint],
+        roles: ClassRoles | None = None,
     ) -> float:
         """Calibrated P(frame contains a TrP); ``points`` are the frame's detections (calibrated or not)."""
-        score = frame_trp_score(probs, classes)
+        score = frame_trp_score(probs, classes, roles)
         if self.frame is None:
             return score
         best = max((self.detection_confidence(p) for p in points), default=0.0)

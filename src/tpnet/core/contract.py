@@ -26,18 +26,81 @@ OPTIONAL_COLUMNS: tuple[str, ...] = ("elasto", "mask", "spacing_mm", "split", "f
 # B-mode suffixes that are certainly not DICOM: a ``frame`` cell on such a row is refused while parsing. Other
 # names (".dcm", no suffix as in DICOMDIR exports, UID-like "1.2.840...") are judged by the file's content.
 NON_DICOM_IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".npy", ".jpg", ".jpeg", ".bmp")
-# The one naming rule tpnet has: a class whose name ends in "_trp" is a trigger-point class (active_trp,
-# latent_trp, ...). Detection, counting, checks and reports all ask ``is_trp_class``.
+# What a class is FOR is declared by dataset.yaml's ``roles`` (issue #16): ``trp`` classes are trigger points
+# (detected, counted, reported), ``critical`` classes are structures a needle must not touch (nerves, vessels).
+# Without ``roles`` the defaults are the naming rule tpnet always had: a class whose name ends in "_trp" is a
+# trigger-point class, and the classes named in DEFAULT_CRITICAL are critical. Every tool asks
+# ``trp_class_indices`` / ``critical_class_indices`` with the roles it was given (dataset, model file).
 TRP_SUFFIX = "_trp"
+DEFAULT_CRITICAL: tuple[str, ...] = ("vessel", "nerve")
+ROLE_NAMES: tuple[str, ...] = ("trp", "critical")
 
 
-def is_trp_class(name: str) -> bool:
-    return name.endswith(TRP_SUFFIX)
+@dataclass(frozen=True)
+class ClassRoles:
+    """Class names per role. Names absent from a class list are ignored by the index functions, so one roles
+    object serves a run whose sources each label part of the classes."""
+
+    trp: tuple[str, ...]
+    critical: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"trp": list(self.trp), "critical": list(self.critical)}
 
 
-def trp_class_indices(classes: Sequence[str]) -> list[int]:
-    """Label indices of the trigger-point classes, in class order."""
-    return [i for i, name in enumerate(classes) if is_trp_class(name)]
+def default_roles(classes: Sequence[str]) -> ClassRoles:
+    """The naming rule: ``*_trp`` classes are trigger points, ``vessel`` and ``nerve`` are critical."""
+    return ClassRoles(
+        trp=tuple(c for c in classes if is_trp_class(c)),
+        critical=tuple(c for c in classes if c in DEFAULT_CRITICAL),
+    )
+
+
+def parse_roles(raw: object, classes: Sequence[str], where: str) -> ClassRoles:
+    """dataset.yaml's (or a model file's) ``roles`` mapping; a role left out keeps its default. Raises
+    ContractError naming ``where`` for an unknown role, a name not in ``classes``, the background in a role, or
+    a class in both roles."""
+    defaults = default_roles(classes)
+    if raw is None:
+        return defaults
+    if not isinstance(raw, dict):
+        raise ContractError(f"{where}: 'roles' must be a mapping like {{trp: [...], critical: [...]}}")
+    unknown = sorted(set(raw) - set(ROLE_NAMES))
+    if unknown:
+        raise ContractError(f"{where}: unknown role(s) {unknown} in 'roles'; expected {list(ROLE_NAMES)}")
+    chosen: dict[str, tuple[str, ...]] = {}
+    for role in ROLE_NAMES:
+        if role not in raw:
+            chosen[role] = getattr(defaults, role)
+            continue
+        names = raw[role] if raw[role] is not None else []
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ContractError(f"{where}: roles.{role} must be a list of class names")
+        missing = [n for n in names if n not in classes]
+        if missing:
+            raise ContractError(f"{where}: roles.{role} names {missing}, not in classes {list(classes)}")
+        if classes and classes[0] in names:
+            raise ContractError(f"{where}: roles.{role} names the background class {classes[0]!r}")
+        chosen[role] = tuple(names)
+    both = sorted(set(chosen["trp"]) & set(chosen["critical"]))
+    if both:
+        raise ContractError(f"{where}: {both} cannot be both a trigger point (trp) and a critical structure")
+    return ClassRoles(trp=chosen["trp"], critical=chosen["critical"])
+
+
+def is_trp_class(name: str, roles: ClassRoles | None = None) -> bool:
+    return name in roles.trp if roles is not None else name.endswith(TRP_SUFFIX)
+
+
+def trp_class_indices(classes: Sequence[str], roles: ClassRoles | None = None) -> list[int]:
+    """Label indices of the trigger-point classes, in class order (``roles`` None: the naming rule)."""
+    return [i for i, name in enumerate(classes) if is_trp_class(name, roles)]
+
+
+def critical_class_indices(classes: Sequence[str], roles: ClassRoles | None = None) -> list[int]:
+    """Label indices of the critical structures (nerves, vessels), in class order."""
+    critical = (roles or default_roles(classes)).critical
+    return [i for i, name in enumerate(classes) if name in critical]
 
 
 class ContractError(ValueError):
@@ -58,6 +121,12 @@ class DatasetSpec:
     # dataset.yaml's ``synthetic: true`` (tpnet-data synth writes it), or a tpnet generator block: frames made
     # by a generator, no patient behind them.
     synthetic: bool = False
+    # dataset.yaml's ``roles`` (None = the naming rule); read it through ``class_roles``.
+    roles: ClassRoles | None = None
+
+    @property
+    def class_roles(self) -> ClassRoles:
+        return self.roles if self.roles is not None else default_roles(self.classes)
 
 
 @dataclass(frozen=True)
@@ -100,6 +169,7 @@ def load_spec(root: str | Path) -> DatasetSpec:
     synthetic = raw.get("synthetic", made_by_tpnet)
     if not isinstance(synthetic, bool):
         raise ContractError(f"{path}: synthetic must be true or false, got {synthetic!r}")
+    roles = parse_roles(raw["roles"], classes, str(path)) if "roles" in raw else None
     return DatasetSpec(
         root=root,
         name=str(raw.get("name", root.name)),
@@ -107,6 +177,7 @@ def load_spec(root: str | Path) -> DatasetSpec:
         elasto_unit=unit,
         spacing_mm=spacing,
         synthetic=synthetic,
+        roles=roles,
     )
 
 
@@ -236,7 +307,7 @@ def _check_classes(classes: object, background: object, path: Path) -> tuple[str
             f"{path}: class index 0 must be the background ({expected!r}, {where}); got {classes[0]!r}. "
             f"Put {expected!r} first (mask value 0), or name index 0 with 'background_class: <name>'"
         )
-    if is_trp_class(expected):
+    if is_trp_class(expected):  # the naming rule; roles are checked by parse_roles
         raise ContractError(f"{path}: background class {expected!r} cannot be a trigger-point (_trp) class")
     return tuple(classes)
 

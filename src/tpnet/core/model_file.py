@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tpnet.core.archive_safety import UnsafeModelError, check_pt2_archive, check_torchscript_archive
+from tpnet.core.contract import ClassRoles, ContractError, parse_roles
 from tpnet.core.device import ONNX_CUDA, DeviceUnavailableError, onnxruntime_providers, torch_inference_device
 from tpnet.core.encoding import Encoding
 from tpnet.core.onnx_model import MAX_ONNX_BYTES, OnnxFormatError, OnnxNetwork, inspect_onnx
@@ -79,6 +80,11 @@ class LoadedModel:
         return tuple(self.meta["classes"])
 
     @property
+    def roles(self) -> ClassRoles:
+        """Trigger-point and critical classes (the naming rule for files written before issue #16)."""
+        return parse_roles(self.meta.get("roles"), self.classes, str(self.path))
+
+    @property
     def encoding(self) -> Encoding:
         return Encoding.from_dict(self.meta["encoding"])
 
@@ -108,6 +114,8 @@ def build_meta(
     torch_version: str | None = None,
     calibration: dict | None = None,
     model_card: dict | None = None,
+    roles: dict | None = None,
+    guidance: dict | None = None,
 ) -> dict:
     """The metadata dict stored as ``tpnet_meta.json``. Keyword names match the checkpoint's ``meta``,
     so an exporter can call ``build_meta(**ckpt["meta"], export_method=..., mlflow_run_id=...)``."""
@@ -166,6 +174,12 @@ def build_meta(
         meta["calibration"] = calibration
     if model_card is not None:
         meta["model_card"] = model_card
+    # Optional (issue #16): which classes are trigger points and which are critical structures (absent: the
+    # naming rule), and the needle-guidance settings the model was validated with.
+    if roles is not None:
+        meta["roles"] = roles
+    if guidance is not None:
+        meta["guidance"] = guidance
     validate_meta(meta, "build_meta")
     return meta
 
@@ -209,6 +223,12 @@ def validate_meta(meta: object, where: str | Path) -> dict:
         raise ModelFileError(
             f"{where}: 'postprocess' optional keys {list(OPTIONAL_POSTPROCESS_KEYS)} must be numbers"
         )
+
+    if "roles" in meta:
+        try:
+            parse_roles(meta["roles"], classes, str(where))
+        except ContractError as exc:
+            raise ModelFileError(str(exc)) from None
 
     # The tensor description must agree with the encoding and classes it summarises.
     try:

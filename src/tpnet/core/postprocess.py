@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 import cv2
 import numpy as np
 
-from tpnet.core.contract import trp_class_indices
+from tpnet.core.contract import ClassRoles, trp_class_indices
 
 VESSEL_CLASS = "vessel"
 ACTIVE_CLASS = "active_trp"
@@ -127,7 +127,11 @@ def _eroded(mask: np.ndarray) -> np.ndarray:
 
 
 def labels_from_probs(
-    probs: np.ndarray, classes: Sequence[str], params: PostprocessParams, spacing_mm: float
+    probs: np.ndarray,
+    classes: Sequence[str],
+    params: PostprocessParams,
+    spacing_mm: float,
+    roles: ClassRoles | None = None,
 ) -> np.ndarray:
     """(K, H, W) probabilities -> (H, W) uint8 label map.
 
@@ -135,12 +139,12 @@ def labels_from_probs(
     component takes the TrP class with the largest summed probability inside it (a nodule is never
     split into active and latent halves); components under ``params.min_area_mm2`` or whose mean summed
     TrP probability is under ``params.min_mean_prob``, and all other pixels, take the argmax among the
-    non-TrP classes.
+    non-TrP classes. ``roles`` says which classes are TrPs (None: the naming rule).
     """
     _check_probs(probs, classes)
     if spacing_mm <= 0:
         raise ValueError(f"spacing_mm must be > 0; got {spacing_mm}")
-    trp = trp_class_indices(classes)
+    trp = trp_class_indices(classes, roles)
     other = np.array([i for i in range(len(classes)) if i not in trp])
     labels = other[np.argmax(probs[other], axis=0)].astype(np.uint8)
     if not trp:
@@ -167,6 +171,7 @@ def find_trigger_points(
     elasto_kpa: np.ndarray | None = None,
     min_area_mm2: float = 0.0,
     min_vessel_area_mm2: float = MIN_VESSEL_AREA_MM2,
+    roles: ClassRoles | None = None,
 ) -> list[TriggerPoint]:
     """Connected components (8-connectivity) of the union of TrP classes, in mm, sorted by (y, x).
 
@@ -191,7 +196,7 @@ def find_trigger_points(
     if elasto_kpa is not None and elasto_kpa.shape != shape:
         raise ValueError(f"elasto_kpa shape {elasto_kpa.shape} differs from label_map shape {shape}")
 
-    trp = trp_class_indices(classes)
+    trp = trp_class_indices(classes, roles)
     if not trp:
         return []
     n, components, stats, centroids = _components(np.isin(label_map, trp))
@@ -317,10 +322,10 @@ def _stiffness_stats(
     return out
 
 
-def frame_trp_score(probs: np.ndarray, classes: Sequence[str]) -> float:
+def frame_trp_score(probs: np.ndarray, classes: Sequence[str], roles: ClassRoles | None = None) -> float:
     """Frame-level "contains a TrP" score: the largest summed TrP probability over pixels."""
     _check_probs(probs, classes)
-    trp = trp_class_indices(classes)
+    trp = trp_class_indices(classes, roles)
     if not trp or probs[0].size == 0:
         return 0.0
     return float(probs[trp].sum(axis=0).max())

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from tpnet.core.contract import trp_class_indices
+from tpnet.core.contract import ClassRoles, trp_class_indices
 from tpnet.core.postprocess import TriggerPoint
 
 
@@ -36,11 +36,14 @@ class DetectionSpread:
 
 
 def trp_components(
-    label_map: np.ndarray, classes: Sequence[str], points: Sequence[TriggerPoint]
+    label_map: np.ndarray,
+    classes: Sequence[str],
+    points: Sequence[TriggerPoint],
+    roles: ClassRoles | None = None,
 ) -> tuple[np.ndarray, list[int]]:
     """(component label image, each point's component id): the 8-connected TrP components that
     ``find_trigger_points`` made the points from, matched by centroid."""
-    mask = np.isin(label_map, trp_class_indices(classes)).astype(np.uint8)
+    mask = np.isin(label_map, trp_class_indices(classes, roles)).astype(np.uint8)
     n, components, _, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
     ids = []
     for point in points:

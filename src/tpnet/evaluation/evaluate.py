@@ -14,7 +14,7 @@ import torch
 
 from tpnet.core.atomic import atomic_write_text
 from tpnet.core.confidence import Calibration
-from tpnet.core.contract import trp_class_indices
+from tpnet.core.contract import ClassRoles, trp_class_indices
 from tpnet.core.postprocess import (
     PostprocessParams,
     TriggerPoint,
@@ -79,6 +79,7 @@ def score_frame(
     gt_points: list[TriggerPoint] | None = None,
     calibration: Calibration | None = None,
     raw_probs: np.ndarray | None = None,
+    roles: ClassRoles | None = None,
 ) -> tuple[FrameRecord, np.ndarray, list[TriggerPoint]]:
     """Post-process one frame's (K, H, W) probabilities and score them against its label map: the one path
     shared by evaluation, validation during training and post-processing calibration.
@@ -86,22 +87,26 @@ def score_frame(
     With ``calibration`` (``probs`` already tempered by it, ``raw_probs`` the same before tempering), the
     predicted TrPs get their calibrated confidence, p_active and reported class, the frame score is the
     calibrated frame probability, and the record carries calibration counts (before and after).
+    A frame of a source that does not label some classes (``frame["unlabelled_classes"]``, multi-source
+    training) is scored only on the classes it labels: see ``_without_unlabelled``.
     Returns the record, the predicted label map and the predicted trigger points."""
-    pred_labels = labels_from_probs(probs, classes, params, spacing_mm)
-    pred_points = find_trigger_points(pred_labels, spacing_mm, classes, probs=probs, elasto_kpa=elasto_kpa)
+    pred_labels = labels_from_probs(probs, classes, params, spacing_mm, roles)
+    pred_points = find_trigger_points(
+        pred_labels, spacing_mm, classes, probs=probs, elasto_kpa=elasto_kpa, roles=roles
+    )
     if gt_points is None:
-        gt_points = find_trigger_points(gt_labels, spacing_mm, classes, elasto_kpa=elasto_kpa)
-    raw_frame_score = frame_trp_score(probs, classes)
+        gt_points = find_trigger_points(gt_labels, spacing_mm, classes, elasto_kpa=elasto_kpa, roles=roles)
+    raw_frame_score = frame_trp_score(probs, classes, roles)
     frame_score, counts = raw_frame_score, None
     if calibration is not None:
         calibration.apply(pred_points)
-        frame_score = calibration.frame_probability(probs, classes, pred_points)
+        frame_score = calibration.frame_probability(probs, classes, pred_points, roles)
         matched = {p for p, _ in match_points(pred_points, gt_points, params.match_mm).pairs}
         counts = calibration_metrics.frame_counts(
             probs if raw_probs is None else raw_probs,
             probs,
             gt_labels,
-            trp_class_indices(classes),
+            trp_class_indices(classes, roles),
             [(p.raw_confidence, p.confidence, i in matched) for i, p in enumerate(pred_points)],
             raw_frame_score,
             frame_score,
@@ -119,7 +124,28 @@ def score_frame(
         frame_score=frame_score,
         calibration=counts,
     )
+    unlabelled = [int(k) for k in frame.get("unlabelled_classes", ())]
+    if unlabelled:
+        record = _without_unlabelled(record, unlabelled, trp_class_indices(classes, roles))
     return record, pred_labels, pred_points
+
+
+def _without_unlabelled(record: FrameRecord, unlabelled: Sequence[int], trp: Sequence[int]) -> FrameRecord:
+    """The record of a frame whose source does not label ``unlabelled`` (classes it shows as background):
+    those classes' pixel counts become 0 (a prediction there is neither right nor wrong), and when any TrP
+    class is unlabelled the frame says nothing about detection (no TrP counts, no frame score for the AUC)."""
+    for counts in (record.tp_px, record.fp_px, record.fn_px):
+        counts[list(unlabelled)] = 0
+    if set(unlabelled) & set(trp):
+        zeros = np.zeros_like(record.det_tp)
+        record.det_tp, record.det_fp, record.det_fn = zeros, zeros.copy(), zeros.copy()
+        record.loc_errors_mm, record.class_agree, record.class_matched = [], 0, 0
+        record.frame_score = float("nan")
+        record.has_gt_trp, record.n_gt_trp, record.n_pred_trp = False, 0, 0
+        record.active_matched = record.active_agree = record.latent_matched = record.latent_agree = 0
+        if record.calibration is not None:
+            record.calibration = np.zeros_like(record.calibration)
+    return record
 
 
 def evaluate(
@@ -132,6 +158,7 @@ def evaluate(
     tta: bool = False,
     amp_dtype: torch.dtype | None = None,
     calibration: Calibration | None = None,
+    roles: ClassRoles | None = None,
 ) -> tuple[dict[str, float], list[FrameRecord]]:
     """Predict every frame at full size (batch 1, padded to ``size_multiple``), calibrate and score it.
 
@@ -167,6 +194,7 @@ def evaluate(
                 params,
                 calibration=calibration,
                 raw_probs=raw,
+                roles=roles,
             )
             records.append(record)
     finally:

@@ -105,6 +105,7 @@ class Predictor:
         self.tta = tta
         self.strict = strict
         self.classes = model.classes
+        self.roles = model.roles  # which classes are TrPs / critical structures (issue #16)
         self.encoding = model.encoding
         self.params = PostprocessParams(**{k: float(v) for k, v in model.meta["postprocess"].items()})
         self.calibration = Calibration.from_meta(model.meta)
@@ -253,7 +254,7 @@ class Predictor:
         temperature = self.calibration.temperature
         mean = passes[0] if passes.shape[0] == 1 else passes.mean(axis=0)
         probs = temper_probs(mean, temperature)
-        trp = trp_class_indices(self.classes)
+        trp = trp_class_indices(self.classes, self.roles)
         trp_passes = np.stack([temper_probs(p, temperature)[:, trp].sum(axis=1) for p in passes], axis=1)
         return probs, trp_passes.astype(np.float32, copy=False)
 
@@ -288,12 +289,12 @@ class Predictor:
         for p, plane in enumerate(trp_passes):
             passes[p, y0:y1, x0:x1] = cv2.resize(plane, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
         spacing_mm = self.working_spacing_mm(item.frame)
-        label_map = labels_from_probs(probs, self.classes, self.params, spacing_mm)
+        label_map = labels_from_probs(probs, self.classes, self.params, spacing_mm, self.roles)
         points = find_trigger_points(
             label_map, spacing_mm, self.classes, probs=probs, elasto_kpa=item.elasto_kpa,
-            min_area_mm2=self.params.min_area_mm2,
+            min_area_mm2=self.params.min_area_mm2, roles=self.roles,
         )  # fmt: skip
-        components, ids = trp_components(label_map, self.classes, points)
+        components, ids = trp_components(label_map, self.classes, points, self.roles)
         region_skin = find_skin_row(item.bmode[y0:y1, x0:x1])
         skin_row = None if region_skin is None else region_skin + y0
         for point, spread in zip(points, pass_spread(passes, components, ids, spacing_mm), strict=True):
@@ -302,7 +303,7 @@ class Predictor:
             if skin_row is not None:
                 point.depth_from_skin_mm = (point.y_px - skin_row) * spacing_mm
         self.calibration.apply(points)  # calibrated confidence, p_active, reported_class
-        p_frame = float(self.calibration.frame_probability(probs, self.classes, points))
+        p_frame = float(self.calibration.frame_probability(probs, self.classes, points, self.roles))
         return FramePrediction(
             item.frame, item.bmode, item.elasto_kpa, label_map, points, item.notes,
             warnings=item.warnings, p_trp_frame=p_frame, skin_row=skin_row,
