@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,10 +12,13 @@ from tpnet.core.model_file import (
     FORMAT_VERSION,
     META_FILENAME,
     REQUIRED_KEYS,
+    LoadedModel,
     ModelFileError,
     build_meta,
     load_model_file,
+    validate_meta,
 )
+from tpnet.core.needle_path import GuidanceParams
 
 
 @pytest.mark.parametrize(("fmt", "kind"), [("torchscript", "torchscript"), ("pt2", "torch.export")])
@@ -135,3 +139,22 @@ def test_build_meta_keeps_the_calibrated_min_mean_prob():
         postprocess=post, export_method="trace",
     )  # fmt: skip
     assert meta["postprocess"] == post
+
+
+def test_guidance_settings_travel_in_the_metadata():
+    """Issue #16: the needle-guidance settings a model was validated with; files without them get the defaults."""
+    meta = make_meta(0.2, ("bmode",), "trace", 2.0)
+    assert LoadedModel(None, meta, "onnx", Path("m.onnx")).guidance == GuidanceParams()
+    chosen = GuidanceParams(min_clearance_mm=4.0, max_angle_deg=60.0)
+    meta["guidance"] = chosen.to_dict()
+    validate_meta(meta, "m.onnx")
+    assert LoadedModel(None, meta, "onnx", Path("m.onnx")).guidance == chosen
+    for bad, message in (
+        ({"min_clearance_mm": -1.0}, "min_clearance_mm"),
+        ({"min_clearence_mm": 3.0}, "unknown"),
+        ({"min_clearance_mm": "3"}, "numbers"),
+        ([3.0], "numbers"),
+    ):
+        meta["guidance"] = bad
+        with pytest.raises(ModelFileError, match=message):
+            validate_meta(meta, "m.onnx")

@@ -15,6 +15,7 @@ from tpnet.core.needle_path import (
     critical_mask,
     distance_map_px,
     plan_needle_path,
+    segment_clearance_mm,
     structure_mask,
 )
 
@@ -253,3 +254,25 @@ def test_plan_time_on_a_512_frame_is_reported(capsys):
             f"\nplan_needle_path on 512x512, 4 vessels: {ms:.2f} ms per plan ({path.side}, {path.angle_deg})"
         )
     assert path is not None
+
+
+def test_segment_clearance_re_measures_a_planned_path_by_the_same_rule():
+    labels = scene()
+    labels[80:121, 60:76] = VESSEL
+    critical = critical_of(labels)
+    path = plan_needle_path((100, 100), critical, SKIN_ROW, SPACING_MM, PARAMS)
+    distance = distance_map_px(critical)
+    entry, target = (path.entry_x_px, path.entry_y_px), (path.target_x_px, path.target_y_px)
+    assert segment_clearance_mm(distance, entry, target, SPACING_MM) == path.clearance_mm
+    assert segment_clearance_mm(distance, target, entry, SPACING_MM) == path.clearance_mm  # either direction
+    # On another mask (a vessel across the path's upper half) the same segment measures that mask.
+    other = np.zeros_like(critical)
+    other[40:44, 100:140] = True
+    assert segment_clearance_mm(distance_map_px(other), entry, target, SPACING_MM) == 0.0
+    assert segment_clearance_mm(None, entry, target, SPACING_MM) == math.inf
+    # A level segment 10 rows above a one-pixel structure, spanning its column.
+    dot = np.zeros((50, 50), bool)
+    dot[30, 25] = True
+    assert segment_clearance_mm(distance_map_px(dot), (5, 20), (45, 20), 1.0) == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="outside"):
+        segment_clearance_mm(distance, (-1, 5), target, SPACING_MM)

@@ -26,6 +26,7 @@ from tpnet.core.archive_safety import UnsafeModelError, check_pt2_archive, check
 from tpnet.core.contract import ClassRoles, ContractError, parse_roles
 from tpnet.core.device import ONNX_CUDA, DeviceUnavailableError, onnxruntime_providers, torch_inference_device
 from tpnet.core.encoding import Encoding
+from tpnet.core.needle_path import GuidanceParams
 from tpnet.core.onnx_model import MAX_ONNX_BYTES, OnnxFormatError, OnnxNetwork, inspect_onnx
 from tpnet.extras import EXTRAS, install_command, missing_modules
 
@@ -83,6 +84,12 @@ class LoadedModel:
     def roles(self) -> ClassRoles:
         """Trigger-point and critical classes (the naming rule for files written before issue #16)."""
         return parse_roles(self.meta.get("roles"), self.classes, str(self.path))
+
+    @property
+    def guidance(self) -> GuidanceParams:
+        """Needle-guidance settings the model was validated with (defaults for files without them)."""
+        raw = self.meta.get("guidance")
+        return GuidanceParams() if raw is None else GuidanceParams.from_dict(raw)
 
     @property
     def encoding(self) -> Encoding:
@@ -229,6 +236,16 @@ def validate_meta(meta: object, where: str | Path) -> dict:
             parse_roles(meta["roles"], classes, str(where))
         except ContractError as exc:
             raise ModelFileError(str(exc)) from None
+    if "guidance" in meta:
+        guidance = meta["guidance"]
+        if not isinstance(guidance, dict) or any(
+            isinstance(v, bool) or not isinstance(v, int | float) for v in guidance.values()
+        ):
+            raise ModelFileError(f"{where}: 'guidance' must map GuidanceParams fields to numbers")
+        try:
+            GuidanceParams.from_dict(guidance)
+        except ValueError as exc:
+            raise ModelFileError(f"{where}: bad 'guidance' ({exc})") from None
 
     # The tensor description must agree with the encoding and classes it summarises.
     try:

@@ -233,6 +233,32 @@ def _path_clearances_px(
     return per_strip.min(axis=1)
 
 
+def segment_clearance_mm(
+    distance_px: np.ndarray | None,
+    entry_xy_px: tuple[float, float],
+    target_xy_px: tuple[float, float],
+    spacing_mm: float,
+) -> float:
+    """Clearance (mm) of one given segment on a ``distance_map_px`` map, by the planner's own rule (so a path
+    planned on one mask and re-measured on another, e.g. the true one, differ only by the mask); inf when the
+    map is None (no critical pixel). The segment may run in any direction; both ends must lie in the frame."""
+    if distance_px is None:
+        return math.inf
+    (x_a, y_a), (x_b, y_b) = (tuple(float(v) for v in p) for p in (entry_xy_px, target_xy_px))
+    height, width = distance_px.shape
+    for x, y in ((x_a, y_a), (x_b, y_b)):
+        if not (0.0 <= y <= height - 1 and 0.0 <= x <= width - 1):
+            raise ValueError(f"segment end ({x}, {y}) lies outside the {height} x {width} frame")
+    if y_a > y_b:  # the strips run downwards
+        (x_a, y_a), (x_b, y_b) = (x_b, y_b), (x_a, y_a)
+    if y_a == y_b:  # level: its cells' corners are the rows around it, the columns it spans
+        rows = distance_px[int(math.floor(y_a)) : int(math.ceil(y_a)) + 1]
+        cols = slice(int(math.floor(min(x_a, x_b))), int(math.ceil(max(x_a, x_b))) + 1)
+        return float(rows[:, cols].min()) * float(spacing_mm)
+    clearance_px = _path_clearances_px(distance_px, np.array([x_a]), y_a, x_b, y_b)[0]
+    return float(clearance_px) * float(spacing_mm)
+
+
 def plan_needle_path(
     target_yx_px: tuple[float, float],
     critical: np.ndarray,

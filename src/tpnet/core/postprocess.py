@@ -97,6 +97,18 @@ class TriggerPoint:
     confidence_sd: float = math.nan  # spread of the detection's probability across TTA passes
     centroid_sd_mm: float = math.nan  # spread of its centroid across TTA passes (mm, radial)
     depth_from_skin_mm: float = math.nan  # centroid depth below the skin line
+    # Needle guidance (issue #16, ``tpnet.core.guidance.plan_guidance``): boundary-to-boundary distances to the
+    # nerves and to any critical structure (NaN: none in the frame), and the planned in-plane path (side ""
+    # and NaN figures: no in-plane path, which is never safe; clearance inf: no critical structure in view).
+    nearest_nerve_mm: float = math.nan
+    nearest_critical_mm: float = math.nan
+    needle_side: str = ""  # "left" / "right": the image side the needle enters from
+    needle_angle_deg: float = math.nan  # to the skin line
+    needle_depth_mm: float = math.nan  # path length, skin entry to centroid
+    needle_clearance_mm: float = math.nan  # the path's smallest distance to a critical pixel
+    path_safe: bool = False  # needle_clearance_mm >= GuidanceParams.min_clearance_mm
+    entry_x_px: float = math.nan  # the skin entry, for drawing
+    entry_y_px: float = math.nan
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,105 @@
+"""Needle guidance for a frame's trigger points: each TrP's planned path and its distances to nerves and vessels
+written into its ``TriggerPoint`` record (issue #16). numpy + OpenCV + standard library only.
+
+One rule for every tool: ``frame_paths`` plans the paths the way ``tpnet-infer`` reports them, so evaluation
+re-measuring those paths on the true structures measures what the clinician was shown. What is avoided: the
+frame's critical mask (``needle_path.critical_mask``: arg-max nerves and vessels, or a faint critical
+probability), with every TrP pixel of the label map left out (the label map already called those pixels trigger
+point, and the needle is meant to go into one).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from tpnet.core.contract import ClassRoles, critical_class_indices, trp_class_indices
+from tpnet.core.needle_path import (
+    GuidanceParams,
+    NeedlePath,
+    critical_mask,
+    distance_map_px,
+    plan_needle_path,
+    structure_mask,
+)
+from tpnet.core.postprocess import TriggerPoint
+from tpnet.core.uncertainty import trp_components
+
+NERVE_CLASS = "nerve"  # nearest_nerve_mm measures this class (when the classes have it)
+
+
+def frame_paths(
+    points: Sequence[TriggerPoint],
+    label_map: np.ndarray,
+    probs: np.ndarray | None,
+    classes: Sequence[str],
+    roles: ClassRoles | None,
+    spacing_mm: float,
+    skin_row: int | None,
+    params: GuidanceParams,
+) -> list[NeedlePath | None]:
+    """Each point's planned path (None: no in-plane path), in the order of ``points``. ``probs`` None: the
+    label map alone (ground truth)."""
+    if not points:
+        return []
+    trp_pixels = np.isin(label_map, trp_class_indices(classes, roles))
+    critical = critical_mask(label_map, probs, classes, roles, params, spacing_mm)
+    distance = distance_map_px(critical & ~trp_pixels)  # one map for all the frame's TrPs
+    return [
+        plan_needle_path(
+            (p.y_px, p.x_px), critical, skin_row, spacing_mm, params, exclude=trp_pixels, distance_px=distance
+        )
+        for p in points
+    ]
+
+
+def plan_guidance(
+    points: Sequence[TriggerPoint],
+    label_map: np.ndarray,
+    probs: np.ndarray | None,
+    classes: Sequence[str],
+    roles: ClassRoles | None,
+    spacing_mm: float,
+    skin_row: int | None,
+    params: GuidanceParams,
+) -> list[NeedlePath | None]:
+    """Fill each point's guidance fields in place and return its path (``frame_paths``).
+
+    nearest_nerve_mm / nearest_critical_mm: from the TrP's own pixels (its 8-connected component of the label
+    map, as ``find_trigger_points`` made it) to the nearest pixel of the ``nerve`` class / of any critical class,
+    arg-max components under ``params.min_critical_area_mm2`` left out (speckle); NaN when there is none. A TrP
+    without an in-plane path keeps side "" and NaN figures, and path_safe False: flagged, never dropped."""
+    paths = frame_paths(points, label_map, probs, classes, roles, spacing_mm, skin_row, params)
+    if not points:
+        return paths
+    components, ids = trp_components(label_map, classes, points, roles)
+    critical = critical_class_indices(classes, roles)
+    nerve = [i for i in critical if classes[i] == NERVE_CLASS]
+    # One distance map per structure for all the frame's TrPs (``boundary_distance_mm`` makes one per call).
+    to_critical = distance_map_px(
+        structure_mask(label_map, critical, spacing_mm, params.min_critical_area_mm2)
+    )
+    to_nerve = distance_map_px(structure_mask(label_map, nerve, spacing_mm, params.min_critical_area_mm2))
+    for point, path, component in zip(points, paths, ids, strict=True):
+        own = components == component
+        point.nearest_critical_mm = _nearest_mm(to_critical, own, spacing_mm)
+        point.nearest_nerve_mm = _nearest_mm(to_nerve, own, spacing_mm)
+        if path is None:
+            point.needle_side, point.path_safe = "", False
+            continue
+        point.needle_side = path.side
+        point.needle_angle_deg = path.angle_deg
+        point.needle_depth_mm = path.depth_mm
+        point.needle_clearance_mm = path.clearance_mm
+        point.path_safe = path.safe
+        point.entry_x_px, point.entry_y_px = path.entry_x_px, path.entry_y_px
+    return paths
+
+
+def _nearest_mm(distance_px: np.ndarray | None, own: np.ndarray, spacing_mm: float) -> float:
+    """``needle_path.boundary_distance_mm`` on a distance map made once per frame: NaN without the structure."""
+    if distance_px is None or not own.any():
+        return math.nan
+    return float(distance_px[own].min()) * float(spacing_mm)
