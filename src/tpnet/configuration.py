@@ -137,8 +137,19 @@ class CacheSchema:
 
 
 @dataclass
+class SourceSchema:
+    root: str = "???"
+    weight: float = 1.0
+    name: str | None = None
+
+
+@dataclass
 class DataSchema:
     root: str | None = None
+    # Several contract datasets at once (issue #16, tpnet.data.sources); null = root (or the synthetic set).
+    sources: list[SourceSchema] | None = None
+    classes: list[str] | None = None  # the run's classes with sources; null = the sources' merged by name
+    partial_labels: str = "marginal"  # a class a source does not label: marginal (unknown) | background
     synthetic: SyntheticSchema = field(default_factory=SyntheticSchema)
     channels: list[str] = field(default_factory=lambda: ["bmode", "elasto", "elasto_valid"])
     kpa_scale: float = DEFAULT_KPA_SCALE
@@ -188,6 +199,16 @@ class PostprocessSchema:
 
 
 @dataclass
+class GuidanceSchema:  # tpnet.core.needle_path.GuidanceParams
+    min_clearance_mm: float = 3.0
+    min_angle_deg: float = 15.0
+    max_angle_deg: float = 70.0
+    angle_step_deg: float = 1.0
+    critical_prob_threshold: float = 0.1
+    min_critical_area_mm2: float = 0.5
+
+
+@dataclass
 class CalibrationSchema:
     enabled: bool = True
     thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
@@ -208,6 +229,7 @@ class EvaluationSchema:
 _SCHEMAS = {
     "trainer": TrainerSchema, "data": DataSchema, "plan": PlanSchema, "cv": CVSchema, "logger": LoggerSchema,
     "postprocess": PostprocessSchema, "calibration": CalibrationSchema, "evaluation": EvaluationSchema,
+    "guidance": GuidanceSchema,
 }  # fmt: skip
 # The sections of tpnet-train's config: the schemas above, the seed, and the groups whose keys are the
 # arguments of their ``_target_`` (checked when they are built).
@@ -219,6 +241,7 @@ _CHOICES = {
     "trainer.nan_policy": ("skip", "stop"),
     "data.bmode_norm": (None, "none", "zscore_frame"),  # tpnet.core.encoding.BMODE_NORMS, or null = planned
     "data.synthetic.appearance": ("literature", "wide", "shifted"),  # tpnet.data.synth.APPEARANCES
+    "data.partial_labels": ("marginal", "background"),  # tpnet.data.sources.PARTIAL_LABEL_MODES
 }
 
 

@@ -268,7 +268,7 @@ def _check_row(root: Path, raw: dict[str, str], line: int, spec: DatasetSpec | N
     if mask is not None and label_counts is not None:
         result.class_pixels = label_counts[: len(spec.classes)]
         for index, name in enumerate(spec.classes):
-            if is_trp_class(name) and result.class_pixels[index]:
+            if is_trp_class(name, spec.class_roles) and result.class_pixels[index]:
                 count, _ = cv2.connectedComponents((mask == index).astype(np.uint8), connectivity=8)
                 result.trp_components[name] = count - 1  # minus the background component
     if result.has_swe:
@@ -453,7 +453,8 @@ def _summarise(
         frames_per_split = UNASSIGNED
 
     class_pixels = np.zeros(len(classes), dtype=np.int64)
-    trp_counts = {name: 0 for name in classes if is_trp_class(name)}
+    roles = spec.class_roles if spec is not None else None
+    trp_counts = {name: 0 for name in classes if is_trp_class(name, roles)}
     hists: dict[str, np.ndarray] = {}
     for result in results:
         if result.class_pixels is not None:

@@ -3,6 +3,8 @@ choose the pixel spacing, build datasets and loaders. Mirrors ``configs/data/``.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Iterable, Iterator
@@ -11,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from tpnet.core.contract import DatasetSpec, ManifestRow, load_manifest, load_spec
 from tpnet.core.encoding import Encoding
@@ -23,6 +25,18 @@ from tpnet.data.dataset import (
     median_spacing_mm,
 )
 from tpnet.data.preprocessed import PreprocessedFrames, ensure_preprocessed
+from tpnet.data.sources import (
+    PARTIAL_LABEL_MODES,
+    UNLABELLED_CODE_BASE,
+    RelabelledFrames,
+    RelabelledPatches,
+    Source,
+    label_lut,
+    merged_roles,
+    run_classes,
+    source_name,
+    unlabelled_classes,
+)
 from tpnet.data.splits import split_rows
 
 log = logging.getLogger(__name__)
@@ -38,6 +52,15 @@ class DataSetup:
     spacing_mm: float
     fingerprint: str
     labelled: list[ManifestRow] = field(default_factory=list)  # every labelled row, manifest order
+    # data.sources (tpnet.data.sources): the datasets of a multi-source run, the first one primary (planning and
+    # label checks read it). Empty for one dataset. With sources, ``spec`` is the run's (merged classes and
+    # roles; root and units of the primary), ``splits`` / ``labelled`` concatenate the sources' rows in order.
+    sources: list[Source] = field(default_factory=list)
+
+    @property
+    def primary(self) -> DataSetup:
+        """The set-up planning and label checks read: the first source's, or this one."""
+        return self.sources[0].setup if self.sources else self
 
 
 def dataset_root(data_cfg: Any) -> Path:
@@ -67,6 +90,8 @@ def manifest_fingerprint(root: Path) -> str:
 def setup_data(
     data_cfg: Any, seed: int, fold: int | None = None, folds: int | None = None, check: bool = True
 ) -> DataSetup:
+    if data_cfg.get("sources"):
+        return _setup_sources(data_cfg, seed, fold, folds, check)
     root = dataset_root(data_cfg)
     if check:
         from tpnet.data.check import check_or_raise
@@ -106,6 +131,57 @@ def setup_data(
     return DataSetup(spec, splits, encoding, spacing_mm, manifest_fingerprint(root), labelled)
 
 
+def _setup_sources(
+    data_cfg: Any, seed: int, fold: int | None, folds: int | None, check: bool
+) -> DataSetup:
+    """``data.sources``: each dataset set up (checked, split by its own subjects) on its own, then merged."""
+    from omegaconf import OmegaConf
+
+    mode = str(data_cfg.get("partial_labels") or "marginal")
+    if mode not in PARTIAL_LABEL_MODES:
+        raise ValueError(f"data.partial_labels={mode!r}: expected one of {list(PARTIAL_LABEL_MODES)}")
+    singles = []
+    for index, entry in enumerate(data_cfg.sources):
+        if not entry.get("root"):
+            raise ValueError(f"data.sources[{index}] needs a root (a contract dataset folder)")
+        one = OmegaConf.merge(data_cfg, {"root": str(entry.root), "sources": None})
+        singles.append((entry, setup_data(one, seed, fold, folds, check)))
+    specs = [single.spec for _, single in singles]
+    classes = run_classes(specs, data_cfg.get("classes"))
+    sources = []
+    for index, (entry, single) in enumerate(singles):
+        name = source_name(entry.get("name"), single.spec, index)
+        if name in {s.name for s in sources}:
+            raise ValueError(f"data.sources[{index}]: name {name!r} is used twice; give each source a name")
+        weight = float(entry.get("weight", 1.0) if entry.get("weight") is not None else 1.0)
+        if not weight > 0:
+            raise ValueError(f"data.sources[{index}] ({name}): weight must be > 0; got {weight}")
+        unlabelled = unlabelled_classes(single.spec.classes, classes)
+        code = UNLABELLED_CODE_BASE + index if mode == "marginal" and unlabelled else None
+        lut = label_lut(single.spec.classes, classes, f"data.sources[{index}] ({name})")
+        sources.append(Source(name, single, weight, lut, unlabelled, code))
+        log.info(
+            "source %s: %s, weight %g, unlabelled here: %s", name, single.spec.root, weight,
+            [classes[k] for k in unlabelled] or "none",
+        )  # fmt: skip
+    primary = sources[0].setup
+    spec = dataclasses.replace(
+        primary.spec,
+        name="+".join(s.name for s in sources),
+        classes=classes,
+        roles=merged_roles(specs, classes),
+        synthetic=all(s.spec.synthetic for s in sources),
+    )
+    splits = {split: [r for s in sources for r in s.setup.splits[split]] for split in primary.splits}
+    fingerprint = hashlib.sha256(
+        repr([(s.name, s.weight, s.setup.fingerprint, mode) for s in sources]).encode()
+    ).hexdigest()[:16]
+    return DataSetup(
+        spec, splits, primary.encoding, primary.spacing_mm, fingerprint,
+        [r for s in sources for r in s.setup.labelled], sources,
+    )  # fmt: skip
+
+
 def encoding_from_config(data_cfg: Any) -> Encoding:
     """The channel encoding the ``data`` config asks for."""
     return Encoding(
@@ -130,17 +206,24 @@ def train_loader(
     workers), an on-device one (``augment=gpu``: the workers deliver raw crops, the training step augments each
     batch on the device), or None."""
     on_device = bool(getattr(transform, "on_device", False))
-    dataset = TrainPatchDataset(
-        setup.spec,
-        setup.splits["train"],
-        setup.encoding,
-        setup.spacing_mm,
-        data_cfg.patch_size,
-        None if on_device else transform,
-        seed,
-        frames=preprocessed_frames(setup, data_cfg),
-        raw=on_device,
-    )
+
+    def patches(one: DataSetup) -> TrainPatchDataset:
+        return TrainPatchDataset(
+            one.spec,
+            one.splits["train"],
+            setup.encoding,
+            setup.spacing_mm,
+            data_cfg.patch_size,
+            None if on_device else transform,
+            seed,
+            frames=preprocessed_frames(one, data_cfg, setup.spacing_mm),
+            raw=on_device,
+        )
+
+    if setup.sources:  # one dataset per source, masks relabelled; indices follow the concatenated train rows
+        dataset: Any = _OffsetConcat([RelabelledPatches(patches(s.setup), s) for s in setup.sources])
+    else:
+        dataset = patches(setup)
     batch_size = int(data_cfg.batch_size)
     workers = int(data_cfg.num_workers)
     loader = DataLoader(
@@ -159,9 +242,12 @@ def train_loader(
     return loader
 
 
-def preprocessed_frames(setup: DataSetup, data_cfg: Any) -> PreprocessedFrames | None:
-    """The preprocessed cache of every labelled frame at the run's spacing (built on first use), or None when
-    ``data.cache.enabled`` is false (frames are then read and resampled per item)."""
+def preprocessed_frames(
+    setup: DataSetup, data_cfg: Any, spacing_mm: float | None = None
+) -> PreprocessedFrames | None:
+    """The preprocessed cache of every labelled frame at the run's spacing (``spacing_mm``, default the
+    set-up's; built on first use), or None when ``data.cache.enabled`` is false (frames are then read and
+    resampled per item)."""
     cache_cfg = getattr(data_cfg, "cache", None)
     if cache_cfg is None or not cache_cfg.enabled:
         return None
@@ -170,7 +256,7 @@ def preprocessed_frames(setup: DataSetup, data_cfg: Any) -> PreprocessedFrames |
     return ensure_preprocessed(
         setup.spec,
         rows,
-        setup.spacing_mm,
+        setup.spacing_mm if spacing_mm is None else spacing_mm,
         Path(str(cache_cfg.dir)),
         workers=int(workers) if workers else None,
     )
@@ -183,8 +269,29 @@ def _fg_fraction(data_cfg: Any) -> float:
     return DEFAULT_FG_FRACTION if value is None else float(value)
 
 
-def frame_dataset(setup: DataSetup, split: str) -> FullFrameDataset:
+def frame_dataset(setup: DataSetup, split: str) -> Dataset:
+    """Full frames of one split (every source's, relabelled, in source order)."""
+    if setup.sources:
+        return ConcatDataset(
+            [
+                RelabelledFrames(
+                    FullFrameDataset(s.spec, s.setup.splits[split], setup.encoding, setup.spacing_mm), s
+                )
+                for s in setup.sources
+            ]
+        )
     return FullFrameDataset(setup.spec, setup.splits[split], setup.encoding, setup.spacing_mm)
+
+
+class _OffsetConcat(ConcatDataset):
+    """ConcatDataset whose keys may be tuples ``(index, force_fg, epoch)`` (PatchSampler's): the index is
+    mapped to its source's dataset, the rest passed on."""
+
+    def __getitem__(self, key: Any) -> Any:
+        index, rest = (key[0], tuple(key[1:])) if isinstance(key, tuple) else (key, ())
+        part = bisect.bisect_right(self.cumulative_sizes, index)
+        local = index - (self.cumulative_sizes[part - 1] if part else 0)
+        return self.datasets[part][(local, *rest) if rest else local]
 
 
 def frame_loader(dataset: FullFrameDataset, indices: list[int], workers: int) -> DataLoader:

@@ -58,7 +58,7 @@ class CacheError(RuntimeError):
 def foreground_labels(spec: DatasetSpec) -> list[int]:
     """Labels that foreground-forced crops centre on: the trigger-point classes, else every labelled structure
     (a dataset of nerves, vessels or aponeuroses)."""
-    return trp_class_indices(spec.classes) or list(range(1, len(spec.classes)))
+    return trp_class_indices(spec.classes, spec.class_roles) or list(range(1, len(spec.classes)))
 
 
 def cache_key(spec: DatasetSpec, rows: Sequence[ManifestRow], spacing_mm: float) -> str:

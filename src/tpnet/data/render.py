@@ -132,7 +132,7 @@ def render_samples(root: Path, out_dir: Path, n: int = 3, seed: int = 0) -> list
     """Write ``n`` rendered frames of the dataset at ``root`` to ``out_dir``; returns their paths."""
     root, out_dir = Path(root), Path(out_dir)
     spec = load_spec(root)
-    trp_labels = trp_class_indices(spec.classes)
+    trp_labels = trp_class_indices(spec.classes, spec.class_roles)
     scored = []
     for row in load_manifest(root):
         score = int(row.elasto is not None)

@@ -109,10 +109,19 @@ def any_across_ranks(flag: bool, info: DistInfo, device: torch.device) -> bool:
 class EpochSampler(Sampler):
     """Distributed sampler with a fixed epoch length: each epoch draws ``samples_per_epoch`` indices from a
     permutation seeded by (seed, epoch) (repeated when longer than the dataset) and gives rank r every
-    ``world_size``-th one. Depends only on (seed, epoch), so a resumed run replays the same epochs."""
+    ``world_size``-th one. Depends only on (seed, epoch), so a resumed run replays the same epochs.
+    ``weights`` (per index, summing to 1; multi-source runs): indices drawn with replacement by weight instead."""
 
-    def __init__(self, n: int, samples_per_epoch: int | None, seed: int, info: DistInfo = DistInfo()) -> None:
+    def __init__(
+        self,
+        n: int,
+        samples_per_epoch: int | None,
+        seed: int,
+        info: DistInfo = DistInfo(),
+        weights: np.ndarray | None = None,
+    ) -> None:
         self.n = n
+        self.weights = weights
         self.total = samples_per_epoch or n
         self.total -= self.total % info.world_size  # equal shards, no rank waits on another
         self.seed = seed
@@ -124,6 +133,9 @@ class EpochSampler(Sampler):
 
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng([self.seed, self.epoch, 7])
+        if self.weights is not None:
+            order = rng.choice(self.n, size=self.total, p=self.weights)
+            return iter(order[self.info.rank :: self.info.world_size].tolist())
         reps = -(-self.total // self.n)
         order = np.concatenate([rng.permutation(self.n) for _ in range(reps)])[: self.total]
         return iter(order[self.info.rank :: self.info.world_size].tolist())

@@ -195,3 +195,50 @@ def deep_supervision(loss_fn: Callable, enabled: bool) -> Callable:
     """The loss for a model's output: ``loss_fn`` itself, or (``enabled``) the weighted sum over the decoder
     levels' logit maps that a deep-supervised model returns in training mode (``DeepSupervisionLoss``)."""
     return DeepSupervisionLoss(loss_fn) if enabled else loss_fn
+
+
+class MarginalLoss(nn.Module):
+    """Partial labels (issue #16, ``data.sources``): ``loss_fn`` where a pixel's label may be a *set* of classes.
+
+    A source that does not label some classes marks its background pixels with a code (``label_sets``: code ->
+    the classes it may be, background first; ``tpnet.data.sources``). At such a pixel the merged probability
+    of the set is what the label says: the background logit becomes the log-sum-exp of the set's logits and the
+    set's other classes get no probability, so cross-entropy scores log P(set) and Dice / Tversky count neither
+    a false positive nor a false negative of an unknown class there: the marginal loss of Shi et al. (2021,
+    "Marginal loss and exclusion loss for partially supervised multi-organ segmentation"). Pixels the source
+    does label keep every class, so a labelled vessel pixel still teaches "not a nerve" (their exclusion loss).
+    Without codes in the batch it is ``loss_fn`` unchanged."""
+
+    def __init__(self, loss_fn: Callable, label_sets: Mapping[int, Sequence[int]]) -> None:
+        super().__init__()
+        self.loss_fn = loss_fn
+        self.label_sets = {int(code): tuple(int(k) for k in members) for code, members in label_sets.items()}
+        for code, members in self.label_sets.items():
+            if not members or members[0] != 0:
+                raise ValueError(f"label set of code {code} must start with the background (0); got {members}")
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        present = [code for code in self.label_sets if bool((target == code).any())]
+        if not present:
+            return self.loss_fn(logits, target)
+        merged = logits.float()
+        target = target.clone()
+        for code in present:
+            members = list(self.label_sets[code])
+            where = (target == code).unsqueeze(1)  # (B, 1, H, W)
+            background = torch.logsumexp(merged[:, members], dim=1, keepdim=True)
+            # A finite "minus infinity": exp underflows to exactly 0, and no inf - inf NaN in the softmax.
+            others = torch.full_like(merged[:, members[1:]], -1e4)
+            merged = torch.cat(
+                [
+                    torch.where(where, background, merged[:, :1]),
+                    merged[:, 1:],
+                ],
+                dim=1,
+            )
+            if len(members) > 1:
+                index = torch.tensor(members[1:], device=merged.device)
+                current = merged.index_select(1, index)
+                merged = merged.index_copy(1, index, torch.where(where, others, current))
+            target[target == code] = 0
+        return self.loss_fn(merged, target)

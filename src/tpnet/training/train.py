@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,9 @@ from tpnet.configuration import (
 from tpnet.core.atomic import atomic_write_text
 from tpnet.core.checkpoint import load_checkpoint
 from tpnet.core.confidence import Calibration
+from tpnet.core.contract import ClassRoles, trp_class_indices
 from tpnet.core.device import amp_dtype_for, pick_device
+from tpnet.core.needle_path import GuidanceParams
 from tpnet.core.postprocess import PostprocessParams
 from tpnet.core.terminal import progress_bar
 from tpnet.data.datamodule import (
@@ -49,6 +51,7 @@ from tpnet.data.datamodule import (
     split_frames,
     train_loader,
 )
+from tpnet.data.sources import Source, partial_label_table, sample_weights
 from tpnet.evaluation.evaluate import (
     evaluate,
     evaluation_report,
@@ -77,7 +80,7 @@ from tpnet.training.console import FILE_ONLY
 from tpnet.training.distributed import DistInfo, EpochSampler
 from tpnet.training.ema import EMA
 from tpnet.training.label_set import choose_monitor, has_trigger_points, label_set_warnings, summarise_labels
-from tpnet.training.losses import deep_supervision
+from tpnet.training.losses import MarginalLoss, deep_supervision
 from tpnet.training.model_card import build_model_card, training_input_reference
 from tpnet.training.overlays import write_overlays
 from tpnet.training.validate import validate_frames
@@ -219,16 +222,20 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
     classes = list(data.spec.classes)
     monitor, mode, val_has_trp = _check_labels_and_pick_monitor(cfg, data, classes, info)
     augment = instantiate(cfg.augment)
+    # Multi-source runs (data.sources) draw each source's share of the samples by its weight.
+    weights = sample_weights(data.sources) if data.sources else None
     loader = train_loader(
         data, cfg.data, augment,
-        EpochSampler(len(data.splits["train"]), cfg.data.samples_per_epoch, int(cfg.seed), info),
+        EpochSampler(len(data.splits["train"]), cfg.data.samples_per_epoch, int(cfg.seed), info, weights),
         int(cfg.seed), device,
     )  # fmt: skip
     val_set = frame_dataset(data, "val")
     val_loader = frame_loader(
         val_set, list(range(info.rank, len(val_set), info.world_size)), cfg.data.num_workers
     )
-    state = build_train_state(cfg, data.encoding.in_channels, len(classes), len(loader), device)
+    state = build_train_state(
+        cfg, data.encoding.in_channels, len(classes), len(loader), device, partial_label_table(data.sources)
+    )
     state.on_device_augment = on_device_augment(augment, data.encoding, cfg.data.patch_size)
     params = PostprocessParams.from_dict(OmegaConf.to_container(cfg.postprocess))
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -265,7 +272,8 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
             )
             if validating:
                 metrics.update(
-                    _validate(state, val_loader, classes, params, cfg, run_dir, tracker, epoch, info)
+                    _validate(state, val_loader, classes, params, cfg, run_dir, tracker, epoch, info,
+                              data.sources, data.spec.class_roles)  # fmt: skip
                 )
             metrics["throughput/epoch_s"] = time.perf_counter() - start
             improved = progress.record(metrics.get(monitor), mode)
@@ -431,16 +439,25 @@ def _on_non_finite_loss(state: TrainState, epoch: int, step: int, skipped: int) 
 
 # ----------------------------------------------------------------------------------------------- set-up
 def build_train_state(
-    cfg: DictConfig, in_channels: int, num_classes: int, batches_per_epoch: int, device: torch.device
+    cfg: DictConfig,
+    in_channels: int,
+    num_classes: int,
+    batches_per_epoch: int,
+    device: torch.device,
+    label_sets: dict[int, tuple[int, ...]] | None = None,
 ) -> TrainState:
     """Network, loss, optimiser, schedule, grad scaler and EMA from the config's groups (Hydra ``instantiate``).
-    The benchmark builds its training step through here too."""
+    ``label_sets``: the partial-label codes of a multi-source run (``MarginalLoss``). The benchmark builds its
+    training step through here too."""
     tcfg = cfg.trainer
     model = build_model(cfg.model, in_channels, num_classes).to(device)
     # channels_last helps oneDNN on CPU too (about +25 % for the demo U-Net here), not only cuDNN.
     memory_format = torch.channels_last if tcfg.channels_last else torch.preserve_format
     model = model.to(memory_format=memory_format)
-    loss_fn = deep_supervision(instantiate(cfg.loss), bool(cfg.model.get("deep_supervision", False)))
+    loss_fn = instantiate(cfg.loss)
+    if label_sets:  # inside deep supervision: each decoder level gets the codes, downsampled as labels
+        loss_fn = MarginalLoss(loss_fn, label_sets)
+    loss_fn = deep_supervision(loss_fn, bool(cfg.model.get("deep_supervision", False)))
     optimizer = instantiate(cfg.optim)(params=model.parameters())
     accumulate = int(tcfg.accumulate_grad_batches)
     steps_per_epoch = max(1, batches_per_epoch // accumulate)
@@ -487,7 +504,8 @@ def _plan_run(cfg: DictConfig, data: DataSetup, device: torch.device, run_dir: P
             total_mb = None
             if device.type == "cuda":
                 total_mb = torch.cuda.get_device_properties(device).total_memory / 2**20
-            plan = plan_from_config(cfg, data.spec, data.splits, device.type, total_mb)
+            # A multi-source run is planned from its primary (first) source.
+            plan = plan_from_config(cfg, data.primary.spec, data.primary.splits, device.type, total_mb)
         write_plan(plan, run_dir)
         log.info("experiment plan: %s", run_dir / PLAN_FILE, extra=FILE_ONLY)
         log.info(plan.describe())  # the table, once
@@ -507,10 +525,12 @@ def _model_meta(
         "tpnet_version": __version__,
         "model_name": str(cfg.model._target_).rsplit(".", 1)[-1],
         "classes": list(data.spec.classes),
+        "roles": data.spec.class_roles.to_dict(),
         "encoding": data.encoding.to_dict(),
         "spacing_mm": data.spacing_mm,
         "size_multiple": int(model.size_multiple),
         "postprocess": params.to_dict(),
+        "guidance": GuidanceParams.from_dict(OmegaConf.to_container(cfg.guidance)).to_dict(),
         "config_fingerprint": config_fingerprint(resolved),
         "dataset_name": data.spec.name,
         "dataset_fingerprint": data.fingerprint,
@@ -621,7 +641,8 @@ def _upload_run_files(
 # ----------------------------------------------------------------------------------------------- per epoch
 def _validate(
     state: TrainState, val_loader: Iterable, classes: list[str], params: PostprocessParams, cfg: DictConfig,
-    run_dir: Path, tracker: MlflowTracker, epoch: int, info: DistInfo,
+    run_dir: Path, tracker: MlflowTracker, epoch: int, info: DistInfo, sources: Sequence[Source] = (),
+    roles: ClassRoles | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """Full-frame validation of the EMA weights (when kept) on this rank's frames, gathered on every rank;
     overlays of a few frames every ``logger.overlay_every_n_epochs``."""
@@ -631,7 +652,7 @@ def _validate(
     fault_injection.stall("validate", epoch + 1)
     records, losses, kept = validate_frames(
         eval_model, list(iter_frames(val_loader)), state.loss_fn, classes, params, state.device, state.amp_dtype,
-        keep_predictions=3 if want_overlays else 0,
+        keep_predictions=3 if want_overlays else 0, roles=roles,
     )  # fmt: skip
     records = distributed.gather_objects(records, info)
     losses = distributed.gather_objects(losses, info)
@@ -641,10 +662,38 @@ def _validate(
                  extra=None if info.enabled else FILE_ONLY)  # fmt: skip
     metrics = {"val/loss": float(np.mean(losses)) if losses else math.nan}
     metrics.update(metric_values(aggregate(records, classes), "val/"))
+    for source in sources:  # multi-source runs: each source's own figures, val/<source>/...
+        mine = [r for r in records if r.sample_id.startswith(source.name + "/")]
+        if mine:
+            metrics.update(_source_metrics(aggregate(mine, classes), source, classes, roles))
     if kept:
         for path in write_overlays(kept, classes, run_dir / "overlays" / f"epoch_{epoch + 1:03d}"):
             tracker.log_artifact(path, f"overlays/epoch_{epoch + 1:03d}")
     return metrics
+
+
+# Figures about trigger-point detection (not per class): a source that labels no trigger point cannot give them.
+_TRP_DETECTION_METRICS = ("det_", "loc_err", "class_", "frame_", "detection_", "active_")
+
+
+def _source_metrics(
+    report: dict, source: Source, classes: Sequence[str], roles: ClassRoles
+) -> dict[str, float]:
+    """One source's validation figures as ``val/<source>/...``, without those it cannot measure: the classes
+    it does not label, and trigger-point detection when it does not label every TrP class."""
+    prefix = f"val/{source.name}/"
+    unknown = {classes[k] for k in source.unlabelled}
+    no_trp = bool(set(trp_class_indices(classes, roles)) & set(source.unlabelled))
+    kept = {}
+    for key, value in metric_values(report, prefix).items():
+        metric = key.removeprefix(prefix)
+        per_class = metric.rsplit("/", 1)[-1] if "/" in metric else None
+        if per_class in unknown:
+            continue
+        if no_trp and per_class not in classes and metric.startswith(_TRP_DETECTION_METRICS):
+            continue
+        kept[key] = value
+    return kept
 
 
 def _save_checkpoints(
@@ -739,9 +788,13 @@ def calibrate_checkpoint(path, data, device, amp_dtype, cfg, classes, params, ru
     model, state = load_deployable_model(path, device)
     ccfg, seed = cfg.calibration, int(cfg.seed)
     tta = bool(ccfg.get("tta", False))
-    cached = predict_validation(
-        model, split_frames(data, "val", cfg.data.num_workers), classes, device, amp_dtype, tta=tta
-    )
+    trp = set(trp_class_indices(classes, data.spec.class_roles))
+    # Multi-source: confidence is calibrated on the frames of sources that label the trigger points.
+    frames = (
+        f for f in split_frames(data, "val", cfg.data.num_workers)
+        if not trp & set(f.get("unlabelled_classes", ()))
+    )  # fmt: skip
+    cached = predict_validation(model, frames, classes, device, amp_dtype, tta=tta)
     temperature = fit_pixel_temperature(cached, seed) if ccfg.get("temperature", True) else 1.0
     best, grid = choose_postprocess(
         cached, classes, params, ccfg.thresholds, ccfg.min_areas_mm2, ccfg.get("min_mean_probs") or (0.0,)
@@ -834,6 +887,7 @@ def evaluate_checkpoint_on(path, data, split, device, amp_dtype, cfg, classes) -
         tta=calibration.tta,
         amp_dtype=amp_dtype,
         calibration=calibration,
+        roles=data.spec.class_roles,
     )
     report = evaluation_report(records, classes, n_boot=int(cfg.evaluation.n_boot), seed=int(cfg.seed))
     report.update(
@@ -853,15 +907,18 @@ def _check_labels_and_pick_monitor(
     choice = None
     if info.is_main:
         log.info(console.data_line(data.spec.name, _split_sizes(data), data.spacing_mm))
-        summary = summarise_labels(data)
-        for message in label_set_warnings(summary, classes, data.spacing_mm):
+        # A multi-source run checks its primary (first) source's labels, in that source's own classes.
+        primary = data.primary
+        primary_classes = list(primary.spec.classes)
+        summary = summarise_labels(primary)
+        for message in label_set_warnings(summary, primary_classes, data.spacing_mm):
             _warn(message)
         monitor, mode, why = choose_monitor(
-            str(cfg.trainer.monitor), str(cfg.trainer.monitor_mode), summary, classes
+            str(cfg.trainer.monitor), str(cfg.trainer.monitor_mode), summary, primary_classes
         )
         if why:
             _warn(why)
-        choice = (monitor, mode, has_trigger_points(summary["val"], classes))
+        choice = (monitor, mode, has_trigger_points(summary["val"], primary_classes))
     return tuple(distributed.broadcast_object(choice, info))
 
 

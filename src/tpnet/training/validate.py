@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from tpnet.core.contract import ClassRoles
 from tpnet.core.postprocess import PostprocessParams
 from tpnet.core.predict import predict_probs
 from tpnet.evaluation.evaluate import score_frame
@@ -25,6 +26,7 @@ def validate_frames(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     keep_predictions: int = 0,
+    roles: ClassRoles | None = None,
 ) -> tuple[list[FrameRecord], list[float], list[dict]]:
     """Returns per-frame records, per-frame losses and up to ``keep_predictions`` frames with their label maps
     (for overlay images)."""
@@ -50,6 +52,7 @@ def validate_frames(
                 frame,
                 classes,
                 params,
+                roles=roles,
             )
             records.append(record)
             if len(kept) < keep_predictions:
