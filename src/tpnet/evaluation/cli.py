@@ -26,10 +26,14 @@ from tpnet.configuration import (
 log = logging.getLogger("tpnet")
 
 DEFAULT_EXPERIMENT = "tpnet"  # training's default: an ensemble's run joins its members' experiment if it can
+# The figures the log line shows.
+SUMMARY_KEYS = ("det_f1", "det_precision", "det_recall", "loc_err_mm", "dice_mean")
+SUMMARY_KEYS += ("guidance/unsafe_called_safe_rate", "n_paths_called_safe", "n_called_safe_truly_unsafe")
 
 
 def run_eval(cfg: DictConfig) -> dict:
     from tpnet.core.confidence import Calibration
+    from tpnet.core.contract import parse_roles
     from tpnet.core.device import pick_device
     from tpnet.core.postprocess import PostprocessParams
     from tpnet.data.datamodule import frame_dataset, frame_loader, iter_frames
@@ -62,6 +66,8 @@ def run_eval(cfg: DictConfig) -> dict:
     params = PostprocessParams.from_dict(
         OmegaConf.to_container(cfg.postprocess) if cfg.postprocess else meta["postprocess"]
     )
+    roles = parse_roles(meta.get("roles"), meta["classes"], str(first_path))  # absent: the naming rule
+    guidance = _guidance_params(cfg, meta)
     dataset = frame_dataset(data, cfg.split)
     if len(dataset) == 0:
         raise SystemExit(f"split {cfg.split!r} of {data.spec.root} is empty")
@@ -79,6 +85,8 @@ def run_eval(cfg: DictConfig) -> dict:
         device,
         tta=tta,
         calibration=calibration,
+        roles=roles,
+        guidance=guidance,
     )
     seed = int(state["config"]["seed"])
     report = evaluation_report(records, meta["classes"], n_boot=int(cfg.evaluation.n_boot), seed=seed)
@@ -87,6 +95,7 @@ def run_eval(cfg: DictConfig) -> dict:
         checkpoint=[str(p.resolve()) for p in deployable.paths] if ensemble else str(first_path.resolve()),
         dataset=str(data.spec.root),
         tta=tta,
+        guidance=guidance.to_dict(),
     )
     if ensemble:
         report["ensemble"] = ensemble
@@ -99,14 +108,22 @@ def run_eval(cfg: DictConfig) -> dict:
             _log_to_ensemble_run(cfg, ensemble, report, output)
         elif state.get("mlflow_run_id"):
             _log_to_run(cfg, state["mlflow_run_id"], report, output)
-    summary = {
-        k: report[k]
-        for k in ("det_f1", "det_precision", "det_recall", "loc_err_mm", "dice_mean")
-        if k in report
-    }
+    summary = {k: report[k] for k in SUMMARY_KEYS if k in report}
     log.info("%s split: %s", cfg.split, json.dumps(summary))
     log.info("wrote %s", output)
     return report
+
+
+def _guidance_params(cfg: DictConfig, meta: dict):
+    """The needle-guidance settings the paths are planned and judged with: the ones the model was validated
+    with (its meta ``guidance``; the GuidanceParams defaults for a model without), each replaced by eval.yaml's
+    ``guidance.<key>`` where that is not null."""
+    from tpnet.core.needle_path import GuidanceParams
+
+    chosen = dict(meta.get("guidance") or {})
+    overrides = OmegaConf.to_container(cfg.guidance) if cfg.get("guidance") else {}
+    chosen.update({k: v for k, v in overrides.items() if v is not None})
+    return GuidanceParams.from_dict(chosen)
 
 
 def _member_data(state: dict, meta: dict, root: str | None, check: bool):
@@ -116,6 +133,8 @@ def _member_data(state: dict, meta: dict, root: str | None, check: bool):
     data_cfg = train_cfg.data
     if root:
         data_cfg.root = str(root)
+        if data_cfg.get("sources"):  # a multi-source model scored on one dataset: that dataset alone
+            data_cfg.sources = None
     data_cfg.spacing_mm = float(meta["spacing_mm"])  # evaluate at the scale the model was trained at
     return setup_data(data_cfg, int(train_cfg.seed), train_cfg.cv.fold, train_cfg.cv.folds, check=check)
 

@@ -14,7 +14,8 @@ import torch
 
 from tpnet.core.atomic import atomic_write_text
 from tpnet.core.confidence import Calibration
-from tpnet.core.contract import ClassRoles, trp_class_indices
+from tpnet.core.contract import ClassRoles, critical_class_indices, trp_class_indices
+from tpnet.core.needle_path import GuidanceParams
 from tpnet.core.postprocess import (
     PostprocessParams,
     TriggerPoint,
@@ -23,7 +24,10 @@ from tpnet.core.postprocess import (
     labels_from_probs,
 )
 from tpnet.core.predict import predict_probs, temper_probs
+from tpnet.core.skin_line import find_skin_row
 from tpnet.evaluation import calibration_metrics
+from tpnet.evaluation.critical_detection import critical_detection_counts
+from tpnet.evaluation.guidance_metrics import frame_guidance_counts
 from tpnet.evaluation.metrics import (
     FrameRecord,
     aggregate,
@@ -80,6 +84,7 @@ def score_frame(
     calibration: Calibration | None = None,
     raw_probs: np.ndarray | None = None,
     roles: ClassRoles | None = None,
+    guidance: GuidanceParams | None = None,
 ) -> tuple[FrameRecord, np.ndarray, list[TriggerPoint]]:
     """Post-process one frame's (K, H, W) probabilities and score them against its label map: the one path
     shared by evaluation, validation during training and post-processing calibration.
@@ -87,6 +92,10 @@ def score_frame(
     With ``calibration`` (``probs`` already tempered by it, ``raw_probs`` the same before tempering), the
     predicted TrPs get their calibrated confidence, p_active and reported class, the frame score is the
     calibrated frame probability, and the record carries calibration counts (before and after).
+    The record always counts the critical structures (nerves, vessels: ``critical_detection``) found and missed.
+    With ``guidance``, each predicted TrP's needle path is planned on the prediction as tpnet-infer plans it and
+    re-measured on the true critical structures (``guidance_metrics``); None skips it (it costs a few ms a
+    frame: see ``evaluate``).
     A frame of a source that does not label some classes (``frame["unlabelled_classes"]``, multi-source
     training) is scored only on the classes it labels: see ``_without_unlabelled``.
     Returns the record, the predicted label map and the predicted trigger points."""
@@ -112,6 +121,13 @@ def score_frame(
             frame_score,
             bool(gt_points),
         )
+    critical = critical_class_indices(classes, roles)
+    guidance_counts = None
+    if guidance is not None:
+        skin_row = frame_skin_row(frame)
+        guidance_counts = frame_guidance_counts(
+            pred_labels, probs, gt_labels, pred_points, classes, spacing_mm, skin_row, guidance, roles
+        )
     record = frame_record(
         pred_labels,
         gt_labels,
@@ -123,6 +139,11 @@ def score_frame(
         match_mm=params.match_mm,
         frame_score=frame_score,
         calibration=counts,
+        critical=critical,
+        critical_counts=critical_detection_counts(
+            pred_labels, gt_labels, critical, len(classes), spacing_mm, params.match_mm
+        ),
+        guidance=guidance_counts,
     )
     unlabelled = [int(k) for k in frame.get("unlabelled_classes", ())]
     if unlabelled:
@@ -130,12 +151,36 @@ def score_frame(
     return record, pred_labels, pred_points
 
 
+def frame_skin_row(frame: dict) -> int | None:
+    """The skin row a needle path starts from: ``frame["skin_row"]`` when the frame says, else ``find_skin_row``
+    on the image's B-mode channel (channel 0), as tpnet-infer finds it on the B-mode. A z-scored channel
+    (``bmode_norm``) is brought back to [0, 1] by its own range first: the rule is a half-maximum, which that
+    scaling leaves where it is; only its minimum contrast is then relative to the frame's range. None: the top
+    of the image."""
+    if "skin_row" in frame:
+        return None if frame["skin_row"] is None else int(frame["skin_row"])
+    bmode = _as_numpy(frame["image"][0]).astype(np.float32, copy=False)
+    low, high = float(bmode.min()), float(bmode.max())
+    if (low < 0.0 or high > 1.0) and high > low:
+        bmode = (bmode - low) / (high - low)
+    return find_skin_row(bmode)
+
+
 def _without_unlabelled(record: FrameRecord, unlabelled: Sequence[int], trp: Sequence[int]) -> FrameRecord:
     """The record of a frame whose source does not label ``unlabelled`` (classes it shows as background):
     those classes' pixel counts become 0 (a prediction there is neither right nor wrong), and when any TrP
-    class is unlabelled the frame says nothing about detection (no TrP counts, no frame score for the AUC)."""
-    for counts in (record.tp_px, record.fp_px, record.fn_px):
+    class is unlabelled the frame says nothing about detection (no TrP counts, no frame score for the AUC).
+    An unlabelled critical class has no structure counts; with any critical class unlabelled the true critical
+    mask is incomplete, so the frame has no guidance counts either."""
+    for name in ("tp_px", "fp_px", "fn_px"):
+        counts = getattr(record, name).copy()  # np.diag gave a read-only view
         counts[list(unlabelled)] = 0
+        setattr(record, name, counts)
+    for counts in (record.critical_tp, record.critical_fp, record.critical_fn):
+        if counts is not None:
+            counts[list(unlabelled)] = 0
+    if record.guidance is not None and set(unlabelled) & set(record.critical):
+        record.guidance = np.zeros_like(record.guidance)
     if set(unlabelled) & set(trp):
         zeros = np.zeros_like(record.det_tp)
         record.det_tp, record.det_fp, record.det_fn = zeros, zeros.copy(), zeros.copy()
@@ -159,11 +204,13 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     calibration: Calibration | None = None,
     roles: ClassRoles | None = None,
+    guidance: GuidanceParams | None = None,
 ) -> tuple[dict[str, float], list[FrameRecord]]:
     """Predict every frame at full size (batch 1, padded to ``size_multiple``), calibrate and score it.
 
     ``calibration``: the model's (``Calibration.from_meta``); None = identity, whose "after" figures equal the
-    "before" ones (calibration errors are measured either way).
+    "before" ones (calibration errors are measured either way). ``guidance``: measure the needle guidance
+    (``guidance_metrics``) with these settings; None skips it.
 
     ``model`` must already live on ``device``; an ``nn.Module`` is switched to eval mode for the
     loop and back to its previous mode afterwards (so the training loop can call this directly).
@@ -195,6 +242,7 @@ def evaluate(
                 calibration=calibration,
                 raw_probs=raw,
                 roles=roles,
+                guidance=guidance,
             )
             records.append(record)
     finally:

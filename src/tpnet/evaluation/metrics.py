@@ -25,7 +25,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from tpnet.core.postprocess import TriggerPoint
-from tpnet.evaluation import calibration_metrics
+from tpnet.evaluation import calibration_metrics, guidance_metrics
 
 DEFAULT_RADII_MM: tuple[float, ...] = (3.0, 5.0, 10.0)
 
@@ -40,13 +40,15 @@ class Matching:
     pairs: list[tuple[int, int]] = field(default_factory=list)  # (pred index, gt index)
 
 
-def match_points(pred: Sequence[TriggerPoint], gt: Sequence[TriggerPoint], match_mm: float) -> Matching:
-    """One-to-one matching (Hungarian on centroid distance in mm); pairs farther than match_mm are
-    rejected. Among matchings, the most pairs within the radius wins, then the smallest total distance."""
-    if not pred or not gt:
-        return Matching(tp=0, fp=len(pred), fn=len(gt), errors_mm=[], class_agree=0)
-    pred_xy = np.array([(p.x_mm, p.y_mm) for p in pred])
-    gt_xy = np.array([(g.x_mm, g.y_mm) for g in gt])
+def match_centroids(
+    pred_xy_mm: np.ndarray, gt_xy_mm: np.ndarray, match_mm: float
+) -> tuple[list[tuple[int, int]], list[float]]:
+    """One-to-one matching of (N, 2) and (M, 2) centroids in mm (Hungarian on their distance); pairs farther than
+    match_mm are rejected. Among matchings, the most pairs within the radius wins, then the smallest total
+    distance. Returns the (pred index, gt index) pairs and their distances."""
+    if len(pred_xy_mm) == 0 or len(gt_xy_mm) == 0:
+        return [], []
+    pred_xy, gt_xy = np.asarray(pred_xy_mm, np.float64), np.asarray(gt_xy_mm, np.float64)
     dist = np.hypot(pred_xy[:, None, 0] - gt_xy[None, :, 0], pred_xy[:, None, 1] - gt_xy[None, :, 1])
     # An out-of-radius pair costs more than any set of in-radius pairs, so the assignment first
     # maximises the number of valid matches.
@@ -54,12 +56,22 @@ def match_points(pred: Sequence[TriggerPoint], gt: Sequence[TriggerPoint], match
     cost = np.where(too_far, (max(dist.shape) + 1) * match_mm + 1.0, dist)
     rows, cols = linear_sum_assignment(cost)
     pairs = [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if not too_far[r, c]]
+    return pairs, [float(dist[r, c]) for r, c in pairs]
+
+
+def match_points(pred: Sequence[TriggerPoint], gt: Sequence[TriggerPoint], match_mm: float) -> Matching:
+    """One-to-one matching of trigger points on centroid distance in mm (``match_centroids``)."""
+    pairs, errors_mm = match_centroids(
+        np.array([(p.x_mm, p.y_mm) for p in pred]).reshape(-1, 2),
+        np.array([(g.x_mm, g.y_mm) for g in gt]).reshape(-1, 2),
+        match_mm,
+    )
     tp = len(pairs)
     return Matching(
         tp=tp,
         fp=len(pred) - tp,
         fn=len(gt) - tp,
-        errors_mm=[float(dist[r, c]) for r, c in pairs],
+        errors_mm=errors_mm,
         class_agree=sum(pred[r].class_name == gt[c].class_name for r, c in pairs),
         pairs=pairs,
     )
@@ -93,6 +105,14 @@ class FrameRecord:
     active_agree: int = 0
     latent_matched: int = 0
     latent_agree: int = 0
+    # Critical structures (nerves, vessels; issue #16): their class indices, and per class index (K,) structure
+    # counts (``critical_detection``), 0 outside ``critical``; None: not measured (records written before).
+    critical: tuple[int, ...] = ()
+    critical_tp: np.ndarray | None = None
+    critical_fp: np.ndarray | None = None
+    critical_fn: np.ndarray | None = None
+    # Needle-guidance counts (``guidance_metrics.FIELDS``); None where not measured.
+    guidance: np.ndarray | None = None
 
 
 def pixel_confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> tuple[np.ndarray, ...]:
@@ -117,9 +137,14 @@ def frame_record(
     match_mm: float = 5.0,
     frame_score: float | None = None,
     calibration: np.ndarray | None = None,
+    critical: Sequence[int] = (),
+    critical_counts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    guidance: np.ndarray | None = None,
 ) -> FrameRecord:
     """``frame_score`` defaults to the largest confidence among predicted TrPs (0 without any);
-    ``calibration``: the frame's calibration counts, if measured."""
+    ``calibration``: the frame's calibration counts, if measured; ``critical``: the critical class indices and
+    ``critical_counts`` their (K,) structure (tp, fp, fn) (``critical_detection.critical_detection_counts``);
+    ``guidance``: the frame's needle-guidance counts (``guidance_metrics.frame_guidance_counts``)."""
     if pred_labels.shape != gt_labels.shape:
         raise ValueError(f"{sample_id}: prediction shape {pred_labels.shape} != mask shape {gt_labels.shape}")
     for name, labels in (("mask", gt_labels), ("prediction", pred_labels)):
@@ -161,6 +186,11 @@ def frame_record(
         active_agree=by_class["active_trp"][1],
         latent_matched=by_class["latent_trp"][0],
         latent_agree=by_class["latent_trp"][1],
+        critical=tuple(int(k) for k in critical),
+        critical_tp=None if critical_counts is None else np.asarray(critical_counts[0]),
+        critical_fp=None if critical_counts is None else np.asarray(critical_counts[1]),
+        critical_fn=None if critical_counts is None else np.asarray(critical_counts[2]),
+        guidance=guidance,
     )
 
 
@@ -175,14 +205,19 @@ class _Layout:
     radii_mm: tuple[float, ...]
     match_mm: float
     calibrated: bool = False  # every record carries calibration counts
+    critical: tuple[int, ...] = ()  # the critical class indices every record shares
+    guided: bool = False  # every record carries guidance counts
 
     def slices(self) -> dict[str, slice]:
         k, r = self.num_classes, len(self.radii_mm)
         sizes = {"tp_px": k, "fp_px": k, "fn_px": k, "det_tp": r, "det_fp": r, "det_fn": r}
         sizes |= {"loc_sum": 1, "loc_count": 1, "agree": 1, "matched": 1, "n_gt": 1, "frames": 1}
         sizes["by_class"] = 4  # active matched, active agree, latent matched, latent agree
+        sizes |= {"critical_tp": k, "critical_fp": k, "critical_fn": k}
         if self.calibrated:
             sizes["calibration"] = calibration_metrics.SIZE
+        if self.guided:
+            sizes["guidance"] = guidance_metrics.SIZE
         out, start = {}, 0
         for name, size in sizes.items():
             out[name] = slice(start, start + size)
@@ -201,8 +236,18 @@ def _layout(records: Sequence[FrameRecord], classes: Sequence[str]) -> _Layout:
             )
         if rec.radii_mm != first.radii_mm or rec.match_mm != first.match_mm:
             raise ValueError(f"{rec.sample_id}: detection radii differ from {first.sample_id}")
+        if rec.critical != first.critical:
+            raise ValueError(
+                f"{rec.sample_id}: critical classes {list(rec.critical)} differ from {first.sample_id}'s "
+                f"{list(first.critical)}"
+            )
     calibrated = all(rec.calibration is not None for rec in records)
-    return _Layout(len(classes), first.radii_mm, first.match_mm, calibrated)
+    guided = all(rec.guidance is not None for rec in records)
+    return _Layout(len(classes), first.radii_mm, first.match_mm, calibrated, first.critical, guided)
+
+
+def _per_class(counts: np.ndarray | None, num_classes: int) -> np.ndarray:
+    return np.zeros(num_classes) if counts is None else counts
 
 
 def _count_matrix(records: Sequence[FrameRecord], layout: _Layout) -> np.ndarray:
@@ -217,7 +262,11 @@ def _count_matrix(records: Sequence[FrameRecord], layout: _Layout) -> np.ndarray
                 r.det_fn,
                 [sum(r.loc_errors_mm), len(r.loc_errors_mm), r.class_agree, r.class_matched, r.n_gt_trp, 1],
                 [r.active_matched, r.active_agree, r.latent_matched, r.latent_agree],
+                _per_class(r.critical_tp, layout.num_classes),
+                _per_class(r.critical_fp, layout.num_classes),
+                _per_class(r.critical_fn, layout.num_classes),
                 r.calibration if layout.calibrated else [],
+                r.guidance if layout.guided else [],
             ]
         )
         for r in records
@@ -258,8 +307,17 @@ def _metrics_from_totals(totals: np.ndarray, layout: _Layout, classes: Sequence[
     # active TrPs; plain class_acc rewards calling every TrP the commoner type.
     a_n, a_ok, l_n, l_ok = s["by_class"]
     out["class_balanced_acc"] = 0.5 * (a_ok / a_n + l_ok / l_n) if a_n > 0 and l_n > 0 else math.nan
+    # Critical structures: as for TrPs, nothing to find (no true structure of the class) leaves them undefined.
+    for k in layout.critical:
+        name, c_tp, c_fp, c_fn = classes[k], s["critical_tp"][k], s["critical_fp"][k], s["critical_fn"][k]
+        to_find = c_tp + c_fn > 0
+        out[f"det_f1/{name}"] = _ratio(2 * c_tp, 2 * c_tp + c_fp + c_fn) if to_find else math.nan
+        out[f"det_precision/{name}"] = _ratio(c_tp, c_tp + c_fp) if to_find else math.nan
+        out[f"det_recall/{name}"] = _ratio(c_tp, c_tp + c_fn)
     if layout.calibrated:
         out.update(calibration_metrics.metrics_from_totals(s["calibration"]))
+    if layout.guided:
+        out.update(guidance_metrics.metrics_from_totals(s["guidance"]))
     return out
 
 
@@ -307,12 +365,19 @@ def _auc_ranks(records: Sequence[FrameRecord]) -> _AucRanks:
 def aggregate(records: Sequence[FrameRecord], classes: Sequence[str]) -> dict[str, float]:
     """Pooled metrics over a set of frames (see the module docstring for conventions)."""
     layout = _layout(records, classes)
-    out = _metrics_from_totals(_count_matrix(records, layout).sum(axis=0), layout, classes)
+    totals = _count_matrix(records, layout).sum(axis=0)
+    out = _metrics_from_totals(totals, layout, classes)
     out["frame_auc"] = _auc_ranks(records).auc(np.ones(len(records)))
     out["n_frames"] = len(records)
     out["n_subjects"] = len({r.subject_id for r in records})
     out["n_gt_trp"] = int(sum(r.n_gt_trp for r in records))
     out["n_pred_trp"] = int(sum(r.n_pred_trp for r in records))
+    s = layout.slices()
+    for k in layout.critical:
+        tp, fp, fn = (float(totals[s[name]][k]) for name in ("critical_tp", "critical_fp", "critical_fn"))
+        out[f"n_gt/{classes[k]}"], out[f"n_pred/{classes[k]}"] = int(tp + fn), int(tp + fp)
+    if layout.guided:
+        out.update(guidance_metrics.counts_from_totals(totals[s["guidance"]]))
     return out
 
 
@@ -326,7 +391,15 @@ def undefined_reasons(metrics: dict[str, float]) -> dict[str, str]:
     for key, value in metrics.items():
         if not (isinstance(value, float) and math.isnan(value)):
             continue
-        if key.startswith(("det_", "loc_err_mm", "class_acc", "class_balanced_acc")) and nothing_to_find:
+        if key.startswith("det_") and "/" in key:  # a critical structure's detection: det_f1/nerve, ...
+            name = key.split("/", 1)[1]
+            if metrics.get(f"n_gt/{name}", 0) == 0:
+                reasons[key] = f"no true {name} in these frames (or in none that label it): nothing to find"
+            else:
+                reasons[key] = f"no {name} predicted"
+        elif key.startswith(guidance_metrics.PREFIX):
+            reasons[key] = guidance_metrics.undefined_reason(key)
+        elif key.startswith(("det_", "loc_err_mm", "class_acc", "class_balanced_acc")) and nothing_to_find:
             reasons[key] = _NOTHING_TO_FIND
         elif key == "det_precision" or key.startswith("detection_"):
             reasons[key] = "no trigger point predicted"
