@@ -14,7 +14,7 @@ from tpnet.core.guidance import frame_paths
 from tpnet.core.needle_path import GuidanceParams
 from tpnet.core.postprocess import PostprocessParams, find_trigger_points
 from tpnet.evaluation.cli import _guidance_params
-from tpnet.evaluation.critical_detection import critical_detection_counts
+from tpnet.evaluation.critical_detection import critical_detection_counts, structure_centroids_mm
 from tpnet.evaluation.cross_validation import record_from_dict, record_to_dict
 from tpnet.evaluation.evaluate import evaluation_report, frame_skin_row, metric_values, score_frame
 from tpnet.evaluation.guidance_metrics import FIELDS
@@ -145,6 +145,8 @@ def test_critical_structures_are_counted_one_by_one():
     pred[90, 10] = NERVE  # a speck: 0.04 mm2, under the 0.5 mm2 minimum, not a structure
     disk(pred, (20, 70), 6, VESSEL)
     disk(pred, (80, 20), 4, VESSEL)  # a vessel that is not there
+    # Centroids in mm (x, y) of the frame, specks left out.
+    assert structure_centroids_mm(pred, NERVE, SPACING_MM).tolist() == [pytest.approx([4.0, 5.0])]
     tp, fp, fn = critical_detection_counts(pred, gt, [VESSEL, NERVE], len(CLASSES), SPACING_MM, 5.0)
     assert (tp[NERVE], fp[NERVE], fn[NERVE]) == (1, 0, 1)
     assert (tp[VESSEL], fp[VESSEL], fn[VESSEL]) == (1, 1, 0)

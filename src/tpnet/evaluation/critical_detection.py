@@ -26,12 +26,17 @@ def structure_centroids_mm(
 ) -> np.ndarray:
     """(N, 2) centroids (x_mm, y_mm) of the 8-connected components of ``class_index`` of at least
     ``min_area_mm2``, in the postprocess convention (pixel centres at integer coordinates)."""
-    mask = (label_map == class_index).astype(np.uint8)
-    if not mask.any():
+    mask = label_map == class_index
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
         return np.zeros((0, 2))
-    n, _, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
+    cols = np.flatnonzero(mask.any(axis=0))
+    # Labelled within the structures' bounding box: OpenCV's labelling with statistics costs ~0.5 ms on a whole
+    # 256 x 256 frame, a few tens of microseconds on the box of a nerve (this runs every validation epoch).
+    box = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.uint8)
+    _, _, stats, centroids = cv2.connectedComponentsWithStats(box, connectivity=8, ltype=cv2.CV_32S)
     big = stats[1:, cv2.CC_STAT_AREA] * float(spacing_mm) ** 2 >= min_area_mm2
-    return centroids[1:][big] * float(spacing_mm)
+    return (centroids[1:][big] + (cols[0], rows[0])) * float(spacing_mm)
 
 
 def critical_detection_counts(
