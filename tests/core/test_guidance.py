@@ -88,3 +88,18 @@ def test_trp_pixels_never_count_as_critical_and_old_class_lists_have_no_nerve():
     probs[BG, 30:33, :], probs[VESSEL, 30:33, :] = 1.0, 0.0
     points, _ = guided(labels, probs, classes=classes)
     assert all(p.path_safe and p.needle_clearance_mm == math.inf for p in points)  # the nodules' own pixels
+
+
+def test_paths_enter_inside_the_image_region_of_a_screenshot():
+    labels = np.zeros((140, 160), np.uint8)
+    labels[disk(labels.shape, 90, 40, 4)] = ACTIVE
+    labels[60:100, 50:80] = VESSEL  # on its right: the clear way is from the left
+    points = find_trigger_points(labels, SPACING_MM, CLASSES)
+    whole = frame_paths(points, labels, None, CLASSES, None, SPACING_MM, None, PARAMS)[0]
+    assert whole.side == "left" and whole.entry_y_px == 0.0
+    box = (25, 12, 150, 130)  # the image region: x 25..149, y 12..129
+    inside = frame_paths(points, labels, None, CLASSES, None, SPACING_MM, None, PARAMS, image_box=box)[0]
+    assert inside.entry_y_px == 12.0  # no skin line: the region's top row
+    assert (inside.target_x_px, inside.target_y_px) == (40.0, 90.0)  # frame pixels, as the TrP's
+    assert whole.entry_x_px < 25.0  # the clear way enters beside the image ...
+    assert inside.side == "right" and not inside.safe  # ... so inside it only the way past the vessel is left

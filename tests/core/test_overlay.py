@@ -11,11 +11,15 @@ import math
 import numpy as np
 import pytest
 
+from tpnet.core.guidance import plan_guidance
+from tpnet.core.needle_path import GuidanceParams
 from tpnet.core.overlay import (
     CLASS_COLOURS,
     MARKER_COLOUR,
     MIN_IMAGE_SIDE_PX,
     MIN_TEXT_PX,
+    NEEDLE_CLEAR_COLOUR,
+    NEEDLE_UNSAFE_COLOUR,
     PANEL_TEXT,
     SMALL_TEXT,
     SWE_BOX_COLOUR,
@@ -243,3 +247,48 @@ def test_overlays_of_one_frame_have_one_size_whatever_they_show(scene):
     truth = render_overlay(scene["bmode"], scene["labels"], CLASSES, scene["points"], scene["elasto"])
     nothing = render_overlay(scene["bmode"], np.zeros_like(scene["labels"]), CLASSES, [], scene["elasto"])
     assert truth.shape == nothing.shape and truth.dtype == nothing.dtype == np.uint8
+
+
+def test_needle_paths_are_drawn_white_when_clear_red_with_a_warning_when_not(scene):
+    """Issue #16: each TrP's planned path, entry to centroid; the legend does not depend on what is drawn."""
+    guided = [dataclasses.replace(p) for p in scene["points"]]
+    plan_guidance(guided, scene["labels"], None, CLASSES, None, SPACING_MM, 20, GuidanceParams())
+    active, latent = guided
+    assert active.path_safe and latent.path_safe  # the vessel is far below both
+    unsafe = dataclasses.replace(latent, path_safe=False)
+    without = _render(scene, points=guided, swe_layer=False)
+    clear = _render(scene, points=[active, unsafe], swe_layer=False, needle_min_clearance_mm=3.0)
+    layout = _layout(scene, clear, colour_bar=False)
+
+    def along(point):  # points of its path between the skin and the TrP's number label
+        x0, y0 = layout.to_overlay(point.entry_x_px, point.entry_y_px)
+        x1, y1 = layout.to_overlay(point.x_px, point.y_px)
+        return [(round(x0 + f * (x1 - x0)), round(y0 + f * (y1 - y0))) for f in np.linspace(0.15, 0.6, 10)]
+
+    for x, y in along(active):
+        assert _has_colour(clear[y - 1 : y + 2, x - 1 : x + 2], NEEDLE_CLEAR_COLOUR)
+        assert not _has_colour(without[y - 1 : y + 2, x - 1 : x + 2], NEEDLE_CLEAR_COLOUR)
+    for x, y in along(unsafe):
+        assert _has_colour(clear[y - 1 : y + 2, x - 1 : x + 2], NEEDLE_UNSAFE_COLOUR)
+    ex, ey = layout.to_overlay(unsafe.entry_x_px, unsafe.entry_y_px)
+    below_entry = clear[ey : ey + 2 * layout.text_px + 2, ex - layout.text_px : ex + layout.text_px + 1]
+    red = (np.abs(below_entry.astype(int) - NEEDLE_UNSAFE_COLOUR).max(axis=-1) == 0).sum()
+    assert red > layout.text_px**2 / 2  # the warning triangle under the skin entry
+
+    # No in-plane path: no line, a warning triangle beside the TrP.
+    no_path = dataclasses.replace(
+        active, needle_side="", path_safe=False, entry_x_px=math.nan, entry_y_px=math.nan
+    )
+    flagged = _render(scene, points=[no_path], swe_layer=False, needle_min_clearance_mm=3.0)
+    tx, ty = layout.to_overlay(active.x_px, active.y_px)
+    beside = flagged[ty - 3 * layout.text_px : ty + layout.text_px, tx : tx + 3 * layout.text_px]
+    assert _has_colour(beside, NEEDLE_UNSAFE_COLOUR)
+    for x, y in along(active):
+        assert not _has_colour(flagged[y - 1 : y + 2, x - 1 : x + 2], NEEDLE_CLEAR_COLOUR)
+    empty, drawn = (
+        render_overlay(
+            scene["bmode"], scene["labels"], CLASSES, points, scene["elasto"], needle_min_clearance_mm=3
+        )
+        for points in ([], guided)
+    )
+    assert empty.shape == drawn.shape

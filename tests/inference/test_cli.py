@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 
@@ -18,9 +19,17 @@ ACTIVE, LATENT, VESSEL = (CLASSES.index(n) for n in ("active_trp", "latent_trp",
 BROKEN = {"trunc_bmode.png", "zero_bmode.png", "text_bmode.png", "mismatch_bmode.png", "orphan_elasto.tif"}
 
 
+def _separable_with_guidance(meta):
+    """The blob detector gives every background pixel ~0.11 vessel probability (logits 0 against -2), which the
+    default critical_prob_threshold (0.1) rightly reads as "a vessel may be anywhere": its model file carries a
+    guidance setting of 0.25 instead (and so tests that guidance settings travel in the file)."""
+    separable(meta)  # reports classes
+    meta["guidance"] = {"critical_prob_threshold": 0.25}
+
+
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    return make_model_file(tmp_path_factory.mktemp("model"), edit_meta=separable)  # reports classes
+    return make_model_file(tmp_path_factory.mktemp("model"), edit_meta=_separable_with_guidance)
 
 
 def _write_pair(folder, stem, bmode, kpa=None, spacing_mm=None, bmode_format="png"):
@@ -84,8 +93,9 @@ def test_mixed_folder_end_to_end(tmp_path, model_path, capsys):
     _broken_frames(in_dir)
 
     code = main(
-        ["--model", str(model_path), "--input", str(in_dir), "--output", str(out_dir), "--batch-size", "2"]
-    )
+        ["--model", str(model_path), "--input", str(in_dir), "--output", str(out_dir), "--batch-size", "2",
+         "--min-clearance-mm", "6"]
+    )  # fmt: skip
 
     assert code == 3
     stdout = capsys.readouterr().out
@@ -131,9 +141,30 @@ def test_mixed_folder_end_to_end(tmp_path, model_path, capsys):
     assert scene["active_trp"]["stiffness_kpa_mean"] == ""  # outside the SWE box: no value, not 0
     assert float(scene["active_trp"]["nearest_vessel_mm"]) == pytest.approx(np.hypot(6.0, 6.0) - 1.2, abs=0.3)
     assert (_components(read_array(out_dir / "masks" / "scene.png"), VESSEL)[0][1]) > 50
+    # Needle paths (issue #16): no skin echo in these flat frames, so they enter at the top row. Both scene
+    # TrPs lie above the vessel and their paths climb away from it: the clearance is the centroid's distance to
+    # the vessel (less the soft rim the probability rule adds), 7.3 mm for the active one, 4.8 mm for the latent
+    # one, which --min-clearance-mm 6 calls unsafe.
+    guidance = summary["settings"]["guidance"]
+    assert (guidance["min_clearance_mm"], guidance["critical_prob_threshold"]) == (6.0, 0.25)  # flag, file
+    for name, safe, radius_mm in (("active_trp", "yes", 1.5), ("latent_trp", "no", 1.2)):
+        row = scene[name]
+        vessel_mm = float(row["nearest_vessel_mm"])
+        assert row["path_safe"] == safe and row["needle_side"] in ("left", "right")
+        assert vessel_mm - 0.6 <= float(row["needle_clearance_mm"]) <= vessel_mm + 1e-3
+        rim_mm = vessel_mm - radius_mm  # nearest_critical_mm runs from the TrP's rim
+        assert float(row["nearest_critical_mm"]) == pytest.approx(rim_mm, abs=0.4)
+        assert row["nearest_nerve_mm"] == ""  # no nerve class in this model
+        rise = float(row["y_px"]) - float(row["needle_entry_y_px"])
+        run = abs(float(row["x_px"]) - float(row["needle_entry_x_px"]))
+        assert float(row["needle_entry_y_px"]) == 0.0
+        assert math.degrees(math.atan2(rise, run)) == pytest.approx(float(row["needle_angle_deg"]), abs=0.1)
+        assert float(row["needle_depth_mm"]) == pytest.approx(math.hypot(rise, run) * 0.2, abs=2e-3)
 
     page = (out_dir / "report.html").read_text()
     assert page.count('<section class="frame">') == 3
+    assert page.count('<tr class="needle') == 4 and page.count('<tr class="needle unsafe">') == 1
+    assert "UNSAFE: passes 4." in page and "under 6 mm" in page
     assert 'src="overlays/scene.png"' in page
     for name in BROKEN:
         assert name in page
@@ -182,6 +213,9 @@ def test_all_good_folder_exits_0_and_tta_runs(tmp_path, model_path, capsys):
     with (out_dir / "detections.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert rows and all(r["x_mm"] == r["y_mm"] == r["area_mm2"] == "" and r["x_px"] for r in rows)
+    # The path is planned (angles need no scale), but its mm figures and the safety call (a margin in mm) are not.
+    for r in rows:
+        assert r["needle_side"] and r["needle_clearance_mm"] == r["needle_depth_mm"] == r["path_safe"] == ""
     with (out_dir / "frames.csv").open(newline="") as fh:
         (frame,) = list(csv.DictReader(fh))
     assert (frame["stem"], frame["spacing_mm"], frame["spacing_source"]) == ("one", "", "unknown")

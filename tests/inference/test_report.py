@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tpnet.core.needle_path import GuidanceParams
 from tpnet.core.postprocess import TriggerPoint
 from tpnet.inference.inputs import FrameInput, Rejection
 from tpnet.inference.report import HtmlReport, frame_section, model_statement
@@ -206,6 +207,36 @@ def test_unknown_pixel_size_gives_no_millimetres(tmp_path):
     section = frame_section(_frame("scan", spacing_mm=None), "overlays/scan.png", [_point(1)], (64, 80))
     (row,) = _Page(section).rows["detection"]
     assert row[6:10] == ["?", "?, ?", "?", "?"] and "UNKNOWN" in section
+
+
+def test_needle_paths_listed_per_trp_unsafe_ones_in_red():
+    """Issue #16: each TrP's path figures; an unsafe path and a TrP without an in-plane path are flagged."""
+    path = dict(needle_side="right", needle_angle_deg=62.0, needle_depth_mm=11.34, entry_x_px=35.0)
+    figures = dict(nearest_nerve_mm=5.0, nearest_critical_mm=3.3)
+    points = [
+        _point(1, **path, **figures, needle_clearance_mm=4.26, path_safe=True),
+        _point(2, **path, needle_clearance_mm=1.04, path_safe=False, nearest_critical_mm=0.8),
+        _point(3),  # no in-plane path: side "", NaN figures
+        _point(4, **path, needle_clearance_mm=math.inf, path_safe=True),  # no nerve or vessel in view
+    ]
+    guidance = GuidanceParams(min_clearance_mm=3.0)
+    section = frame_section(_frame("scan"), "overlays/scan.png", points, (64, 80), guidance=guidance)
+    page = _Page(section)
+    clear, no_structure = page.rows["needle"]
+    unsafe, no_path = page.rows["needle unsafe"]
+    assert clear == ["1", "clear: at least 3 mm from every nerve and vessel seen", "right", "62", "11.3", "4.3",
+                     "5.0", "3.3"]  # fmt: skip
+    assert unsafe[:2] == ["2", "UNSAFE: passes 1.0 mm from a nerve or vessel (under 3 mm)"]
+    assert unsafe[7] == "0.8"
+    assert no_path[1].startswith("NO in-plane path") and no_path[2:6] == ["—", "—", "—", "—"]
+    assert no_structure[5] == "none in view"
+    assert "15-70 degrees" in section and "at least 10 % probability" in section
+    # Without a pixel size the mm margin cannot be judged: said so, not flagged, no figures in mm.
+    unknown = frame_section(_frame("scan", spacing_mm=None), None, points[:2], (64, 80), guidance=guidance)
+    rows = _Page(unknown).rows["needle"]
+    assert [r[1] for r in rows] == ["not judged: the pixel size is unknown"] * 2
+    assert rows[0][4:6] == ["?", "?"]
+    assert "needle" not in _Page(frame_section(_frame("scan"), None, points, (64, 80))).rows  # no guidance
 
 
 def test_frames_without_finding_ood_banner_and_subjects(tmp_path):

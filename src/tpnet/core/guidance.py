@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -39,20 +40,34 @@ def frame_paths(
     spacing_mm: float,
     skin_row: int | None,
     params: GuidanceParams,
+    image_box: tuple[int, int, int, int] | None = None,
 ) -> list[NeedlePath | None]:
-    """Each point's planned path (None: no in-plane path), in the order of ``points``. ``probs`` None: the
-    label map alone (ground truth)."""
+    """Each point's planned path (None: no in-plane path), in the order of ``points``, in frame pixels.
+    ``probs`` None: the label map alone (ground truth). ``image_box`` (x0, y0, x1, y1): where the image lies in
+    a screenshot or a DICOM frame; paths then enter inside it (the rest is the scanner's text and rulers, not
+    skin), and without a skin line at its top row."""
     if not points:
         return []
-    trp_pixels = np.isin(label_map, trp_class_indices(classes, roles))
-    critical = critical_mask(label_map, probs, classes, roles, params, spacing_mm)
+    x0, y0, x1, y1 = image_box if image_box is not None else (0, 0, label_map.shape[1], label_map.shape[0])
+    labels = label_map[y0:y1, x0:x1]
+    view_probs = None if probs is None else probs[:, y0:y1, x0:x1]
+    view_skin = None if skin_row is None else skin_row - y0
+    trp_pixels = np.isin(labels, trp_class_indices(classes, roles))
+    critical = critical_mask(labels, view_probs, classes, roles, params, spacing_mm)
     distance = distance_map_px(critical & ~trp_pixels)  # one map for all the frame's TrPs
-    return [
-        plan_needle_path(
-            (p.y_px, p.x_px), critical, skin_row, spacing_mm, params, exclude=trp_pixels, distance_px=distance
-        )
-        for p in points
-    ]
+    paths: list[NeedlePath | None] = []
+    for p in points:
+        path = plan_needle_path(
+            (p.y_px - y0, p.x_px - x0), critical, view_skin, spacing_mm, params,
+            exclude=trp_pixels, distance_px=distance,
+        )  # fmt: skip
+        if path is not None and (x0, y0) != (0, 0):
+            path = replace(
+                path, entry_x_px=path.entry_x_px + x0, entry_y_px=path.entry_y_px + y0,
+                target_x_px=path.target_x_px + x0, target_y_px=path.target_y_px + y0,
+            )  # fmt: skip
+        paths.append(path)
+    return paths
 
 
 def plan_guidance(
@@ -64,6 +79,7 @@ def plan_guidance(
     spacing_mm: float,
     skin_row: int | None,
     params: GuidanceParams,
+    image_box: tuple[int, int, int, int] | None = None,
 ) -> list[NeedlePath | None]:
     """Fill each point's guidance fields in place and return its path (``frame_paths``).
 
@@ -71,7 +87,7 @@ def plan_guidance(
     map, as ``find_trigger_points`` made it) to the nearest pixel of the ``nerve`` class / of any critical class,
     arg-max components under ``params.min_critical_area_mm2`` left out (speckle); NaN when there is none. A TrP
     without an in-plane path keeps side "" and NaN figures, and path_safe False: flagged, never dropped."""
-    paths = frame_paths(points, label_map, probs, classes, roles, spacing_mm, skin_row, params)
+    paths = frame_paths(points, label_map, probs, classes, roles, spacing_mm, skin_row, params, image_box)
     if not points:
         return paths
     components, ids = trp_components(label_map, classes, points, roles)

@@ -35,6 +35,9 @@ CLASS_LABELS = {
 }
 OTHER_COLOURS: tuple[tuple[int, int, int], ...] = ((255, 0, 255), (0, 255, 255), (255, 140, 0))
 SWE_BOX_COLOUR = (0, 220, 0)  # green
+# Needle paths (issue #16): white like a needle on B-mode when clear, red with a warning triangle when not.
+NEEDLE_CLEAR_COLOUR = (255, 255, 255)
+NEEDLE_UNSAFE_COLOUR = (255, 30, 30)
 MARKER_COLOUR = (255, 255, 255)
 HALO_COLOUR = (0, 0, 0)  # under every line and letter: legible on bright tissue and on the SWE colours
 PANEL_COLOUR = (28, 32, 38)
@@ -154,11 +157,17 @@ def render_overlay(
     | None = None,  # the skin line's row (depth ruler origin); None: not found (ruler from the top)
     title: str | None = None,  # burned in: the file name
     swe_layer: bool = False,  # the SWE stiffness map as a colour layer with its colour bar
+    needle_min_clearance_mm: float | None = None,  # draw each TrP's planned needle path; None: none drawn
 ) -> np.ndarray:
     """(H, W) B-mode in [0, 1] -> RGB uint8 overlay, at least ``MIN_IMAGE_SIDE_PX`` on the image's shorter side and
     so possibly larger than the frame, with margins (``overlay_layout`` gives the geometry). The legend depends on
     the classes, the SWE box and the pixel size only, so the overlays of one frame (e.g. ground truth beside
-    prediction) have the same size whatever they show."""
+    prediction) have the same size whatever they show.
+
+    With ``needle_min_clearance_mm`` each trigger point's planned path (``tpnet.core.guidance``: its entry_x_px /
+    entry_y_px to its centroid) is drawn as a line, white when clear, red with a red warning triangle at the skin
+    entry when it passes closer than that to a nerve or vessel; a TrP without an in-plane path gets the red
+    triangle beside it. The legend then explains them (for every overlay of the run, drawn paths or not)."""
     height, width = bmode.shape
     kpa_range = _kpa_range(elasto_kpa) if swe_layer else None
     box = swe_box(elasto_kpa)
@@ -167,7 +176,7 @@ def render_overlay(
         if spacing_mm is None
         else ("skin line" if skin_row is not None else "image top (no skin line found)")
     )
-    entries = _legend_entries(classes, box is not None, ruler)
+    entries = _legend_entries(classes, box is not None, ruler, needle_min_clearance_mm)
     probe = overlay_layout(
         (height, width), spacing_mm=spacing_mm, title=title, colour_bar=kpa_range is not None
     )
@@ -190,6 +199,8 @@ def render_overlay(
         x0, y0 = layout.to_overlay(box[0] - 0.5, box[1] - 0.5)
         x1, y1 = layout.to_overlay(box[2] + 0.5, box[3] + 0.5)
         _rectangle(canvas, (x0, y0), (x1, y1), SWE_BOX_COLOUR, layout.thickness)
+    if needle_min_clearance_mm is not None:  # under the markers and outlines: the target stays readable
+        _needle_paths(canvas, layout, trigger_points)
     components = _trp_components(label_map, classes, trigger_points)
     for point, extent in components.values():
         if point is not None:
@@ -330,6 +341,33 @@ def _marker(
     size = int(max(5, min(layout.text_px * 1.2, inside * 2)))
     cv2.drawMarker(canvas, centre, HALO_COLOUR, cv2.MARKER_CROSS, size, layout.thickness + 2)
     cv2.drawMarker(canvas, centre, MARKER_COLOUR, cv2.MARKER_CROSS, size, layout.thickness)
+
+
+def _needle_paths(canvas: np.ndarray, layout: OverlayLayout, trigger_points: Sequence[TriggerPoint]) -> None:
+    """Each TrP's planned path, entry to centroid; unsafe ones (and TrPs without a path) get a warning triangle."""
+    for point in trigger_points:
+        target = layout.to_overlay(point.x_px, point.y_px)
+        if point.needle_side == "" or not math.isfinite(point.entry_x_px):  # no in-plane path at all
+            offset = layout.text_px
+            _warning(canvas, layout, (target[0] + offset, target[1] - offset))
+            continue
+        entry = layout.to_overlay(point.entry_x_px, point.entry_y_px)
+        colour = NEEDLE_CLEAR_COLOUR if point.path_safe else NEEDLE_UNSAFE_COLOUR
+        cv2.line(canvas, entry, target, HALO_COLOUR, layout.thickness + 2, cv2.LINE_AA)
+        cv2.line(canvas, entry, target, colour, layout.thickness, cv2.LINE_AA)
+        if not point.path_safe:
+            _warning(canvas, layout, (entry[0], entry[1] + layout.text_px))
+
+
+def _warning(canvas: np.ndarray, layout: OverlayLayout, centre: tuple[int, int]) -> None:
+    """A red warning triangle with "!" centred at ``centre``."""
+    half = layout.text_px
+    cx, cy = centre
+    triangle = np.array([[cx, cy - half], [cx - half, cy + half], [cx + half, cy + half]], np.int32)
+    cv2.fillPoly(canvas, [triangle], NEEDLE_UNSAFE_COLOUR)
+    cv2.polylines(canvas, [triangle], True, HALO_COLOUR, max(1, layout.thickness - 1), cv2.LINE_AA)
+    (w, _), _ = cv2.getTextSize("!", FONT, layout.font_scale * SMALL_TEXT, layout.thickness)
+    _text(canvas, "!", (cx - w // 2, cy + half - 2), layout, MARKER_COLOUR, SMALL_TEXT)
 
 
 def _uncertainty_circles(
@@ -516,7 +554,10 @@ def _colour_bar(canvas: np.ndarray, layout: OverlayLayout, kpa_range: tuple[floa
 
 
 def _legend_entries(
-    classes: Sequence[str], has_swe_box: bool, ruler_origin: str | None
+    classes: Sequence[str],
+    has_swe_box: bool,
+    ruler_origin: str | None,
+    needle_min_clearance_mm: float | None = None,
 ) -> list[tuple[str, tuple[int, int, int] | None]]:
     """(text, swatch colour or None for a drawn symbol) for the legend: the same for every overlay of one frame."""
     entries: list[tuple[str, tuple[int, int, int] | None]] = []
@@ -531,6 +572,10 @@ def _legend_entries(
     if trp:
         entries.append(("+ n: trigger point n (as in the table)", None))
         entries.append(("dashed circle: position spread (1 SD)", None))
+    if trp and needle_min_clearance_mm is not None:
+        clear = f"needle path, >= {needle_min_clearance_mm:g} mm from nerves/vessels"
+        entries.append((clear, NEEDLE_CLEAR_COLOUR))
+        entries.append(("red path / triangle: too close, or no in-plane path", NEEDLE_UNSAFE_COLOUR))
     if ruler_origin is not None:
         entries.append((f"left ruler: depth in mm below the {ruler_origin}", None))
     return entries

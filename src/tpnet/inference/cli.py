@@ -39,6 +39,7 @@ from tpnet.core.device import DeviceUnavailableError
 from tpnet.core.input_check import usable_reference
 from tpnet.core.io import write_png
 from tpnet.core.model_file import LoadedModel, ModelFileError, ModelNeedsTorchError, load_model_file
+from tpnet.core.needle_path import GuidanceParams
 from tpnet.core.postprocess import TriggerPoint
 from tpnet.core.run_lock import FolderLockedError, lock_folder, unlock_folder
 from tpnet.core.scanner_profile import ProfileError, ScannerProfile, load_profile
@@ -67,12 +68,15 @@ from tpnet.inference.report import HtmlReport, frame_section
 EXIT_OK, EXIT_USAGE, EXIT_REJECTED = 0, 2, 3
 # One row per trigger point, and one per analysed frame without any ("no trigger point found", the other
 # columns empty). The first twelve are the columns of older versions, in place: "class" is the reported class
-# (active_trp, latent_trp or indeterminate), "confidence" the calibrated P(true trigger point).
+# (active_trp, latent_trp or indeterminate), "confidence" the calibrated P(true trigger point). The needle
+# columns (issue #16, ``_needle_cells``) come last.
 CSV_COLUMNS: tuple[str, ...] = (
     "stem", "t_s", "trp_id", "class", "x_px", "y_px", "x_mm", "y_mm", "area_mm2",
     "stiffness_kpa_mean", "confidence", "nearest_vessel_mm",
     "raw_confidence", "p_active", "confidence_sd", "centroid_sd_mm", "stiffness_kpa_median",
     "stiffness_kpa_sd", "swe_coverage", "stiffness_note", "depth_from_skin_mm", "finding",
+    "nearest_nerve_mm", "nearest_critical_mm", "needle_side", "needle_angle_deg", "needle_depth_mm",
+    "needle_clearance_mm", "path_safe", "needle_entry_x_px", "needle_entry_y_px",
 )  # fmt: skip
 NO_FINDING = "no trigger point found"
 NO_OVERLAYS_NOTE = (
@@ -181,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
         "finished are kept, the others analysed",
     )
     parser.add_argument(
+        "--min-clearance-mm",
+        type=_positive_float,
+        metavar="MM",
+        help="a needle path is called safe when it passes no closer than this to a nerve or a vessel (default: "
+        f"the model file's guidance setting, else {GuidanceParams().min_clearance_mm:g} mm)",
+    )
+    parser.add_argument(
         "--no-overlays",
         action="store_true",
         help="do not draw overlays/ (drawing and writing them is most of the work per frame besides the network): "
@@ -269,6 +280,7 @@ def _run_key(input_dir: Path, args: argparse.Namespace) -> dict[str, object]:
         "profile": _file_identity(args.profile) if args.profile else None,
         "min_frames": args.min_frames,
         "overlays": not args.no_overlays,  # a resumed run must not leave half its frames without a picture
+        "min_clearance_mm": args.min_clearance_mm,  # one safety margin for all the run's paths
     }
 
 
@@ -333,7 +345,31 @@ def _csv_row(frame: FrameInput, p: TriggerPoint) -> list[str]:
         _fmt(p.raw_confidence, 4), _fmt(p.p_active, 4), _fmt(p.confidence_sd, 4), mm(p.centroid_sd_mm, 3),
         _fmt(p.stiffness_kpa_median, 2), _fmt(p.stiffness_kpa_sd, 2), _fmt(p.swe_coverage, 3), stiffness_note(p),
         mm(p.depth_from_skin_mm, 3), FINDINGS.get(reported, reported.replace("_", " ")),
+        mm(p.nearest_nerve_mm, 3), mm(p.nearest_critical_mm, 3), *_needle_cells(p, known),
     ]  # fmt: skip
+
+
+def _needle_cells(p: TriggerPoint, known: bool) -> list[str]:
+    """needle_side .. needle_entry_y_px. No in-plane path: side empty, path_safe "no". A clearance of "inf": no
+    nerve or vessel in view. Without a known pixel size the mm figures stay empty, and so does path_safe: the
+    margin is in mm, and a call made on an assumed pixel size would read as a measurement."""
+    clearance = p.needle_clearance_mm
+    depth = _fmt(p.needle_depth_mm, 3) if known else ""
+    clearance_cell = "" if not known else "inf" if clearance == math.inf else _fmt(clearance, 3)
+    no_path = p.needle_side == ""
+    safe = "no" if no_path else ("" if not known else "yes" if p.path_safe else "no")
+    return [
+        p.needle_side, _fmt(p.needle_angle_deg, 1), depth, clearance_cell, safe,
+        _fmt(p.entry_x_px, 2), _fmt(p.entry_y_px, 2),
+    ]  # fmt: skip
+
+
+def _guidance(model: LoadedModel, args: argparse.Namespace) -> GuidanceParams:
+    """The model file's guidance settings (defaults for older files), with --min-clearance-mm over them."""
+    guidance = model.guidance
+    if args.min_clearance_mm is not None:
+        guidance = dataclasses.replace(guidance, min_clearance_mm=args.min_clearance_mm)
+    return guidance
 
 
 def _no_finding_row(frame: FrameInput) -> list[str]:
@@ -522,6 +558,7 @@ def _analyse(
                 "profile": str(Path(args.profile).resolve()) if args.profile else None,
                 "min_frames": args.min_frames,
                 "overlays": not args.no_overlays,
+                "guidance": _guidance(model, args).to_dict(),
             },
             "counts": counts,
             "trp_by_class": stats.trp_counts,
@@ -652,7 +689,10 @@ def _run(
 ) -> None:
     """Predict and write every frame not in the journal as it arrives, then record it there; failures are
     appended to ``rejected``. A first SIGINT / SIGTERM stops after the frame in hand."""
-    predictor = Predictor(model, device=device, batch_size=args.batch_size, tta=args.tta, strict=args.strict)
+    guidance = _guidance(model, args)
+    predictor = Predictor(
+        model, device=device, batch_size=args.batch_size, tta=args.tta, strict=args.strict, guidance=guidance
+    )
     finished = journal.finished_stems
     todo = [f for f in frames if f.stem not in finished]
     write_failures: dict[str, str] = {}  # stem -> why its images could not be written
@@ -683,6 +723,7 @@ def _run(
                     trigger_points=list(result.trigger_points), elasto_kpa=elasto,
                     spacing_mm=result.frame.spacing_mm, skin_row=result.skin_row, title=result.frame.name,
                     swe_layer=elasto is not None and bool(np.isfinite(elasto).any()),
+                    needle_min_clearance_mm=guidance.min_clearance_mm,
                 )  # fmt: skip
             except Exception as exc:  # a full disk, a name the file system refuses: this frame only
                 write_failures[stem] = f"cannot write its results ({exc})"
@@ -787,6 +828,7 @@ def _record_frame(
             result.bmode.shape,
             frame_warnings=frame_warnings,
             p_frame=p_frame,
+            guidance=result.guidance,
         ),  # fmt: skip
         trp_counts=counts,
         notes=[note.replace(f"{input_dir}{os.sep}", "") for note in result.notes],

@@ -7,7 +7,8 @@ the run.
 Each frame is also checked against the model's card (``tpnet.core.input_check``: named warnings, or with
 ``strict`` a rejection before the network runs); each detection gets its calibrated confidence and class
 (``tpnet.core.confidence``), its spread across the test-time passes (``tpnet.core.uncertainty``), its
-stiffness statistics and its depth below the skin line (``tpnet.core.skin_line``).
+stiffness statistics, its depth below the skin line (``tpnet.core.skin_line``) and its planned needle path
+(``tpnet.core.guidance``).
 
 An ONNX model runs on numpy arrays (onnxruntime), a TorchScript / .pt2 model on torch tensors; torch is
 imported only for the latter, so the base install (no torch) runs ONNX models.
@@ -26,9 +27,11 @@ import numpy as np
 from tpnet.core.confidence import Calibration
 from tpnet.core.contract import trp_class_indices
 from tpnet.core.encoding import resample_frame
+from tpnet.core.guidance import plan_guidance
 from tpnet.core.input_check import FrameWarning, frame_statistics, frame_warnings, usable_reference
 from tpnet.core.io import FrameReadError
 from tpnet.core.model_file import LoadedModel
+from tpnet.core.needle_path import GuidanceParams
 from tpnet.core.postprocess import (
     PostprocessParams,
     TriggerPoint,
@@ -63,6 +66,7 @@ class FramePrediction:
     warnings: list[FrameWarning] = field(default_factory=list)  # named out-of-distribution warnings
     p_trp_frame: float = float("nan")  # calibrated P(the frame holds a TrP)
     skin_row: int | None = None  # the skin line's row (depth origin); None: not found
+    guidance: GuidanceParams | None = None  # the settings its needle paths were planned and judged by
 
 
 @dataclass
@@ -93,10 +97,12 @@ class Predictor:
         batch_size: int = 4,
         tta: bool = True,
         strict: bool = False,
+        guidance: GuidanceParams | None = None,
     ) -> None:
         """``device``: where the images go for a torch model (default: the model's own device). ``tta``: run
         the lateral-flip pass too (the default, as the calibration is fitted on it; the passes' spread is the
-        detections' uncertainty). ``strict``: a frame with any named warning is rejected, not analysed."""
+        detections' uncertainty). ``strict``: a frame with any named warning is rejected, not analysed.
+        ``guidance``: how needle paths are planned and judged (default: the model file's, else the defaults)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         self.model = model
@@ -108,6 +114,7 @@ class Predictor:
         self.roles = model.roles  # which classes are TrPs / critical structures (issue #16)
         self.encoding = model.encoding
         self.params = PostprocessParams(**{k: float(v) for k, v in model.meta["postprocess"].items()})
+        self.guidance = guidance if guidance is not None else model.guidance
         self.calibration = Calibration.from_meta(model.meta)
         card = model.meta.get("model_card")
         reference = card.get("input_reference") if isinstance(card, dict) else None
@@ -302,11 +309,16 @@ class Predictor:
             point.confidence_sd, point.centroid_sd_mm = spread.confidence_sd, spread.centroid_sd_mm
             if skin_row is not None:
                 point.depth_from_skin_mm = (point.y_px - skin_row) * spacing_mm
+        # Each TrP's needle path and its distances to nerves and vessels, on the probabilities as well as the
+        # labels, entering inside the image region; skin_row None: at the region's top row.
+        plan_guidance(
+            points, label_map, probs, self.classes, self.roles, spacing_mm, skin_row, self.guidance, item.box
+        )
         self.calibration.apply(points)  # calibrated confidence, p_active, reported_class
         p_frame = float(self.calibration.frame_probability(probs, self.classes, points, self.roles))
         return FramePrediction(
             item.frame, item.bmode, item.elasto_kpa, label_map, points, item.notes,
-            warnings=item.warnings, p_trp_frame=p_frame, skin_row=skin_row,
+            warnings=item.warnings, p_trp_frame=p_frame, skin_row=skin_row, guidance=self.guidance,
         )  # fmt: skip
 
 

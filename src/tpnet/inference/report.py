@@ -20,6 +20,7 @@ from urllib.parse import quote
 import jinja2
 
 from tpnet.core.atomic import atomic_open
+from tpnet.core.needle_path import GuidanceParams
 from tpnet.core.overlay import class_colour
 from tpnet.core.postprocess import TriggerPoint
 from tpnet.inference.inputs import FrameInput, Rejection
@@ -467,11 +468,13 @@ def frame_section(
     *,
     frame_warnings: Sequence[dict] = (),
     p_frame: float | None = None,
+    guidance: GuidanceParams | None = None,
 ) -> str:
     """The report's HTML for one analysed frame. ``overlay_relpath``: its overlay PNG (None: not drawn, e.g.
     ``--no-overlays``; the section says so in its place); ``frame_warnings``: its named warnings (dicts with
-    "code" and "message"); ``p_frame``: the calibrated probability that it shows a trigger point (None: not known)."""
-    return _render("frame.html.j2", **frame_context(frame, overlay_relpath, trigger_points, shape, frame_warnings, p_frame))  # fmt: skip
+    "code" and "message"); ``p_frame``: the calibrated probability that it shows a trigger point (None: not known);
+    ``guidance``: the settings the needle paths were judged by (None: no needle table)."""
+    return _render("frame.html.j2", **frame_context(frame, overlay_relpath, trigger_points, shape, frame_warnings, p_frame, guidance))  # fmt: skip
 
 
 def frame_context(
@@ -481,6 +484,7 @@ def frame_context(
     shape: tuple[int, int],
     frame_warnings: Sequence[dict] = (),
     p_frame: float | None = None,
+    guidance: GuidanceParams | None = None,
 ) -> dict:
     """The numbers of one frame's section as the template shows them (text, already rounded)."""
     known = frame.spacing_mm is not None
@@ -543,4 +547,48 @@ def frame_context(
         "any_no_vessel": any(not _finite(p.nearest_vessel_mm) for p in trigger_points),
         "any_depth_unknown": known and any(not _finite(p.depth_from_skin_mm) for p in trigger_points),
         "min_coverage": _pct(MIN_SWE_COVERAGE),
+        "needles": [] if guidance is None else [_needle_row(p, known, guidance) for p in trigger_points],
+        "guidance": None if guidance is None else _guidance_text(guidance),
     }
+
+
+def _needle_row(p: TriggerPoint, known: bool, guidance: GuidanceParams) -> dict:
+    """One TrP's needle path as the report shows it; ``unsafe`` rows are printed in red."""
+
+    def mm(value: float) -> str:
+        return _num(value, 1) if known else "?"
+
+    planned = p.needle_side != ""
+    clearance = p.needle_clearance_mm
+    margin = f"{guidance.min_clearance_mm:g} mm"
+    unsafe = not planned or (known and not p.path_safe)
+    if not planned:
+        verdict = "NO in-plane path (the target is above the skin, or every entry lies outside the image)"
+    elif not known:
+        verdict = "not judged: the pixel size is unknown"
+    elif p.path_safe:
+        verdict = f"clear: at least {margin} from every nerve and vessel seen"
+    else:
+        verdict = f"UNSAFE: passes {_num(clearance, 1)} mm from a nerve or vessel (under {margin})"
+    return {
+        "trp_id": p.trp_id,
+        "verdict": verdict,
+        "unsafe": unsafe,
+        "side": p.needle_side or "—",
+        "angle": _num(p.needle_angle_deg, 0),
+        "depth": mm(p.needle_depth_mm) if planned else "—",
+        "clearance": ("none in view" if clearance == math.inf else mm(clearance)) if planned else "—",
+        "nerve": mm(p.nearest_nerve_mm),
+        "critical": mm(p.nearest_critical_mm),
+    }  # fmt: skip
+
+
+def _guidance_text(guidance: GuidanceParams) -> str:
+    """The planning rule in one sentence, under the needle table."""
+    return (
+        f"Needle path: the straight in-plane path from the skin line (left or right side of the image, "
+        f"{guidance.min_angle_deg:g}-{guidance.max_angle_deg:g} degrees to the skin) to the trigger point's centre "
+        f"that passes farthest from every nerve and vessel, counting pixels the model gives at least "
+        f"{100 * guidance.critical_prob_threshold:.0f} % probability of one; clearance = its smallest distance to "
+        f"them. Only this image is checked: structures outside it, or outside the scan plane, are not seen."
+    )
