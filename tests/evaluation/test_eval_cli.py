@@ -54,6 +54,12 @@ def test_tpnet_eval_writes_metrics_with_confidence_intervals(tmp_path, reference
     for key in ("det_f1", "dice_mean", "dice/background", "pixel_ece", "frame_ece"):
         assert report[key] == trained[key], key  # calibration and its TTA applied alike (issue #14)
     assert report["tta"] == trained["calibration"]["tta"]
+    # Guidance judged on the true vessels (issue #16), with the model's guidance settings (the defaults here).
+    assert report["guidance"]["min_clearance_mm"] == 3.0
+    rate = report["guidance/unsafe_called_safe_rate"]
+    assert (rate is None) == (report["n_paths_called_safe"] == 0)
+    assert rate is None or 0.0 <= rate <= 1.0
+    assert "guidance/unsafe_called_safe_rate" in report["ci95"] and "det_f1/vessel" in report["ci95"]
     assert output.with_name(f"reliability_{output.stem}.png").stat().st_size > 0
     # ... and are attached to the checkpoint's own MLflow run.
     import torch
@@ -64,6 +70,7 @@ def test_tpnet_eval_writes_metrics_with_confidence_intervals(tmp_path, reference
     logged = client.get_run(run_id).data.metrics
     assert logged["test/dice/background"] == report["dice/background"]
     assert logged.get("test/det_f1") == report["det_f1"]  # None on both sides when undefined
+    assert logged.get("test/guidance/unsafe_called_safe_rate") == rate
     # A flag is a setting, not a number over time: a tag, never a metric.
     assert "test/tta" not in logged and client.get_run(run_id).data.tags["test/tta"] == "false"
     assert [a.path for a in client.list_artifacts(run_id, "eval")] == [
