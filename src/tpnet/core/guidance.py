@@ -48,26 +48,8 @@ def frame_paths(
     skin), and without a skin line at its top row."""
     if not points:
         return []
-    x0, y0, x1, y1 = image_box if image_box is not None else (0, 0, label_map.shape[1], label_map.shape[0])
-    labels = label_map[y0:y1, x0:x1]
-    view_probs = None if probs is None else probs[:, y0:y1, x0:x1]
-    view_skin = None if skin_row is None else skin_row - y0
-    trp_pixels = np.isin(labels, trp_class_indices(classes, roles))
-    critical = critical_mask(labels, view_probs, classes, roles, params, spacing_mm)
-    distance = distance_map_px(critical & ~trp_pixels)  # one map for all the frame's TrPs
-    paths: list[NeedlePath | None] = []
-    for p in points:
-        path = plan_needle_path(
-            (p.y_px - y0, p.x_px - x0), critical, view_skin, spacing_mm, params,
-            exclude=trp_pixels, distance_px=distance,
-        )  # fmt: skip
-        if path is not None and (x0, y0) != (0, 0):
-            path = replace(
-                path, entry_x_px=path.entry_x_px + x0, entry_y_px=path.entry_y_px + y0,
-                target_x_px=path.target_x_px + x0, target_y_px=path.target_y_px + y0,
-            )  # fmt: skip
-        paths.append(path)
-    return paths
+    trp_pixels, _, critical = _frame_masks(label_map, probs, classes, roles, spacing_mm, params)
+    return _plan(points, trp_pixels, critical, skin_row, spacing_mm, params, image_box)
 
 
 def plan_guidance(
@@ -81,22 +63,20 @@ def plan_guidance(
     params: GuidanceParams,
     image_box: tuple[int, int, int, int] | None = None,
 ) -> list[NeedlePath | None]:
-    """Fill each point's guidance fields in place and return its path (``frame_paths``).
+    """Fill each point's guidance fields in place and return its path (as ``frame_paths`` plans it).
 
     nearest_nerve_mm / nearest_critical_mm: from the TrP's own pixels (its 8-connected component of the label
     map, as ``find_trigger_points`` made it) to the nearest pixel of the ``nerve`` class / of any critical class,
     arg-max components under ``params.min_critical_area_mm2`` left out (speckle); NaN when there is none. A TrP
     without an in-plane path keeps side "" and NaN figures, and path_safe False: flagged, never dropped."""
-    paths = frame_paths(points, label_map, probs, classes, roles, spacing_mm, skin_row, params, image_box)
     if not points:
-        return paths
+        return []
+    trp_pixels, labelled, critical = _frame_masks(label_map, probs, classes, roles, spacing_mm, params)
+    paths = _plan(points, trp_pixels, critical, skin_row, spacing_mm, params, image_box)
     components, ids = trp_components(label_map, classes, points, roles)
-    critical = critical_class_indices(classes, roles)
-    nerve = [i for i in critical if classes[i] == NERVE_CLASS]
     # One distance map per structure for all the frame's TrPs (``boundary_distance_mm`` makes one per call).
-    to_critical = distance_map_px(
-        structure_mask(label_map, critical, spacing_mm, params.min_critical_area_mm2)
-    )
+    to_critical = distance_map_px(labelled)
+    nerve = [i for i in critical_class_indices(classes, roles) if classes[i] == NERVE_CLASS]
     to_nerve = distance_map_px(structure_mask(label_map, nerve, spacing_mm, params.min_critical_area_mm2))
     for point, path, component in zip(points, paths, ids, strict=True):
         own = components == component
@@ -111,6 +91,52 @@ def plan_guidance(
         point.needle_clearance_mm = path.clearance_mm
         point.path_safe = path.safe
         point.entry_x_px, point.entry_y_px = path.entry_x_px, path.entry_y_px
+    return paths
+
+
+def _frame_masks(
+    label_map: np.ndarray,
+    probs: np.ndarray | None,
+    classes: Sequence[str],
+    roles: ClassRoles | None,
+    spacing_mm: float,
+    params: GuidanceParams,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(TrP pixels, the arg-max critical structures without speckle, the critical mask to avoid)."""
+    trp_pixels = np.isin(label_map, trp_class_indices(classes, roles))
+    critical_classes = critical_class_indices(classes, roles)
+    labelled = structure_mask(label_map, critical_classes, spacing_mm, params.min_critical_area_mm2)
+    critical = critical_mask(label_map, probs, classes, roles, params, spacing_mm, labelled=labelled)
+    return trp_pixels, labelled, critical
+
+
+def _plan(
+    points: Sequence[TriggerPoint],
+    trp_pixels: np.ndarray,
+    critical: np.ndarray,
+    skin_row: int | None,
+    spacing_mm: float,
+    params: GuidanceParams,
+    image_box: tuple[int, int, int, int] | None,
+) -> list[NeedlePath | None]:
+    """The paths inside ``image_box`` (the whole frame when None), in frame pixels."""
+    height, width = critical.shape
+    x0, y0, x1, y1 = image_box if image_box is not None else (0, 0, width, height)
+    view_critical, view_trp = critical[y0:y1, x0:x1], trp_pixels[y0:y1, x0:x1]
+    view_skin = None if skin_row is None else skin_row - y0
+    distance = distance_map_px(view_critical & ~view_trp)  # one map for all the frame's TrPs
+    paths: list[NeedlePath | None] = []
+    for p in points:
+        path = plan_needle_path(
+            (p.y_px - y0, p.x_px - x0), view_critical, view_skin, spacing_mm, params,
+            exclude=view_trp, distance_px=distance,
+        )  # fmt: skip
+        if path is not None and (x0, y0) != (0, 0):
+            path = replace(
+                path, entry_x_px=path.entry_x_px + x0, entry_y_px=path.entry_y_px + y0,
+                target_x_px=path.target_x_px + x0, target_y_px=path.target_y_px + y0,
+            )  # fmt: skip
+        paths.append(path)
     return paths
 
 

@@ -154,19 +154,23 @@ def critical_mask(
     roles: ClassRoles | None,
     params: GuidanceParams,
     spacing_mm: float,
+    labelled: np.ndarray | None = None,
 ) -> np.ndarray:
     """(H, W) bool: pixels a needle must keep clear of.
 
     The arg-max critical pixels (``label_map`` in a critical class; components under
     ``params.min_critical_area_mm2`` dropped) OR the pixels whose summed critical-class probability reaches
     ``params.critical_prob_threshold``. ``probs`` None (ground truth): the label map alone. ``roles`` None: the
-    naming rule (vessel, nerve)."""
+    naming rule (vessel, nerve). ``labelled``: the arg-max part when the caller has made it already
+    (``structure_mask`` of the critical classes with ``params.min_critical_area_mm2``)."""
     if label_map.ndim != 2:
         raise ValueError(f"label_map must be (H, W); got shape {label_map.shape}")
     critical = critical_class_indices(classes, roles)
     if not critical:
         return np.zeros(label_map.shape, bool)
-    mask = structure_mask(label_map, critical, spacing_mm, params.min_critical_area_mm2)
+    if labelled is None:
+        labelled = structure_mask(label_map, critical, spacing_mm, params.min_critical_area_mm2)
+    mask = labelled.copy()
     if probs is not None:
         if probs.ndim != 3 or probs.shape[0] != len(classes) or probs.shape[1:] != label_map.shape:
             raise ValueError(
