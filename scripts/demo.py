@@ -102,6 +102,21 @@ def main() -> None:
         "test_det_recall": report.get("det_recall"),
         "test_loc_err_mm": report.get("loc_err_mm"),
         "test_dice_mean": report.get("dice_mean"),
+        # Critical structures and needle guidance (issue #16): segmentation and detection of nerves and vessels,
+        # and the share of planned paths called safe that the true masks show unsafe (goal 0).
+        **{
+            f"test_{k}": report.get(k)
+            for k in (
+                "dice/nerve",
+                "det_f1/nerve",
+                "dice/vessel",
+                "det_f1/vessel",
+                "guidance/unsafe_called_safe_rate",
+                "guidance/safe_share",
+                "guidance/no_path_share",
+            )
+        },
+        **{f"test_{k}_ci95": ci.get(k) for k in ("dice/nerve", "det_f1/nerve", "guidance/unsafe_called_safe_rate")},
         # Calibration (issue #14): before (_raw) and after, with CIs, and the noise floor of so few detections.
         **{
             f"test_{k}": report.get(k)

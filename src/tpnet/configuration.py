@@ -339,6 +339,16 @@ class EvalDataSchema:
 
 
 @dataclass
+class EvalGuidanceSchema:  # tpnet-eval: null = the value the model was validated with (its meta "guidance")
+    min_clearance_mm: float | None = None
+    min_angle_deg: float | None = None
+    max_angle_deg: float | None = None
+    angle_step_deg: float | None = None
+    critical_prob_threshold: float | None = None
+    min_critical_area_mm2: float | None = None
+
+
+@dataclass
 class EvalSchema:
     checkpoint: Any = MISSING  # a path, or a list of paths (the folds of a cross-validation: one ensemble)
     split: str = "test"
@@ -350,6 +360,7 @@ class EvalSchema:
     log_to_mlflow: bool = True
     tracking_uri: str | None = None
     postprocess: PostprocessSchema | None = None
+    guidance: EvalGuidanceSchema = field(default_factory=EvalGuidanceSchema)
 
 
 @dataclass

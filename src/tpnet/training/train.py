@@ -877,6 +877,8 @@ def evaluate_checkpoint_on(path, data, split, device, amp_dtype, cfg, classes) -
     model, state = load_deployable_model(path, device)
     params = PostprocessParams.from_dict(state["meta"]["postprocess"])
     calibration = Calibration.from_meta(state["meta"])
+    # Needle paths re-measured on the true masks (the unsafe-called-safe rate): at the end only, not per epoch.
+    guidance = GuidanceParams.from_dict(state["meta"].get("guidance") or {})
     _, records = evaluate(
         model,
         split_frames(data, split, cfg.data.num_workers),
@@ -888,11 +890,13 @@ def evaluate_checkpoint_on(path, data, split, device, amp_dtype, cfg, classes) -
         amp_dtype=amp_dtype,
         calibration=calibration,
         roles=data.spec.class_roles,
+        guidance=guidance,
     )
     report = evaluation_report(records, classes, n_boot=int(cfg.evaluation.n_boot), seed=int(cfg.seed))
     report.update(
-        split=split, checkpoint=str(path), postprocess=params.to_dict(), calibration=calibration.to_dict()
-    )
+        split=split, checkpoint=str(path), postprocess=params.to_dict(), calibration=calibration.to_dict(),
+        guidance=guidance.to_dict(),
+    )  # fmt: skip
     return report
 
 
