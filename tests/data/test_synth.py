@@ -38,7 +38,7 @@ def frames() -> list[dict]:
 
 def test_dataset_follows_contract(dataset: Path):
     spec = load_spec(dataset)
-    assert spec.classes == ("background", "active_trp", "latent_trp", "vessel")
+    assert spec.classes == ("background", "active_trp", "latent_trp", "vessel", "nerve")
     assert spec.elasto_unit == "kPa"
     with (dataset / "manifest.csv").open() as fh:
         header = next(csv.reader(fh))
@@ -48,7 +48,7 @@ def test_dataset_follows_contract(dataset: Path):
     for row in rows:
         mask = read_mask(resolve_path(dataset, row.mask))
         assert mask.shape == (H, W)
-        assert set(np.unique(mask)) <= {0, 1, 2, 3}
+        assert set(np.unique(mask)) <= {0, 1, 2, 3, 4}
         assert 0.08 <= row.spacing_mm <= 0.12
         assert resolve_path(dataset, row.bmode).is_file()
         if row.elasto is not None:

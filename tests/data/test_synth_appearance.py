@@ -57,9 +57,11 @@ def test_literature_is_the_default_byte_for_byte_and_deterministic(key):
 
 
 def test_literature_dataset_keeps_its_name_and_dataset_yaml(tmp_path: Path):
-    assert synthetic_dataset_name(4, 2, 1, 64, 64) == "synth-v1-seed1-4x2-64x64"
-    assert synthetic_dataset_name(4, 2, 1, 64, 64, "literature") == "synth-v1-seed1-4x2-64x64"
-    assert synthetic_dataset_name(4, 2, 1, 64, 64, "wide") == "synth-v1-seed1-4x2-64x64-wide"
+    # The cache name carries the generator version (2 since nerves, issue #16: four-class caches are not reused);
+    # literature adds no preset suffix.
+    assert synthetic_dataset_name(4, 2, 1, 64, 64) == "synth-v2-seed1-4x2-64x64"
+    assert synthetic_dataset_name(4, 2, 1, 64, 64, "literature") == "synth-v2-seed1-4x2-64x64"
+    assert synthetic_dataset_name(4, 2, 1, 64, 64, "wide") == "synth-v2-seed1-4x2-64x64-wide"
     root = write_synthetic_dataset(tmp_path / "lit", 1, 1, seed=2, height=48, width=48)
     spec = yaml.safe_load((root / "dataset.yaml").read_text())
     assert spec["name"] == "synthetic-trapezius-s2"
@@ -67,7 +69,7 @@ def test_literature_dataset_keeps_its_name_and_dataset_yaml(tmp_path: Path):
     # ``synthetic: true`` says no patient is behind the frames; the name stays.
     assert spec["synthetic"] is True
     assert spec["generator"] == {
-        "name": "tpnet.data.synth", "version": 1, "seed": 2, "active_stiffness_factor": 1.0, "active_echo_db": 0.0
+        "name": "tpnet.data.synth", "version": 2, "seed": 2, "active_stiffness_factor": 1.0, "active_echo_db": 0.0
     }  # fmt: skip
 
 

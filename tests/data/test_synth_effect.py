@@ -23,6 +23,8 @@ from tpnet.data.datamodule import dataset_root
 from tpnet.data.synth import (
     ACTIVE_TRP,
     LATENT_TRP,
+    NERVE,
+    VESSEL,
     ensure_synthetic_dataset,
     generate_frame,
     synthetic_dataset_name,
@@ -81,6 +83,49 @@ def test_defaults_reproduce_the_generator_from_before_the_effect_byte_for_byte()
         old = _frame_hash(before.generate_frame(*key))
         assert _frame_hash(generate_frame(*key)) == old, key
         assert _frame_hash(generate_frame(*key, active_stiffness_factor=1.0, active_echo_db=0.0)) == old, key
+
+
+def test_nerves_change_the_old_generator_only_around_themselves():
+    """Nerves (generator version 2) come from their own random stream after every other object: away from a
+    nerve and its bundle's vessel the frame is the older generator's, byte for byte, and so is every old label."""
+    before = _generator_before_effect()
+    with_nerves = with_companion = 0
+    for appearance in ("literature", "wide", "shifted"):
+        for subject in range(3):
+            for index in range(4):
+                key = (11, subject, index, 192, 128, appearance)
+                old, new = before.generate_frame(*key), generate_frame(*key)
+                # The old objects (repr: a vessel's stiffness ratio is NaN), then the nerves and bundle vessels.
+                assert repr(new["objects"][: len(old["objects"])]) == repr(old["objects"]), key
+                added = new["objects"][len(old["objects"]) :]
+                assert all(o["label"] == NERVE or o.get("bundle_companion") for o in added), key
+                old_labelled = old["mask"] > 0
+                assert np.array_equal(new["mask"][old_labelled], old["mask"][old_labelled]), key
+                changed_labels = new["mask"] != old["mask"]
+                assert set(np.unique(new["mask"][changed_labels])) <= {VESSEL, NERVE}, key
+                if not added:
+                    assert _frame_hash(new) == _frame_hash(old), key
+                    continue
+                with_nerves += 1
+                s = new["spacing_mm"]
+                outside = (~changed_labels).astype(np.uint8)
+                distance = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) * s
+                # A bundle's own vessel brightens the tissue below it (posterior enhancement), a few mm either side.
+                below_vessel = np.zeros_like(changed_labels)
+                rows, cols = np.indices(changed_labels.shape)
+                for vessel in (o for o in added if o.get("bundle_companion")):
+                    with_companion += 1
+                    below_vessel |= (np.abs((cols + 0.5) * s - vessel["cx_mm"]) < 6.0) & (
+                        (rows + 0.5) * s > vessel["cz_mm"] - 3.0
+                    )
+                bmode_changed = _changed(old["bmode"], new["bmode"])
+                # wide/shifted: a lateral PSF with side lobes reaches 3 x its first zero (up to 2.5 mm), and an SWE
+                # blur of up to 3 mm FWHM 4 sigma (5.1 mm).
+                bmode_reach, swe_reach = (BMODE_REACH_MM, SWE_REACH_MM) if appearance == "literature" else (3.5, 6.0)
+                assert not (bmode_changed & (distance > bmode_reach) & ~below_vessel).any(), key
+                if new["elasto"] is not None:
+                    assert not (_changed(old["elasto"], new["elasto"]) & (distance > swe_reach)).any(), key
+    assert with_nerves >= 6 and with_companion >= 1  # the comparison saw nerves, and bundles with their vessel
 
 
 def _distance_to_active_mm(frame: dict) -> np.ndarray:
@@ -184,15 +229,15 @@ def test_cli_effect_options(tmp_path: Path, capsys):
 
 
 def test_names_and_caches_keep_effect_sizes_apart(tmp_path: Path):
-    assert synthetic_dataset_name(4, 2, 1, 64, 64) == "synth-v1-seed1-4x2-64x64"  # as before the effect
-    assert synthetic_dataset_name(4, 2, 1, 64, 64, "literature", 1.0, 0.0) == "synth-v1-seed1-4x2-64x64"
+    assert synthetic_dataset_name(4, 2, 1, 64, 64) == "synth-v2-seed1-4x2-64x64"  # as before the effect
+    assert synthetic_dataset_name(4, 2, 1, 64, 64, "literature", 1.0, 0.0) == "synth-v2-seed1-4x2-64x64"
     names = {
         synthetic_dataset_name(4, 2, 1, 64, 64, "literature", factor, echo)
         for factor, echo in [(1.0, 0.0), (1.5, 0.0), (1.5000001, 0.0), (2.0, 0.0), (1.0, 3.0), (2.0, 3.0)]
     }
     assert len(names) == 6
     assert synthetic_dataset_name(4, 2, 1, 64, 64, "wide", 2, 0) == (
-        "synth-v1-seed1-4x2-64x64-wide-active-stiffness2.0x-echo0.0db"
+        "synth-v2-seed1-4x2-64x64-wide-active-stiffness2.0x-echo0.0db"
     )
 
     settings = {"subjects": 1, "frames_per_subject": 2, "seed": 0, "height": 48, "width": 48}
@@ -221,7 +266,7 @@ def test_training_config_reaches_the_generator(tmp_path: Path):
         }
     )  # fmt: skip
     root = dataset_root(data_cfg)
-    assert root.name == "synth-v1-seed0-1x1-48x48-active-stiffness3.0x-echo1.0db"
+    assert root.name == "synth-v2-seed0-1x1-48x48-active-stiffness3.0x-echo1.0db"
     assert load_spec(root).name == "synthetic-trapezius-s0-active-stiffness3.0x-echo1.0db"
 
 

@@ -17,7 +17,7 @@ import yaml
 from tpnet.core.plausibility import parse_spacing_mm
 
 CONTRACT_VERSION = 1
-DEFAULT_CLASSES: tuple[str, ...] = ("background", "active_trp", "latent_trp", "vessel")
+DEFAULT_CLASSES: tuple[str, ...] = ("background", "active_trp", "latent_trp", "vessel", "nerve")
 ELASTO_UNITS: tuple[str, ...] = ("kPa", "m/s")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 BACKGROUND = "background"  # the name index 0 must have, unless dataset.yaml's background_class names it

@@ -4,7 +4,8 @@ A frame is built the way a scanner forms it (docs/synthetic-data.md lists every 
 tissue echogenicity map (dB) -> complex Gaussian scatterers (Rayleigh speckle) -> baseband point-spread
 function (axial pulse envelope x lateral Gaussian) -> envelope -> depth attenuation with partial
 time-gain compensation -> log compression -> 8 bit. The SWE map is a coarse, noisy Young's-modulus map
-inside a box, NaN where the scanner has no signal.
+inside a box, NaN where the scanner has no signal. Peripheral nerves (label 4, ``nerve``) are drawn from their own
+random stream after every other object, so the rest of a frame is the same with or without them.
 
 Everything is vectorised numpy/OpenCV. Each frame has its own RNG derived from (seed, subject, frame), and
 each subject's anatomy from (seed, subject), so any number of worker processes writes the same bytes.
@@ -30,8 +31,10 @@ from tpnet.core.contract import DEFAULT_CLASSES
 from tpnet.core.encoding import shear_speed_to_kpa
 from tpnet.core.io import write_png, write_tiff
 
-GENERATOR_VERSION = 1
-BACKGROUND, ACTIVE_TRP, LATENT_TRP, VESSEL = 0, 1, 2, 3
+# 2: frames gained peripheral nerves (label 4) and dataset.yaml five classes; the cache name carries the version, so
+# a cached four-class (version 1) data set is never taken for a new one.
+GENERATOR_VERSION = 2
+BACKGROUND, ACTIVE_TRP, LATENT_TRP, VESSEL, NERVE = 0, 1, 2, 3, 4
 SPEED_OF_SOUND_MM_PER_US = 1.54
 MAX_TGC_GAIN_DB = 60.0  # depth gain a scanner's TGC can add (assumption; "wide"/"shifted" presets only)
 # Active vs latent effect sizes (docs/synthetic-data.md, "Active vs latent"): the defaults are the literature's
@@ -42,6 +45,18 @@ DEFAULT_ACTIVE_ECHO_DB = 0.0  # active TrPs this many dB darker than a latent Tr
 # Tissue codes of the ``tissue`` map returned by generate_frame (tests and benchmarks use it; not written).
 NEAR_FIELD, SKIN, FAT, FASCIA, MUSCLE, DEEP_MUSCLE, BONE, SHADOW = range(8)
 TRP, VESSEL_TISSUE, FIBROTIC, SOFT_HYPOECHOIC = range(8, 12)
+NERVE_FASCICLE, NERVE_EPINEURIUM = 12, 13  # a nerve's hypoechoic fascicles; its hyperechoic epineurium (rim, septa)
+
+# Nerve anatomy and stiffness, the same in every preset (docs/synthetic-data.md, "Nerves"; assumptions marked there).
+NERVE_STIFFNESS_RATIO = (1.1, 1.6)  # nerve / trapezius Young's modulus: stiffer than muscle, overlapping it
+NERVE_FLATTENING = (1.0, 1.8)  # cross-section width / depth (oval, flattened between muscle layers)
+NERVE_EPINEURIUM_MM = (0.2, 0.35)  # thickness of the bright outer rim
+NERVE_FASCICLE_MM = (0.6, 1.2)  # fascicle diameter as ultrasound resolves it
+NERVE_SEPTUM_MM = (0.1, 0.2)  # bright interfascicular epineurium between neighbouring fascicles
+NERVE_HALF_LENGTH_MM = (6.0, 20.0)  # in-plane (long-axis) nerves: half the length of the straight segment
+NERVE_GAP_TO_VESSEL_MM = (1.0, 2.0)  # a neurovascular bundle: nerve wall to vessel wall
+NERVE_MIN_VISIBLE_MM = 5.0  # an in-plane nerve shows at least this length inside the frame
+NERVE_TRIES = 25  # positions tried per nerve before it is given up (the muscle may be crowded with nodules)
 
 
 Range = tuple[float, float]  # (low, high) of a uniform draw; low == high is a fixed value
@@ -103,6 +118,13 @@ class AppearanceRanges:
     soft_contrast_db: Range  # darker than the tissue around it by this much
     confounder_rate: Range | None  # mean count per frame of each confounder kind; None = literature tables
     shadow_rate: Range  # mean count per frame of acoustic shadows from small calcifications / contact loss
+    # Nerves (label 4): rate per subject, everything else per nerve. Stiffness: NERVE_STIFFNESS_RATIO (all presets).
+    nerve_rate: Range | None  # mean count per frame; None = the literature table (_LITERATURE_COUNTS["nerve"])
+    nerve_diameter_mm: Range  # equivalent diameter (cross-section area = pi d^2 / 4; in-plane: the band's thickness)
+    nerve_fascicle_contrast_db: Range  # fascicles this much darker than the subject's muscle
+    nerve_epineurium_db: Range  # echo of the epineurium rim (dB re. bone); the septa inside are 6 dB below it
+    nerve_in_plane: float  # probability that a nerve is seen along its length (else in cross-section)
+    nerve_beside_vessel: float  # probability that a cross-section nerve lies beside a vessel (neurovascular bundle)
 
 
 APPEARANCES: dict[str, AppearanceRanges] = {
@@ -148,6 +170,12 @@ APPEARANCES: dict[str, AppearanceRanges] = {
         soft_contrast_db=(3.0, 9.0),
         confounder_rate=None,
         shadow_rate=(0.0, 0.0),
+        nerve_rate=None,
+        nerve_diameter_mm=(2.0, 6.0),
+        nerve_fascicle_contrast_db=(4.0, 10.0),
+        nerve_epineurium_db=(-14.0, -10.0),
+        nerve_in_plane=0.4,
+        nerve_beside_vessel=0.75,
     ),
     # Domain randomisation: deliberately beyond the literature, so that no single texture, scale or grey
     # curve is a shortcut; a model trained on it has seen "other scanners" of the same anatomy.
@@ -191,6 +219,12 @@ APPEARANCES: dict[str, AppearanceRanges] = {
         soft_contrast_db=(2.0, 12.0),
         confounder_rate=(0.2, 1.6),
         shadow_rate=(0.0, 0.8),
+        nerve_rate=(0.2, 1.2),
+        nerve_diameter_mm=(1.5, 8.0),
+        nerve_fascicle_contrast_db=(2.0, 14.0),
+        nerve_epineurium_db=(-20.0, -6.0),
+        nerve_in_plane=0.5,
+        nerve_beside_vessel=0.75,
     ),
     # Domain B of the generalisation benchmark: "another simulator" - another scanner preset (deeper, coarser
     # pixels, a 3-4 cm depth setting over a wider field), lower frequency and longer pulses (coarser speckle),
@@ -236,11 +270,23 @@ APPEARANCES: dict[str, AppearanceRanges] = {
         soft_contrast_db=(2.0, 6.0),
         confounder_rate=(1.2, 2.0),
         shadow_rate=(0.5, 1.0),
+        nerve_rate=(0.6, 1.2),
+        nerve_diameter_mm=(3.0, 8.0),
+        nerve_fascicle_contrast_db=(2.0, 6.0),
+        nerve_epineurium_db=(-18.0, -12.0),
+        nerve_in_plane=0.4,
+        nerve_beside_vessel=0.75,
     ),
 }
 
-# Confounder count tables of the literature preset: P(0), P(1), P(2) per frame.
-_LITERATURE_COUNTS = {"vessel": (0.45, 0.4, 0.15), "fibrotic": (0.5, 0.35, 0.15), "soft": (0.4, 0.4, 0.2)}
+# Count tables of the literature preset: P(0), P(1), P(2) per frame (confounders, vessels and nerves).
+_LITERATURE_COUNTS = {
+    "vessel": (0.45, 0.4, 0.15),
+    "fibrotic": (0.5, 0.35, 0.15),
+    "soft": (0.4, 0.4, 0.2),
+    "nerve": (0.5, 0.4, 0.1),  # a nerve in half the frames (assumption: injection sites are scanned near them)
+}
+_CONFOUNDER_KINDS = ("vessel", "fibrotic", "soft")  # the order of Subject.counts
 
 
 def appearance_ranges(appearance: str) -> AppearanceRanges:
@@ -288,12 +334,10 @@ class Subject:
     display_blur_px: float = 0.6
     swe_noise_sd: float = 0.04
     swe_noise_sd_per_30mm: float = 0.12
-    counts: tuple[tuple[float, ...], ...] = (
-        _LITERATURE_COUNTS["vessel"],
-        _LITERATURE_COUNTS["fibrotic"],
-        _LITERATURE_COUNTS["soft"],
-    )  # P(0), P(1), ... per frame for vessels, fibrotic and soft confounders
+    counts: tuple[tuple[float, ...], ...] = tuple(_LITERATURE_COUNTS[kind] for kind in _CONFOUNDER_KINDS)
+    # P(0), P(1), ... per frame for vessels, fibrotic and soft confounders
     shadow_counts: tuple[float, ...] = (1.0,)
+    nerve_counts: tuple[float, ...] = _LITERATURE_COUNTS["nerve"]
 
     def frame_size(self, height: int, width: int) -> tuple[int, int]:
         """This subject's frame size when ``height`` x ``width`` is asked (even, at least 32 px)."""
@@ -384,7 +428,7 @@ def sample_subject(seed: int, subject: int, appearance: str = "literature") -> S
     nu = None if ranges.speckle_log10_nu is None else 10.0 ** _uniform(extra, ranges.speckle_log10_nu)
     floor = None if ranges.noise_floor_db is None else _uniform(extra, ranges.noise_floor_db)
     if ranges.confounder_rate is None:
-        counts = tuple(_LITERATURE_COUNTS.values())
+        counts = tuple(_LITERATURE_COUNTS[kind] for kind in _CONFOUNDER_KINDS)
     else:
         counts = tuple(_truncated_poisson(_uniform(extra, ranges.confounder_rate)) for _ in range(3))
     return Subject(
@@ -402,7 +446,15 @@ def sample_subject(seed: int, subject: int, appearance: str = "literature") -> S
         swe_noise_sd_per_30mm=_uniform(extra, ranges.swe_noise_sd_per_30mm),
         counts=counts,
         shadow_counts=_truncated_poisson(_uniform(extra, ranges.shadow_rate), largest=2),
+        # Drawn last, so every earlier draw of this stream is what it was before nerves existed.
+        nerve_counts=_nerve_counts(extra, ranges),
     )
+
+
+def _nerve_counts(rng: np.random.Generator, ranges: AppearanceRanges) -> tuple[float, ...]:
+    if ranges.nerve_rate is None:
+        return _LITERATURE_COUNTS["nerve"]
+    return _truncated_poisson(_uniform(rng, ranges.nerve_rate), largest=2)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -474,6 +526,306 @@ def _soft(r: np.ndarray, edge: float = 0.25) -> np.ndarray:
 
 def _draw_count(rng, probs) -> int:
     return int(rng.choice(len(probs), p=probs))
+
+
+# ----------------------------------------------------------------------------------------------- nerves
+@dataclass
+class _Nerve:
+    """A peripheral nerve, in mm. Cross-section: an oval (semi-axes ``a`` along ``theta``, ``b`` across) holding a
+    honeycomb of round fascicles. In plane (long axis): a straight band of half-length ``a`` and half-thickness
+    ``b`` whose ends taper (the nerve leaves the image plane), holding parallel fascicle stripes."""
+
+    cx: float
+    cz: float
+    a: float
+    b: float
+    theta: float
+    in_plane: bool
+    rim_mm: float  # epineurium rim thickness
+    # Cross-section: (n, 3) fascicle centre u, v and radius; in plane: (n, 7) stripe centre v, half-width, wave
+    # amplitude, wavelength, phase, and the wavelength and phase of the gaps where a fascicle leaves the plane.
+    fascicles: np.ndarray
+    rim_db: float
+    fascicle_db: float
+    ratio: float  # Young's modulus / the subject's trapezius
+    beside_vessel: bool = False
+
+    def frame(self, spacing: float, shape: tuple[int, int], pad_mm: float = 1.5):
+        """(row slice, col slice, u, v) on the bounding box clipped to the frame; u, v in mm along and across."""
+        c, s_ = math.cos(self.theta), math.sin(self.theta)
+        ext_x = abs(self.a * c) + abs(self.b * s_) + pad_mm
+        ext_z = abs(self.a * s_) + abs(self.b * c) + pad_mm
+        r0, r1 = max(0, int((self.cz - ext_z) / spacing)), min(shape[0], int((self.cz + ext_z) / spacing) + 2)
+        c0, c1 = max(0, int((self.cx - ext_x) / spacing)), min(shape[1], int((self.cx + ext_x) / spacing) + 2)
+        zz = (np.arange(r0, r1, dtype=np.float32)[:, None] + 0.5) * spacing - self.cz
+        xx = (np.arange(c0, c1, dtype=np.float32)[None, :] + 0.5) * spacing - self.cx
+        return slice(r0, r1), slice(c0, c1), xx * c + zz * s_, -xx * s_ + zz * c
+
+    def radius(self, u: np.ndarray, v: np.ndarray, grow_mm: float = 0.0) -> np.ndarray:
+        """Normalised radius of the outline grown by ``grow_mm`` (r < 1 inside)."""
+        a, b = self.a + grow_mm, self.b + grow_mm
+        if self.in_plane:  # (u/a)^8: flat along the band, tapering over its last ~15 %
+            return np.sqrt((u / a) ** 8 + (v / b) ** 2)
+        return np.sqrt((u / a) ** 2 + (v / b) ** 2)
+
+    def extent_towards(self, phi: float) -> float:
+        """Distance (mm) from the centre to the outline in the image direction ``phi`` (cross-sections)."""
+        rel = phi - self.theta
+        return 1.0 / math.sqrt((math.cos(rel) / self.a) ** 2 + (math.sin(rel) / self.b) ** 2)
+
+
+def _draw_nerves(
+    rng: np.random.Generator,
+    subj: Subject,
+    ranges: AppearanceRanges,
+    layers: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    vessels: list[_Blob],
+    occupied: np.ndarray,
+    s: float,
+    shape: tuple[int, int],
+) -> tuple[list[_Nerve], list[_Blob]]:
+    """This frame's nerves, placed in or between the muscle layers at least 1 mm from every earlier object
+    (``occupied`` holds their 1 mm halos and gains the nerves'), and the vessels drawn as bundle companions.
+    ``layers``: trapezius top and bottom, deep muscle top, bone top (mm per column)."""
+    trap_top, trap_bottom, deep_top, bone_top = layers
+    width_mm = shape[1] * s
+    # Where a nerve runs (assumption): inside the trapezius, along the fascial plane under it, in the deep muscle.
+    compartments = {
+        "trapezius": (trap_top, trap_bottom),
+        "between": (trap_top, bone_top),  # straddles the deep fascia, kept inside the muscles above and below
+        "deep": (deep_top, bone_top),
+    }
+
+    def column(cx: float) -> int:
+        return int(np.clip(cx / s, 0, shape[1] - 1))
+
+    muscle_vessels = [v for v in vessels if v.cz > trap_top[column(v.cx)]]
+    nerves: list[_Nerve] = []
+    companions: list[_Blob] = []
+    for _ in range(_draw_count(rng, subj.nerve_counts)):
+        in_plane = rng.random() < ranges.nerve_in_plane
+        bundle = not in_plane and rng.random() < ranges.nerve_beside_vessel
+        diameter = _uniform(rng, ranges.nerve_diameter_mm)
+        rim_mm = min(_uniform(rng, NERVE_EPINEURIUM_MM), 0.2 * diameter)
+        if in_plane:
+            a, b = _uniform(rng, NERVE_HALF_LENGTH_MM), diameter / 2
+        else:
+            flattening = _uniform(rng, NERVE_FLATTENING)
+            a, b = diameter / 2 * math.sqrt(flattening), diameter / 2 / math.sqrt(flattening)
+        fascicle_mm, septum_mm = _uniform(rng, NERVE_FASCICLE_MM), _uniform(rng, NERVE_SEPTUM_MM)
+        rim_db = _uniform(rng, ranges.nerve_epineurium_db)
+        fascicle_db = subj.muscle_db - _uniform(rng, ranges.nerve_fascicle_contrast_db)
+        ratio = _uniform(rng, NERVE_STIFFNESS_RATIO)
+        for _try in range(NERVE_TRIES):
+            where = str(rng.choice(list(compartments), p=[0.4, 0.4, 0.2]))
+            if in_plane and _try:  # a shorter segment fits between the nodules more easily
+                a = max(NERVE_MIN_VISIBLE_MM / 2, 0.9 * a)
+            theta = math.radians(rng.uniform(-5.0, 5.0))
+            partner = None
+            if bundle and muscle_vessels:  # beside a vessel of the frame, left or right, a little above or below
+                vessel = muscle_vessels[int(rng.integers(len(muscle_vessels)))]
+                phi = rng.choice([0.0, math.pi]) + rng.uniform(-0.7, 0.7)
+                probe = _Nerve(0.0, 0.0, a, b, theta, False, rim_mm, np.zeros((0, 3)), 0.0, 0.0, 1.0)
+                reach = max(vessel.a, vessel.b) + _uniform(rng, NERVE_GAP_TO_VESSEL_MM) + probe.extent_towards(phi)
+                cx, cz = vessel.cx + reach * math.cos(phi), vessel.cz + reach * math.sin(phi)
+                top, bottom = compartments["between"]
+            else:
+                top, bottom = compartments[where]
+                cx = rng.uniform(0.5, width_mm - 0.5)
+                col = column(cx)
+                if where == "between":  # centred on the deep fascia
+                    cz = (trap_bottom[col] + deep_top[col]) / 2 + rng.uniform(-0.3, 0.3)
+                else:
+                    cz = rng.uniform(top[col] + b + 0.4, max(top[col] + b + 0.4, bottom[col] - b - 0.4))
+            nerve = _Nerve(cx, cz, a, b, theta, in_plane, rim_mm, np.zeros((0, 3)), rim_db, fascicle_db, ratio)
+            if not _nerve_fits(nerve, top, bottom, occupied, s):
+                continue
+            if bundle and not muscle_vessels:  # a vessel of its own beside it
+                partner = _companion_vessel(rng, nerve, compartments["between"], occupied, s)
+                if partner is None:
+                    continue
+            nerve.beside_vessel = bundle
+            nerve.fascicles = _fascicles(rng, nerve, fascicle_mm, septum_mm)
+            _mark(occupied, nerve, s)
+            if partner is not None:
+                rows, cols, r = partner.radius(s, shape, pad_mm=1.0)
+                occupied[rows, cols] |= r < 1.0 + 1.0 / min(partner.a, partner.b)
+                companions.append(partner)
+            nerves.append(nerve)
+            break
+    return nerves, companions
+
+
+def _nerve_fits(nerve: _Nerve, top: np.ndarray, bottom: np.ndarray, occupied: np.ndarray, s: float) -> bool:
+    """In view (a cross-section whole, an in-plane band at least NERVE_MIN_VISIBLE_MM long), 0.4 mm inside its
+    compartment (``top``, ``bottom`` per column), and clear of every earlier object's 1 mm halo."""
+    shape = occupied.shape
+    rows, cols, u, v = nerve.frame(s, shape)
+    inside = nerve.radius(u, v) < 1.0
+    rr, cc = np.nonzero(inside)
+    if rr.size == 0:
+        return False
+    zmin, zmax = (rows.start + rr.min()) * s, (rows.start + rr.max() + 1) * s
+    xmin, xmax = (cols.start + cc.min()) * s, (cols.start + cc.max() + 1) * s
+    if zmax > shape[0] * s - 0.3:
+        return False
+    if nerve.in_plane:
+        if xmax - xmin < NERVE_MIN_VISIBLE_MM:
+            return False
+    elif xmin < 0.3 or xmax > shape[1] * s - 0.3:
+        return False
+    span = slice(cols.start + cc.min(), cols.start + cc.max() + 1)
+    if zmin < top[span].max() + 0.4 or zmax > bottom[span].min() - 0.4:
+        return False
+    return not (occupied[rows, cols] & inside).any()
+
+
+def _mark(occupied: np.ndarray, nerve: _Nerve, s: float) -> None:
+    rows, cols, u, v = nerve.frame(s, occupied.shape)
+    occupied[rows, cols] |= nerve.radius(u, v, grow_mm=1.0) < 1.0
+
+
+def _companion_vessel(
+    rng: np.random.Generator,
+    nerve: _Nerve,
+    compartment: tuple[np.ndarray, np.ndarray],
+    occupied: np.ndarray,
+    s: float,
+) -> _Blob | None:
+    """A vessel like the deep ones (radius 0.9-2 mm) beside ``nerve``, 1-2 mm from its wall; None if none fits."""
+    shape = occupied.shape
+    top, bottom = compartment
+    for _try in range(6):
+        radius = rng.uniform(0.9, 2.0)
+        a, b = radius * rng.uniform(1.0, 1.4), radius
+        phi = rng.choice([0.0, math.pi]) + rng.uniform(-0.7, 0.7)
+        reach = nerve.extent_towards(phi) + _uniform(rng, NERVE_GAP_TO_VESSEL_MM) + max(a, b)
+        blob = _Blob(
+            VESSEL_TISSUE, nerve.cx + reach * math.cos(phi), nerve.cz + reach * math.sin(phi), a, b,
+            rng.uniform(-0.2, 0.2),
+        )  # fmt: skip
+        rows, cols, r = blob.radius(s, shape, pad_mm=1.0)
+        inside = r < 1.0
+        rr, cc = np.nonzero(inside)
+        if rr.size == 0:
+            continue
+        zmin, zmax = (rows.start + rr.min()) * s, (rows.start + rr.max() + 1) * s
+        xmin, xmax = (cols.start + cc.min()) * s, (cols.start + cc.max() + 1) * s
+        if xmin < 0.3 or xmax > shape[1] * s - 0.3 or zmax > shape[0] * s - 0.3:
+            continue
+        span = slice(cols.start + cc.min(), cols.start + cc.max() + 1)
+        if zmin < top[span].max() + 0.2 or zmax > bottom[span].min() - 0.2:
+            continue
+        if (occupied[rows, cols] & inside).any():
+            continue
+        return blob
+    return None
+
+
+def _fascicles(rng: np.random.Generator, nerve: _Nerve, fascicle_mm: float, septum_mm: float) -> np.ndarray:
+    """Cross-section: a jittered hexagonal honeycomb of round fascicles inside the rim, some missing (n, 3: u, v,
+    radius); a nerve too small for two gets one (monofascicular). In plane: parallel wavy stripes (n, 7)."""
+    fascicle_mm = min(fascicle_mm, 0.3 * 2 * nerve.b)  # a small nerve holds at least a few fascicles
+    pitch = fascicle_mm + septum_mm
+    inner_a, inner_b = nerve.a - nerve.rim_mm, nerve.b - nerve.rim_mm
+    if nerve.in_plane:
+        n = max(1, int(round(2 * inner_b / pitch)))
+        centres = -inner_b + (np.arange(n) + 0.5) * (2 * inner_b / n)
+        half = np.full(n, min(fascicle_mm / 2, 0.4 * 2 * inner_b / n))
+        return np.column_stack(
+            [
+                centres,
+                half * rng.uniform(0.8, 1.05, n),
+                rng.uniform(0.0, 0.1, n),  # wave amplitude, mm
+                rng.uniform(4.0, 10.0, n),  # wavelength, mm
+                rng.uniform(0.0, 2 * np.pi, n),
+                rng.uniform(3.0, 8.0, n),  # gap wavelength, mm
+                rng.uniform(0.0, 2 * np.pi, n),
+            ]
+        ).astype(np.float32)
+    row_step = pitch * math.sqrt(3.0) / 2
+    rows_n, cols_n = int(inner_b / row_step) + 2, int(inner_a / pitch) + 2
+    j, i = np.meshgrid(np.arange(-rows_n, rows_n + 1), np.arange(-cols_n, cols_n + 1), indexing="ij")
+    offset = rng.uniform(0.0, pitch, 2)
+    u = (i + 0.5 * (j % 2)) * pitch + offset[0] - pitch / 2
+    v = j * row_step + offset[1] * math.sqrt(3.0) / 2 - row_step / 2
+    u = (u + rng.uniform(-0.12, 0.12, u.shape) * pitch).ravel()
+    v = (v + rng.uniform(-0.12, 0.12, v.shape) * pitch).ravel()
+    radius = fascicle_mm / 2 * rng.uniform(0.85, 1.05, u.shape)
+    # Centres inside the rim by less than a radius: fascicles reach the rim, as in the honeycomb.
+    keep = (u / np.maximum(inner_a - 0.2 * radius, 1e-3)) ** 2 + (v / np.maximum(inner_b - 0.2 * radius, 1e-3)) ** 2
+    keep = keep < 1.0
+    keep &= rng.random(u.shape) > 0.05  # irregular: a few fascicles out of the section
+    if keep.sum() < 2:
+        return np.array([[0.0, 0.0, 0.75 * max(min(inner_a, inner_b), 0.2)]], np.float32)
+    return np.column_stack([u[keep], v[keep], radius[keep]]).astype(np.float32)
+
+
+def _smoothstep(t: np.ndarray) -> np.ndarray:
+    t = np.clip(t, 0.0, 1.0)
+    return t * t * (3 - 2 * t)
+
+
+def _paint_nerve(
+    nerve: _Nerve,
+    db: np.ndarray,
+    kpa: np.ndarray,
+    mask: np.ndarray,
+    tissue: np.ndarray,
+    subj: Subject,
+    s: float,
+) -> dict:
+    """Echo, stiffness, label and tissue codes of one nerve (in place); its ``objects`` entry."""
+    rows, cols, u, v = nerve.frame(s, db.shape)
+    r = nerve.radius(u, v)
+    depth_in = (1.0 - r) * nerve.b  # mm inside the outline (approximately; exact across an in-plane band)
+    dark = np.zeros(r.shape, np.float32)  # 1 on fascicles
+    edge = 0.15  # mm over which a fascicle's border goes from dark to bright
+    if nerve.in_plane:
+        for centre, half, amp, wavelength, phase, gap_wl, gap_phase in nerve.fascicles:
+            wavy = centre + amp * np.sin(2 * np.pi * u / wavelength + phase)
+            stripe = _smoothstep((half + edge / 2 - np.abs(v - wavy)) / edge)
+            present = _smoothstep(2.0 + 2.0 * np.sin(2 * np.pi * u / gap_wl + gap_phase))  # short gaps
+            np.maximum(dark, stripe * present, out=dark)
+    else:
+        c, s_ = math.cos(nerve.theta), math.sin(nerve.theta)
+        for fu, fv, radius in nerve.fascicles:
+            # Each fascicle on its own small window (cheap whatever the nerve's size).
+            fx, fz = nerve.cx + fu * c - fv * s_, nerve.cz + fu * s_ + fv * c
+            reach = radius + edge
+            r0 = max(rows.start, int((fz - reach) / s)) - rows.start
+            r1 = min(rows.stop, int((fz + reach) / s) + 2) - rows.start
+            c0 = max(cols.start, int((fx - reach) / s)) - cols.start
+            c1 = min(cols.stop, int((fx + reach) / s) + 2) - cols.start
+            if r0 >= r1 or c0 >= c1:
+                continue
+            distance = np.hypot(u[r0:r1, c0:c1] - fu, v[r0:r1, c0:c1] - fv)
+            np.maximum(dark[r0:r1, c0:c1], _smoothstep((radius + edge / 2 - distance) / edge), out=dark[r0:r1, c0:c1])
+    # Hyperechoic epineurium: a bright rim, bright septa (6 dB below it) between dark fascicles.
+    septa_db = nerve.rim_db - 6.0
+    inner = septa_db + dark * (nerve.fascicle_db - septa_db)
+    half_rim = nerve.rim_mm / 2
+    rim = np.exp(-(((depth_in - half_rim) / half_rim) ** 2))
+    inner = inner + rim * (nerve.rim_db - inner)
+    w = _smoothstep((depth_in + 0.1) / 0.2)  # 0.5 on the outline
+    db[rows, cols] = (1 - w) * db[rows, cols] + w * inner
+    kpa[rows, cols] = (1 - w) * kpa[rows, cols] + w * (nerve.ratio * subj.muscle_kpa)
+    inside = r < 1.0
+    mask[rows, cols][inside] = NERVE
+    tissue[rows, cols][inside] = np.where(dark[inside] > 0.5, NERVE_FASCICLE, NERVE_EPINEURIUM)
+    return {
+        "kind": NERVE_EPINEURIUM,
+        "label": NERVE,
+        "cx_mm": nerve.cx,
+        "cz_mm": nerve.cz,
+        "area_mm2": float(inside.sum() * s * s),  # what the frame shows (an in-plane band may leave it)
+        "contrast_db": float(subj.muscle_db - nerve.fascicle_db),  # fascicles this much darker than muscle
+        "stiffness_ratio": float(nerve.ratio),
+        "view": "in-plane" if nerve.in_plane else "cross-section",
+        "diameter_mm": float(2 * nerve.b if nerve.in_plane else 2 * math.sqrt(nerve.a * nerve.b)),
+        "fascicles": int(len(nerve.fascicles)),
+        "beside_vessel": bool(nerve.beside_vessel),
+    }
 
 
 # ----------------------------------------------------------------------------------------------- frame
@@ -703,6 +1055,12 @@ def generate_frame(
                 confounders.append((blob, -rng.uniform(*ranges.soft_contrast_db), rng.uniform(0.6, 1.0)))
                 break
 
+    # --- nerves: their own stream, placed last, so every draw above is what it was before nerves existed
+    nerves, companions = _draw_nerves(
+        _rng(seed, 5, subject, frame), subj, ranges, (trap_top, trap_bottom, deep_top, bone_top), vessels,
+        occupied, s, shape,
+    )  # fmt: skip
+
     # --- paint objects into echo, stiffness, labels
     for blob, label, contrast_db, ratio in trps:
         if label == ACTIVE_TRP:  # the active/latent difference: deterministic, no draw of its own
@@ -728,17 +1086,14 @@ def generate_frame(
         kpa[rows, cols] *= 1.0 + (ratio - 1.0) * w
         tissue[rows, cols][r < 1.0] = blob.kind
         objects.append(_describe(blob, BACKGROUND, contrast_db, ratio))
+    nerve_objects = [_paint_nerve(nerve, db, kpa, mask, tissue, subj, s) for nerve in nerves]
     for blob in vessels:
-        rows, cols, r = blob.radius(s, shape, pad_mm=2.0)
-        wall = np.exp(-(((r - 1.0) * min(blob.a, blob.b) / 0.25) ** 2))
-        db[rows, cols] = np.where(r < 0.95, -52.0, np.maximum(db[rows, cols], -10.0 * wall - 60 * (1 - wall)))
-        mask[rows, cols][r < 1.0] = VESSEL
-        tissue[rows, cols][r < 1.0] = VESSEL_TISSUE
-        # Posterior acoustic enhancement: fluid attenuates less than tissue.
-        lateral = np.exp(-(((x[0] - blob.cx) / (0.8 * blob.a)) ** 4))[None, :]
-        behind = np.clip(z - (blob.cz + blob.b), 0.0, None)
-        db += (4.0 * lateral * np.exp(-behind / 6.0) * (z > blob.cz + blob.b)).astype(np.float32)
+        _paint_vessel(blob, db, mask, tissue, z, x, s)
         objects.append(_describe(blob, VESSEL, -60.0, float("nan")))
+    objects.extend(nerve_objects)
+    for blob in companions:  # the vessels of neurovascular bundles (after the others: their bytes stay)
+        _paint_vessel(blob, db, mask, tissue, z, x, s)
+        objects.append({**_describe(blob, VESSEL, -60.0, float("nan")), "bundle_companion": True})
 
     shadowed = None
     if extra is not None:
@@ -754,6 +1109,22 @@ def generate_frame(
         "tissue": tissue,
         "objects": objects,
     }
+
+
+def _paint_vessel(
+    blob: _Blob, db: np.ndarray, mask: np.ndarray, tissue: np.ndarray, z: np.ndarray, x: np.ndarray, s: float
+) -> None:
+    """Anechoic lumen, bright wall, posterior enhancement (in place); label and tissue code."""
+    shape = db.shape
+    rows, cols, r = blob.radius(s, shape, pad_mm=2.0)
+    wall = np.exp(-(((r - 1.0) * min(blob.a, blob.b) / 0.25) ** 2))
+    db[rows, cols] = np.where(r < 0.95, -52.0, np.maximum(db[rows, cols], -10.0 * wall - 60 * (1 - wall)))
+    mask[rows, cols][r < 1.0] = VESSEL
+    tissue[rows, cols][r < 1.0] = VESSEL_TISSUE
+    # Posterior acoustic enhancement: fluid attenuates less than tissue.
+    lateral = np.exp(-(((x[0] - blob.cx) / (0.8 * blob.a)) ** 4))[None, :]
+    behind = np.clip(z - (blob.cz + blob.b), 0.0, None)
+    db += (4.0 * lateral * np.exp(-behind / 6.0) * (z > blob.cz + blob.b)).astype(np.float32)
 
 
 def _describe(blob: _Blob, label: int, contrast_db: float, ratio: float) -> dict:
