@@ -26,12 +26,14 @@ CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
     "latent_trp": (255, 220, 0),  # yellow
     "indeterminate": (200, 130, 255),  # lilac: a TrP whose type the model cannot tell
     "vessel": (40, 140, 255),  # blue, lightened to stand out on dark B-mode
+    "nerve": (0, 230, 230),  # cyan: critical structures cool, trigger points warm (yellow is latent_trp's)
 }
 CLASS_LABELS = {
     "active_trp": "Active trigger point",
     "latent_trp": "Latent trigger point",
     "indeterminate": "Trigger point, type indeterminate",
     "vessel": "Blood vessel",
+    "nerve": "Nerve",
 }
 OTHER_COLOURS: tuple[tuple[int, int, int], ...] = ((255, 0, 255), (0, 255, 255), (255, 140, 0))
 SWE_BOX_COLOUR = (0, 220, 0)  # green

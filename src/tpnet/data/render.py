@@ -24,6 +24,7 @@ CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
     "active_trp": (255, 40, 40),
     "latent_trp": (255, 220, 0),
     "vessel": (40, 110, 255),
+    "nerve": (0, 230, 230),  # cyan: yellow, the atlases' nerve colour, is latent_trp's here
 }
 
 
