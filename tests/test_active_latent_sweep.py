@@ -42,8 +42,8 @@ def test_quick_sweep_writes_one_row_per_effect_size_and_the_plot(tmp_path: Path)
             row["active_echo_db"],
         )
     caches = sorted(p.name for p in (out / "cache").iterdir())
-    assert caches == ["synth-v1-seed0-6x3-96x96-active-stiffness1.0x-echo6.0db",
-                      "synth-v1-seed0-6x3-96x96-active-stiffness2.0x-echo0.0db"]  # fmt: skip
+    assert caches == ["synth-v2-seed0-6x3-96x96-active-stiffness1.0x-echo6.0db",
+                      "synth-v2-seed0-6x3-96x96-active-stiffness2.0x-echo0.0db"]  # fmt: skip
 
     image = cv2.imread(str(out / "active_latent_sweep.png"))
     assert image is not None and image.shape[0] > 300 and image.shape[1] > 800  # two panels side by side
