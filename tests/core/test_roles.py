@@ -63,3 +63,15 @@ def test_bad_roles_name_the_problem(raw, message):
 def test_a_role_left_out_keeps_its_default():
     roles = parse_roles({"critical": ["vessel"]}, CLASSES, "x")
     assert roles.trp == ("active_trp", "latent_trp") and roles.critical == ("vessel",)
+
+
+def test_the_overlay_treats_a_declared_trp_class_as_a_trigger_point():
+    from tpnet.core.overlay import _legend_entries, _trp_components
+
+    classes = ("background", "nodule", "artery")
+    roles = parse_roles({"trp": ["nodule"], "critical": ["artery"]}, classes, "x")
+    labels = np.zeros((30, 30), np.uint8)
+    labels[5:12, 5:12] = 1
+    assert len(_trp_components(labels, classes, [], roles)) == 1
+    assert _trp_components(labels, classes, []) == {}  # the naming rule sees no TrP class
+    assert any("ndeterminate" in text for text, _ in _legend_entries(classes, False, None, roles=roles))

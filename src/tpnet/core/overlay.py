@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from tpnet.core.contract import trp_class_indices
+from tpnet.core.contract import ClassRoles, trp_class_indices
 from tpnet.core.postprocess import TriggerPoint
 
 # RGB. Contours, not filled areas: the tissue underneath must stay visible.
@@ -160,6 +160,7 @@ def render_overlay(
     title: str | None = None,  # burned in: the file name
     swe_layer: bool = False,  # the SWE stiffness map as a colour layer with its colour bar
     needle_min_clearance_mm: float | None = None,  # draw each TrP's planned needle path; None: none drawn
+    roles: ClassRoles | None = None,  # which classes are trigger points (None: the naming rule)
 ) -> np.ndarray:
     """(H, W) B-mode in [0, 1] -> RGB uint8 overlay, at least ``MIN_IMAGE_SIDE_PX`` on the image's shorter side and
     so possibly larger than the frame, with margins (``overlay_layout`` gives the geometry). The legend depends on
@@ -178,7 +179,7 @@ def render_overlay(
         if spacing_mm is None
         else ("skin line" if skin_row is not None else "image top (no skin line found)")
     )
-    entries = _legend_entries(classes, box is not None, ruler, needle_min_clearance_mm)
+    entries = _legend_entries(classes, box is not None, ruler, needle_min_clearance_mm, roles)
     probe = overlay_layout(
         (height, width), spacing_mm=spacing_mm, title=title, colour_bar=kpa_range is not None
     )
@@ -203,11 +204,11 @@ def render_overlay(
         _rectangle(canvas, (x0, y0), (x1, y1), SWE_BOX_COLOUR, layout.thickness)
     if needle_min_clearance_mm is not None:  # under the markers and outlines: the target stays readable
         _needle_paths(canvas, layout, trigger_points)
-    components = _trp_components(label_map, classes, trigger_points)
+    components = _trp_components(label_map, classes, trigger_points, roles)
     for point, extent in components.values():
         if point is not None:
             _marker(canvas, layout, point, extent)
-    _draw_contours(canvas, layout, label_map, classes, components)
+    _draw_contours(canvas, layout, label_map, classes, components, roles)
     _uncertainty_circles(canvas, layout, trigger_points, spacing_mm)
     _labels(canvas, layout, trigger_points)
 
@@ -270,11 +271,14 @@ def _blend_swe(
 
 
 def _trp_components(
-    label_map: np.ndarray, classes: Sequence[str], trigger_points: Sequence[TriggerPoint]
+    label_map: np.ndarray,
+    classes: Sequence[str],
+    trigger_points: Sequence[TriggerPoint],
+    roles: ClassRoles | None = None,
 ) -> dict[int, tuple[TriggerPoint | None, tuple[int, int, int, int]]]:
     """Each TrP component of the label map (as ``find_trigger_points`` makes them: 8-connected union of the TrP
     classes) -> (its trigger point, matched by centroid, or None; its bounding box x, y, w, h in frame pixels)."""
-    trp = trp_class_indices(classes)
+    trp = trp_class_indices(classes, roles)
     if not trp:
         return {}
     n, _, stats, centroids = cv2.connectedComponentsWithStats(
@@ -294,10 +298,11 @@ def _draw_contours(
     label_map: np.ndarray,
     classes: Sequence[str],
     components: dict[int, tuple[TriggerPoint | None, tuple[int, int, int, int]]],
+    roles: ClassRoles | None = None,
 ) -> None:
     """Class outlines; a trigger point's outline takes the class the report shows (``reported_class``), so an
     indeterminate one is not drawn red or yellow."""
-    trp = set(trp_class_indices(classes))
+    trp = set(trp_class_indices(classes, roles))
     scaled = _upscale(label_map, layout.scale)
     offset = (layout.image_x, layout.image_y)
     outlines: list[tuple[list[np.ndarray], tuple[int, int, int]]] = []
@@ -560,10 +565,11 @@ def _legend_entries(
     has_swe_box: bool,
     ruler_origin: str | None,
     needle_min_clearance_mm: float | None = None,
+    roles: ClassRoles | None = None,
 ) -> list[tuple[str, tuple[int, int, int] | None]]:
     """(text, swatch colour or None for a drawn symbol) for the legend: the same for every overlay of one frame."""
     entries: list[tuple[str, tuple[int, int, int] | None]] = []
-    trp = trp_class_indices(classes)
+    trp = trp_class_indices(classes, roles)
     for index, name in enumerate(classes):
         if index > 0:
             entries.append((class_label(name), class_colour(name, index)))

@@ -524,7 +524,7 @@ def _analyse(
         print(f"resuming: {len(journal.records)} of {len(frames)} frame(s) already finished")
     frames_found = len(frames) + len(rejected)
     rejected.extend(Rejection(r.name, r.rejected_reason) for r in journal.records if r.rejected_reason)
-    stats = RunStats(trp_counts={model.classes[i]: 0 for i in trp_class_indices(model.classes)})
+    stats = RunStats(trp_counts={model.classes[i]: 0 for i in trp_class_indices(model.classes, model.roles)})
     for record in journal.records:
         stats.add(record)
     report = HtmlReport(output_dir / "report.html")
@@ -723,7 +723,7 @@ def _run(
                     trigger_points=list(result.trigger_points), elasto_kpa=elasto,
                     spacing_mm=result.frame.spacing_mm, skin_row=result.skin_row, title=result.frame.name,
                     swe_layer=elasto is not None and bool(np.isfinite(elasto).any()),
-                    needle_min_clearance_mm=guidance.min_clearance_mm,
+                    needle_min_clearance_mm=guidance.min_clearance_mm, roles=model.roles,
                 )  # fmt: skip
             except Exception as exc:  # a full disk, a name the file system refuses: this frame only
                 write_failures[stem] = f"cannot write its results ({exc})"
