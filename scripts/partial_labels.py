@@ -108,7 +108,7 @@ def train(out: Path, roots: dict[str, Path], mode: str, epochs: int, extra: list
     command = [
         sys.executable, str(ROOT / "scripts" / "train.py"), "experiment=cpu_demo",
         f"data.sources=[{sources}]", f"data.partial_labels={mode}", f"trainer.max_epochs={epochs}",
-        "trainer.monitor=val/trp/det_f1", f"hydra.run.dir={run_dir}", "logger=none", *extra,
+        "trainer.monitor=val/det_f1", f"hydra.run.dir={run_dir}", "logger=none", *extra,
     ]  # fmt: skip
     print("+", " ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
