@@ -10,7 +10,12 @@ Each run is then scored with tpnet-eval against the FULL labels of each source's
 "trp" source's frames (where no nerve was ever labelled) and trigger points on the "nerves" source's frames.
 
     .venv/bin/python scripts/partial_labels.py --out outputs/partial_labels            # the README's figures
+    .venv/bin/python scripts/partial_labels.py --out outputs/partial_labels_scarce --subjects 200 --trp-share 0.25
     .venv/bin/python scripts/partial_labels.py --out /tmp/pl --subjects 12 --epochs 2  # a smoke run
+
+``--trp-share`` is the share of subjects whose trigger points are labelled (the rest label nerves); each source
+is sampled in proportion to its subjects, so at 0.25 the naive run is told "background" at three of every four
+trigger points it sees, the situation of scarce trigger-point sets beside large regional-anaesthesia sets.
 
 Writes <out>/partial_labels.json and prints the table the README shows.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -79,7 +85,15 @@ def write_source(full: Path, out: Path, subjects: set[str], labelled: list[str] 
     return out
 
 
-def make_datasets(out: Path, subjects: int, frames: int, seed: int, size: int) -> dict[str, Path]:
+def split_subjects(ids: list[str], trp_share: float) -> dict[str, set[str]]:
+    """Sorted subject ids dealt to the two sources, interleaved so both see the whole id range."""
+    trp = {s for i, s in enumerate(ids) if math.floor(i * trp_share) > math.floor((i - 1) * trp_share)}
+    return {"trp": trp, "nerves": set(ids) - trp}
+
+
+def make_datasets(
+    out: Path, subjects: int, frames: int, seed: int, size: int, trp_share: float
+) -> tuple[dict[str, Path], dict[str, int]]:
     full = out / "data" / "full"
     if not (full / "manifest.csv").exists():
         write_synthetic_dataset(full, subjects, frames, seed, size, size)
@@ -88,7 +102,7 @@ def make_datasets(out: Path, subjects: int, frames: int, seed: int, size: int) -
         raise SystemExit(f"{full}: the synthetic data lack {missing}; this experiment needs them")
     with open(full / "manifest.csv", newline="") as f:
         ids = sorted({r["subject_id"] for r in csv.DictReader(f)})
-    halves = {"trp": set(ids[0::2]), "nerves": set(ids[1::2])}
+    halves = split_subjects(ids, trp_share)
     roots = {}
     for name, labelled in SOURCES.items():
         roots[name] = out / "data" / name
@@ -96,15 +110,17 @@ def make_datasets(out: Path, subjects: int, frames: int, seed: int, size: int) -
         if not (roots[name] / "manifest.csv").exists():
             write_source(full, roots[name], halves[name], labelled)
             write_source(full, roots[f"{name}_full"], halves[name], None)
-    return roots
+    return roots, {name: len(members) for name, members in halves.items()}
 
 
-def train(out: Path, roots: dict[str, Path], mode: str, epochs: int, extra: list[str]) -> Path:
+def train(
+    out: Path, roots: dict[str, Path], weights: dict[str, int], mode: str, epochs: int, extra: list[str]
+) -> Path:
     run_dir = out / "runs" / mode
     best = run_dir / "checkpoints" / "best.pt"
     if best.exists():
         return best
-    sources = ",".join(f"{{root: '{roots[n]}', name: {n}}}" for n in SOURCES)
+    sources = ",".join(f"{{root: '{roots[n]}', name: {n}, weight: {weights[n]}}}" for n in SOURCES)
     command = [
         sys.executable, str(ROOT / "scripts" / "train.py"), "experiment=cpu_demo",
         f"data.sources=[{sources}]", f"data.partial_labels={mode}", f"trainer.max_epochs={epochs}",
@@ -134,6 +150,9 @@ def main() -> None:
     parser.add_argument(
         "--subjects", type=int, default=120, help="of the full dataset, halved between sources"
     )
+    parser.add_argument(
+        "--trp-share", type=float, default=0.5, help="share of subjects in the source labelling TrPs"
+    )
     parser.add_argument("--frames", type=int, default=4, help="per subject")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
@@ -141,10 +160,12 @@ def main() -> None:
     parser.add_argument("override", nargs="*", help="extra tpnet-train overrides for both runs")
     args = parser.parse_args()
     out = args.out.resolve()
-    roots = make_datasets(out, args.subjects, args.frames, args.seed, args.size)
-    results: dict = {"command": " ".join(sys.argv), "runs": {}}
+    if not 0 < args.trp_share < 1:
+        parser.error("--trp-share must lie strictly between 0 and 1")
+    roots, weights = make_datasets(out, args.subjects, args.frames, args.seed, args.size, args.trp_share)
+    results: dict = {"command": " ".join(sys.argv), "source_subjects": weights, "runs": {}}
     for mode in ("marginal", "background"):
-        checkpoint = train(out, roots, mode, args.epochs, args.override)
+        checkpoint = train(out, roots, weights, mode, args.epochs, args.override)
         run = {}
         for title, (source, keys) in SCORES.items():
             report = score(out, checkpoint, roots[f"{source}_full"], source)
