@@ -116,7 +116,10 @@ def main() -> None:
                 "guidance/no_path_share",
             )
         },
-        **{f"test_{k}_ci95": ci.get(k) for k in ("dice/nerve", "det_f1/nerve", "guidance/unsafe_called_safe_rate")},
+        **{
+            f"test_{k}_ci95": ci.get(k)
+            for k in ("dice/nerve", "det_f1/nerve", "guidance/unsafe_called_safe_rate")
+        },
         # Calibration (issue #14): before (_raw) and after, with CIs, and the noise floor of so few detections.
         **{
             f"test_{k}": report.get(k)

@@ -121,11 +121,14 @@ def test_nerves_change_the_old_generator_only_around_themselves():
                 bmode_changed = _changed(old["bmode"], new["bmode"])
                 # wide/shifted: a lateral PSF with side lobes reaches 3 x its first zero (up to 2.5 mm), and an SWE
                 # blur of up to 3 mm FWHM 4 sigma (5.1 mm).
-                bmode_reach, swe_reach = (BMODE_REACH_MM, SWE_REACH_MM) if appearance == "literature" else (3.5, 6.0)
+                bmode_reach, swe_reach = (
+                    (BMODE_REACH_MM, SWE_REACH_MM) if appearance == "literature" else (3.5, 6.0)
+                )
                 assert not (bmode_changed & (distance > bmode_reach) & ~below_vessel).any(), key
                 if new["elasto"] is not None:
                     assert not (_changed(old["elasto"], new["elasto"]) & (distance > swe_reach)).any(), key
-    assert with_nerves >= 6 and with_companion >= 1  # the comparison saw nerves, and bundles with their vessel
+    # the comparison saw nerves, and bundles with their vessel
+    assert with_nerves >= 6 and with_companion >= 1
 
 
 def _distance_to_active_mm(frame: dict) -> np.ndarray:

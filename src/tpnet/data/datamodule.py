@@ -131,9 +131,7 @@ def setup_data(
     return DataSetup(spec, splits, encoding, spacing_mm, manifest_fingerprint(root), labelled)
 
 
-def _setup_sources(
-    data_cfg: Any, seed: int, fold: int | None, folds: int | None, check: bool
-) -> DataSetup:
+def _setup_sources(data_cfg: Any, seed: int, fold: int | None, folds: int | None, check: bool) -> DataSetup:
     """``data.sources``: each dataset set up (checked, split by its own subjects) on its own, then merged."""
     from omegaconf import OmegaConf
 

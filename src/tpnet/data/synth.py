@@ -45,7 +45,8 @@ DEFAULT_ACTIVE_ECHO_DB = 0.0  # active TrPs this many dB darker than a latent Tr
 # Tissue codes of the ``tissue`` map returned by generate_frame (tests and benchmarks use it; not written).
 NEAR_FIELD, SKIN, FAT, FASCIA, MUSCLE, DEEP_MUSCLE, BONE, SHADOW = range(8)
 TRP, VESSEL_TISSUE, FIBROTIC, SOFT_HYPOECHOIC = range(8, 12)
-NERVE_FASCICLE, NERVE_EPINEURIUM = 12, 13  # a nerve's hypoechoic fascicles; its hyperechoic epineurium (rim, septa)
+# A nerve's hypoechoic fascicles; its hyperechoic epineurium (rim, septa).
+NERVE_FASCICLE, NERVE_EPINEURIUM = 12, 13
 
 # Nerve anatomy and stiffness, the same in every preset (docs/synthetic-data.md, "Nerves"; assumptions marked there).
 NERVE_STIFFNESS_RATIO = (1.1, 1.6)  # nerve / trapezius Young's modulus: stiffer than muscle, overlapping it
@@ -119,12 +120,15 @@ class AppearanceRanges:
     confounder_rate: Range | None  # mean count per frame of each confounder kind; None = literature tables
     shadow_rate: Range  # mean count per frame of acoustic shadows from small calcifications / contact loss
     # Nerves (label 4): rate per subject, everything else per nerve. Stiffness: NERVE_STIFFNESS_RATIO (all presets).
-    nerve_rate: Range | None  # mean count per frame; None = the literature table (_LITERATURE_COUNTS["nerve"])
-    nerve_diameter_mm: Range  # equivalent diameter (cross-section area = pi d^2 / 4; in-plane: the band's thickness)
+    # mean count per frame; None = the literature table (_LITERATURE_COUNTS["nerve"])
+    nerve_rate: Range | None
+    # equivalent diameter (cross-section area = pi d^2 / 4; in-plane: the band's thickness)
+    nerve_diameter_mm: Range
     nerve_fascicle_contrast_db: Range  # fascicles this much darker than the subject's muscle
     nerve_epineurium_db: Range  # echo of the epineurium rim (dB re. bone); the septa inside are 6 dB below it
     nerve_in_plane: float  # probability that a nerve is seen along its length (else in cross-section)
-    nerve_beside_vessel: float  # probability that a cross-section nerve lies beside a vessel (neurovascular bundle)
+    # probability that a cross-section nerve lies beside a vessel (neurovascular bundle)
+    nerve_beside_vessel: float
 
 
 APPEARANCES: dict[str, AppearanceRanges] = {
@@ -284,7 +288,8 @@ _LITERATURE_COUNTS = {
     "vessel": (0.45, 0.4, 0.15),
     "fibrotic": (0.5, 0.35, 0.15),
     "soft": (0.4, 0.4, 0.2),
-    "nerve": (0.5, 0.4, 0.1),  # a nerve in half the frames (assumption: injection sites are scanned near them)
+    # a nerve in half the frames (assumption: injection sites are scanned near them)
+    "nerve": (0.5, 0.4, 0.1),
 }
 _CONFOUNDER_KINDS = ("vessel", "fibrotic", "soft")  # the order of Subject.counts
 
@@ -622,11 +627,16 @@ def _draw_nerves(
                 a = max(NERVE_MIN_VISIBLE_MM / 2, 0.9 * a)
             theta = math.radians(rng.uniform(-5.0, 5.0))
             partner = None
-            if bundle and muscle_vessels:  # beside a vessel of the frame, left or right, a little above or below
+            # beside a vessel of the frame, left or right, a little above or below
+            if bundle and muscle_vessels:
                 vessel = muscle_vessels[int(rng.integers(len(muscle_vessels)))]
                 phi = rng.choice([0.0, math.pi]) + rng.uniform(-0.7, 0.7)
                 probe = _Nerve(0.0, 0.0, a, b, theta, False, rim_mm, np.zeros((0, 3)), 0.0, 0.0, 1.0)
-                reach = max(vessel.a, vessel.b) + _uniform(rng, NERVE_GAP_TO_VESSEL_MM) + probe.extent_towards(phi)
+                reach = (
+                    max(vessel.a, vessel.b)
+                    + _uniform(rng, NERVE_GAP_TO_VESSEL_MM)
+                    + probe.extent_towards(phi)
+                )
                 cx, cz = vessel.cx + reach * math.cos(phi), vessel.cz + reach * math.sin(phi)
                 top, bottom = compartments["between"]
             else:
@@ -637,7 +647,9 @@ def _draw_nerves(
                     cz = (trap_bottom[col] + deep_top[col]) / 2 + rng.uniform(-0.3, 0.3)
                 else:
                     cz = rng.uniform(top[col] + b + 0.4, max(top[col] + b + 0.4, bottom[col] - b - 0.4))
-            nerve = _Nerve(cx, cz, a, b, theta, in_plane, rim_mm, np.zeros((0, 3)), rim_db, fascicle_db, ratio)
+            nerve = _Nerve(
+                cx, cz, a, b, theta, in_plane, rim_mm, np.zeros((0, 3)), rim_db, fascicle_db, ratio
+            )
             if not _nerve_fits(nerve, top, bottom, occupied, s):
                 continue
             if bundle and not muscle_vessels:  # a vessel of its own beside it
@@ -753,8 +765,8 @@ def _fascicles(rng: np.random.Generator, nerve: _Nerve, fascicle_mm: float, sept
     v = (v + rng.uniform(-0.12, 0.12, v.shape) * pitch).ravel()
     radius = fascicle_mm / 2 * rng.uniform(0.85, 1.05, u.shape)
     # Centres inside the rim by less than a radius: fascicles reach the rim, as in the honeycomb.
-    keep = (u / np.maximum(inner_a - 0.2 * radius, 1e-3)) ** 2 + (v / np.maximum(inner_b - 0.2 * radius, 1e-3)) ** 2
-    keep = keep < 1.0
+    reach_a, reach_b = np.maximum(inner_a - 0.2 * radius, 1e-3), np.maximum(inner_b - 0.2 * radius, 1e-3)
+    keep = (u / reach_a) ** 2 + (v / reach_b) ** 2 < 1.0
     keep &= rng.random(u.shape) > 0.05  # irregular: a few fascicles out of the section
     if keep.sum() < 2:
         return np.array([[0.0, 0.0, 0.75 * max(min(inner_a, inner_b), 0.2)]], np.float32)
@@ -800,7 +812,9 @@ def _paint_nerve(
             if r0 >= r1 or c0 >= c1:
                 continue
             distance = np.hypot(u[r0:r1, c0:c1] - fu, v[r0:r1, c0:c1] - fv)
-            np.maximum(dark[r0:r1, c0:c1], _smoothstep((radius + edge / 2 - distance) / edge), out=dark[r0:r1, c0:c1])
+            np.maximum(
+                dark[r0:r1, c0:c1], _smoothstep((radius + edge / 2 - distance) / edge), out=dark[r0:r1, c0:c1]
+            )
     # Hyperechoic epineurium: a bright rim, bright septa (6 dB below it) between dark fascicles.
     septa_db = nerve.rim_db - 6.0
     inner = septa_db + dark * (nerve.fascicle_db - septa_db)

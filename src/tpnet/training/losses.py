@@ -215,7 +215,9 @@ class MarginalLoss(nn.Module):
         self.label_sets = {int(code): tuple(int(k) for k in members) for code, members in label_sets.items()}
         for code, members in self.label_sets.items():
             if not members or members[0] != 0:
-                raise ValueError(f"label set of code {code} must start with the background (0); got {members}")
+                raise ValueError(
+                    f"label set of code {code} must start with the background (0); got {members}"
+                )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         present = [code for code in self.label_sets if bool((target == code).any())]

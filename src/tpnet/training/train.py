@@ -272,8 +272,19 @@ def _train(cfg: DictConfig, device: torch.device, info: DistInfo) -> dict[str, f
             )
             if validating:
                 metrics.update(
-                    _validate(state, val_loader, classes, params, cfg, run_dir, tracker, epoch, info,
-                              data.sources, data.spec.class_roles)  # fmt: skip
+                    _validate(
+                        state,
+                        val_loader,
+                        classes,
+                        params,
+                        cfg,
+                        run_dir,
+                        tracker,
+                        epoch,
+                        info,
+                        data.sources,
+                        data.spec.class_roles,
+                    )
                 )
             metrics["throughput/epoch_s"] = time.perf_counter() - start
             improved = progress.record(metrics.get(monitor), mode)
