@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from tpnet.core.atomic import atomic_write_text
-from tpnet.core.contract import trp_class_indices
+from tpnet.core.contract import ClassRoles, parse_roles, trp_class_indices
 from tpnet.evaluation.metrics import FrameRecord, aggregate, bootstrap_ci, bootstrap_samples, json_safe
 
 OOF_FILE = "oof_records.json"
@@ -98,14 +98,16 @@ def _number(value: Any) -> Any:
 def oof_document(
     records: Sequence[FrameRecord], classes: Sequence[str], *, fold: int, folds: int, checkpoint: str,
     postprocess: dict[str, float], calibrated_on_these_subjects: bool, non_test_subjects: Iterable[str],
-    overrides: Sequence[str] = (), mlflow_run_id: str | None = None,
+    overrides: Sequence[str] = (), mlflow_run_id: str | None = None, roles: dict | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """What a fold's ``oof_records.json`` holds: its validation frames' records and how they were predicted."""
+    """What a fold's ``oof_records.json`` holds: its validation frames' records and how they were predicted
+    (``roles``: the dataset's class roles, ``ClassRoles.to_dict()``; absent in older files: the naming rule)."""
     return {
         "format": OOF_FORMAT,
         "fold": int(fold),
         "folds": int(folds),
         "classes": list(classes),
+        **({"roles": dict(roles)} if roles is not None else {}),
         "checkpoint": str(checkpoint),
         "postprocess": dict(postprocess),
         # True: the threshold/min area were chosen on these very subjects (OOF mildly optimistic).
@@ -306,7 +308,7 @@ def _summarise_configuration(group: Configuration, n_boot: int, seed: int) -> di
         pooled["ci95"] = {key: [lo, hi] for key, (lo, hi) in ci.items()}
         pooled["bootstrap"] = {"n_boot": n_boot, "seed": seed, "unit": "subject"}
         out["pooled"] = pooled
-        out["default_metric"] = default_metric(classes)
+        out["default_metric"] = default_metric(classes, _common_roles(done, classes))
     else:
         out["pooled"] = None
         out["notes"].append("no fold left out-of-fold records: nothing to pool")
@@ -351,6 +353,15 @@ def _fold_row(job: FoldJob) -> dict[str, Any]:
         except (OSError, json.JSONDecodeError):
             row["test"] = None
     return row
+
+
+def _common_roles(done: Sequence[FoldJob], classes: Sequence[str]) -> ClassRoles | None:
+    """The folds' class roles (the first fold's that records them; None: the naming rule)."""
+    for job in done:
+        raw = (job.oof or {}).get("roles")
+        if raw is not None:
+            return parse_roles(raw, classes, f"{job.run_dir}/{OOF_FILE}")
+    return None
 
 
 def _common_classes(done: Sequence[FoldJob]) -> list[str]:
@@ -469,9 +480,10 @@ def record_summary(
 
 
 # ----------------------------------------------------------------------------------------------- reports
-def default_metric(classes: Sequence[str]) -> str:
-    """det_f1 when the dataset has trigger-point classes, else the mean foreground Dice."""
-    return "det_f1" if trp_class_indices(classes) else "dice_mean"
+def default_metric(classes: Sequence[str], roles: ClassRoles | None = None) -> str:
+    """det_f1 when the dataset has trigger-point classes (by ``roles``; None: the naming rule), else the mean
+    foreground Dice."""
+    return "det_f1" if trp_class_indices(classes, roles) else "dice_mean"
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -567,7 +579,7 @@ def compare_configurations(
     classes = _common_classes([job for g in usable for job in g.jobs if job.oof is not None])
     notes = []
     if metric is None:
-        metric = default_metric(classes)
+        metric = default_metric(classes, _common_roles([j for g in usable for j in g.jobs if j.oof], classes))
         if all(math.isnan(aggregate(g.records, classes).get(metric, math.nan)) for g in usable):
             # Like trainer.monitor's fallback: rank by something these frames can measure.
             notes.append(f"{metric} is undefined in every configuration (no true trigger point out of fold): "

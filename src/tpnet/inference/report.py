@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from urllib.parse import quote
@@ -362,7 +362,7 @@ class HtmlReport:
             out_of_distribution=_banner(analysed),
             subjects=_subject_rows(frame_summaries),
             frames=[_frame_row(f) for f in frame_summaries],
-            legend=_legend(classes),
+            legend=_legend(classes, trp_counts),
         )
         with atomic_open(self.path, "w") as out:
             out.write(head)
@@ -442,13 +442,15 @@ def _frame_row(frame: dict) -> dict:
     }
 
 
-def _legend(classes: Sequence[str]) -> list[dict]:
+def _legend(classes: Sequence[str], trp_classes: Iterable[str]) -> list[dict]:
+    """The overlay colours; "indeterminate" (a TrP of undecided type) when the model has trigger-point classes
+    (``trp_classes``, by the model's roles)."""
     entries = [
         {"label": class_label(name), "colour": class_colour(name, i)}
         for i, name in enumerate(classes)
         if i > 0
     ]
-    if any(name.endswith("_trp") for name in classes):
+    if set(trp_classes) & set(classes):
         entries.append({"label": class_label("indeterminate"), "colour": class_colour("indeterminate", 0)})
     return entries
 

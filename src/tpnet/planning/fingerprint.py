@@ -69,6 +69,8 @@ class Fingerprint:
     foreground_bmode: dict[str, float | None] = field(
         default_factory=dict
     )  # mean, std, p005, p995 (None: none)
+    # The trigger-point classes by the dataset's roles (None: the naming rule, for a fingerprint built by hand).
+    trp_classes: tuple[str, ...] | None = None
 
     @property
     def n_frames(self) -> int:
@@ -134,7 +136,9 @@ def dataset_fingerprint(spec: DatasetSpec, rows: Sequence[ManifestRow], workers:
         results = list(pool.map(lambda row: _fingerprint_row(spec, row), labelled))
     frames = tuple(frame for frame, _ in results)
     foreground = np.concatenate([values for _, values in results]) if results else np.zeros(0, np.float32)
-    return Fingerprint(spec.name, tuple(spec.classes), frames, _grey_stats(foreground))
+    return Fingerprint(
+        spec.name, tuple(spec.classes), frames, _grey_stats(foreground), tuple(spec.class_roles.trp)
+    )
 
 
 def _fingerprint_row(spec: DatasetSpec, row: ManifestRow) -> tuple[FrameFingerprint, np.ndarray]:

@@ -264,7 +264,7 @@ def make_plan(
     values["fg_fraction"] = given("fg_fraction") or PlanValue(
         DEFAULT_FG_FRACTION, "default",
         "nnU-Net: a third of every batch is centred on foreground "
-        + ("(trigger points)" if _has_trp(fingerprint.classes) else "(any labelled structure: no TrP class)"),
+        + ("(trigger points)" if _has_trp(fingerprint) else "(any labelled structure: no TrP class)"),
     )  # fmt: skip
     fg = summary["bmode_foreground"]
     stats = summary["bmode_imaged"]
@@ -372,10 +372,12 @@ def _floor_2_significant(x: float) -> float:
     return round(math.floor(x / 10**exponent) * 10**exponent, 10)
 
 
-def _has_trp(classes) -> bool:
+def _has_trp(fingerprint: Fingerprint) -> bool:
+    if fingerprint.trp_classes is not None:  # the dataset's roles
+        return bool(set(fingerprint.trp_classes) & set(fingerprint.classes))
     from tpnet.core.contract import trp_class_indices
 
-    return bool(trp_class_indices(classes))
+    return bool(trp_class_indices(fingerprint.classes))
 
 
 def _plain(value: Any) -> Any:

@@ -32,6 +32,7 @@ from tpnet.core.confidence import (
     fit_temperature,
     frame_features,
 )
+from tpnet.core.contract import ClassRoles
 from tpnet.core.postprocess import PostprocessParams, TriggerPoint, find_trigger_points, frame_trp_score
 from tpnet.core.predict import predict_probs, temper_probs
 from tpnet.evaluation.evaluate import score_frame
@@ -60,8 +61,10 @@ def predict_validation(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     tta: bool = False,
+    roles: ClassRoles | None = None,
 ) -> list[ValidationFrame]:
-    """Every validation frame's probabilities (TTA-averaged with ``tta``), its label map and true TrPs."""
+    """Every validation frame's probabilities (TTA-averaged with ``tta``), its label map and true TrPs
+    (``roles``: which classes are trigger points; None: the naming rule)."""
     model.eval()
     cached = []
     for frame in frames:
@@ -70,7 +73,7 @@ def predict_validation(
         probs = probs[0].float().cpu().numpy()
         gt = frame["mask"].numpy()
         spacing = float(frame["spacing_mm"])
-        gt_points = find_trigger_points(gt, spacing, classes, elasto_kpa=frame["elasto_kpa"])
+        gt_points = find_trigger_points(gt, spacing, classes, elasto_kpa=frame["elasto_kpa"], roles=roles)
         cached.append(ValidationFrame(probs, probs, gt, spacing, gt_points, frame))
     return cached
 
@@ -104,6 +107,7 @@ def choose_postprocess(
     thresholds: Sequence[float],
     min_areas_mm2: Sequence[float],
     min_mean_probs: Sequence[float] = (0.0,),
+    roles: ClassRoles | None = None,
 ) -> tuple[PostprocessParams, list[dict]]:
     """The best parameters and the whole grid (one dict per setting) for the record."""
     if not cached:
@@ -121,7 +125,8 @@ def choose_postprocess(
         params = replace(base, threshold=threshold, min_area_mm2=min_area, min_mean_prob=min_mean_prob)
         records = [
             score_frame(
-                c.probs, c.gt, c.frame["elasto_kpa"], c.spacing_mm, c.frame, classes, params, c.gt_points
+                c.probs, c.gt, c.frame["elasto_kpa"], c.spacing_mm, c.frame, classes, params, c.gt_points,
+                roles=roles,
             )[0]
             for c in cached
         ]
@@ -161,6 +166,7 @@ def fit_confidence(
     active_band: float = 0.1,
     n_boot: int = 1000,
     seed: int = 0,
+    roles: ClassRoles | None = None,
 ) -> tuple[Calibration, dict]:
     """The detection, frame and p_active models on the validation detections of ``params`` (a detection is a
     true TrP when it matches one within ``params.match_mm``), and whether active vs latent is told apart
@@ -168,7 +174,8 @@ def fit_confidence(
     det_x, det_y, frame_rows, act_x, act_y, act_subject = [], [], [], [], [], []
     for c in cached:
         _, _, points = score_frame(
-            c.probs, c.gt, c.frame["elasto_kpa"], c.spacing_mm, c.frame, classes, params, c.gt_points
+            c.probs, c.gt, c.frame["elasto_kpa"], c.spacing_mm, c.frame, classes, params, c.gt_points,
+            roles=roles,
         )
         pairs = match_points(points, c.gt_points, params.match_mm).pairs
         matched = {p: g for p, g in pairs}
@@ -179,7 +186,7 @@ def fit_confidence(
                 act_x.append(active_features(point))
                 act_y.append(c.gt_points[matched[i]].class_name == ACTIVE)
                 act_subject.append(str(c.frame["subject_id"]))
-        frame_rows.append((frame_trp_score(c.probs, classes), points, bool(c.gt_points)))
+        frame_rows.append((frame_trp_score(c.probs, classes, roles), points, bool(c.gt_points)))
 
     notes = []
     detection_model = None
@@ -260,7 +267,8 @@ def calibrate_postprocess(
     thresholds: Sequence[float],
     min_areas_mm2: Sequence[float],
     min_mean_probs: Sequence[float] = (0.0,),
+    roles: ClassRoles | None = None,
 ) -> tuple[PostprocessParams, list[dict]]:
     """Post-processing alone, on untempered single-pass probabilities (``choose_postprocess``)."""
-    cached = predict_validation(model, frames, classes, device, amp_dtype)
-    return choose_postprocess(cached, classes, base, thresholds, min_areas_mm2, min_mean_probs)
+    cached = predict_validation(model, frames, classes, device, amp_dtype, roles=roles)
+    return choose_postprocess(cached, classes, base, thresholds, min_areas_mm2, min_mean_probs, roles)

@@ -91,7 +91,7 @@ def after_fold(
     calibration = Calibration.from_meta(state["meta"])
     _, records = evaluate(
         model, split_frames(data, "val", cfg.data.num_workers), classes, int(model.size_multiple), params, device,
-        amp_dtype=amp_dtype, tta=calibration.tta, calibration=calibration,
+        amp_dtype=amp_dtype, tta=calibration.tta, calibration=calibration, roles=data.spec.class_roles,
     )  # fmt: skip
     non_test = {row.subject_id for split in ("train", "val") for row in data.splits[split]}
     document = oof_document(
@@ -100,6 +100,7 @@ def after_fold(
         # train.py calibrates on the validation split before this hook: on these same subjects.
         calibrated_on_these_subjects=bool(cfg.calibration.enabled),
         non_test_subjects=non_test, overrides=_job_overrides(), mlflow_run_id=getattr(tracker, "run_id", None),
+        roles=data.spec.class_roles.to_dict(),
     )  # fmt: skip
     path = write_json(run_dir / OOF_FILE, document)
     tracker.log_artifact(path)

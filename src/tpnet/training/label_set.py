@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tpnet.core.contract import resolve_path, trp_class_indices
+from tpnet.core.contract import ClassRoles, resolve_path, trp_class_indices
 from tpnet.core.io import read_mask
 from tpnet.data.datamodule import DataSetup
 from tpnet.data.dataset import frame_spacing_mm
@@ -58,15 +58,20 @@ def summarise_labels(
 
 
 def label_set_warnings(
-    summary: dict[str, SplitLabels], classes: Sequence[str], spacing_mm: float
+    summary: dict[str, SplitLabels],
+    classes: Sequence[str],
+    spacing_mm: float,
+    roles: ClassRoles | None = None,
 ) -> list[str]:
-    """One line per degenerate property of the data, for the start of training."""
+    """One line per degenerate property of the data, for the start of training (``roles``: which classes are
+    trigger points; None: the naming rule)."""
     warnings = []
-    trp = trp_class_indices(classes)
+    trp = trp_class_indices(classes, roles)
     train = summary["train"]
     if not trp:
+        rule = "its roles name none" if roles is not None else "a name ending in _trp"
         warnings.append(
-            f"dataset.yaml classes {list(classes)} include no trigger-point class (a name ending in _trp): "
+            f"dataset.yaml classes {list(classes)} include no trigger-point class ({rule}): "
             "nothing to detect, detection metrics (det_f1, ...) are undefined (null in metrics.json)"
         )
     if not train.labels - {0}:
@@ -110,14 +115,18 @@ _EMPTY_SPLIT = {
 
 
 def choose_monitor(
-    monitor: str, mode: str, summary: dict[str, SplitLabels], classes: Sequence[str]
+    monitor: str,
+    mode: str,
+    summary: dict[str, SplitLabels],
+    classes: Sequence[str],
+    roles: ClassRoles | None = None,
 ) -> tuple[str, str, str | None]:
     """(monitor, mode, why it was replaced or None). A monitor the validation masks cannot give a meaning to (TrP
     detection without a true TrP, Dice of an absent class) is undefined every epoch and would never select a
     best.pt: fall back to the mean foreground Dice ``val/dice_mean`` (max), to ``val/loss`` (min) when no
     validation mask holds any foreground, or to ``train/loss`` (min) without validation frames."""
     val = summary["val"]
-    trp = set(trp_class_indices(classes))
+    trp = set(trp_class_indices(classes, roles))
     why = None
     if monitor.startswith("val/") and val.n_frames == 0:
         why = "the validation split has no frame"
@@ -148,6 +157,6 @@ def choose_monitor(
     )
 
 
-def has_trigger_points(labels: SplitLabels, classes: Sequence[str]) -> bool:
+def has_trigger_points(labels: SplitLabels, classes: Sequence[str], roles: ClassRoles | None = None) -> bool:
     """Whether any mask of the split holds a trigger point (else its detection metrics are undefined)."""
-    return bool(labels.labels & set(trp_class_indices(classes)))
+    return bool(labels.labels & set(trp_class_indices(classes, roles)))

@@ -678,7 +678,7 @@ def _validate(
         if mine:
             metrics.update(_source_metrics(aggregate(mine, classes), source, classes, roles))
     if kept:
-        for path in write_overlays(kept, classes, run_dir / "overlays" / f"epoch_{epoch + 1:03d}"):
+        for path in write_overlays(kept, classes, run_dir / "overlays" / f"epoch_{epoch + 1:03d}", roles):
             tracker.log_artifact(path, f"overlays/epoch_{epoch + 1:03d}")
     return metrics
 
@@ -805,18 +805,21 @@ def calibrate_checkpoint(path, data, device, amp_dtype, cfg, classes, params, ru
         f for f in split_frames(data, "val", cfg.data.num_workers)
         if not trp & set(f.get("unlabelled_classes", ()))
     )  # fmt: skip
-    cached = predict_validation(model, frames, classes, device, amp_dtype, tta=tta)
+    roles = data.spec.class_roles
+    cached = predict_validation(model, frames, classes, device, amp_dtype, tta=tta, roles=roles)
     temperature = fit_pixel_temperature(cached, seed) if ccfg.get("temperature", True) else 1.0
     best, grid = choose_postprocess(
-        cached, classes, params, ccfg.thresholds, ccfg.min_areas_mm2, ccfg.get("min_mean_probs") or (0.0,)
-    )
+        cached, classes, params, ccfg.thresholds, ccfg.min_areas_mm2, ccfg.get("min_mean_probs") or (0.0,),
+        roles,
+    )  # fmt: skip
     calibration, active_latent = fit_confidence(
         cached, classes, best, temperature, tta, detection=bool(ccfg.get("detection", True)),
         active_band=float(ccfg.get("active_band", 0.1)), n_boot=int(cfg.evaluation.n_boot), seed=seed,
+        roles=roles,
     )  # fmt: skip
     records = [
         score_frame(c.probs, c.gt, c.frame["elasto_kpa"], c.spacing_mm, c.frame, classes, best, c.gt_points,
-                    calibration=calibration, raw_probs=c.raw_probs)[0]
+                    calibration=calibration, raw_probs=c.raw_probs, roles=roles)[0]
         for c in cached
     ]  # fmt: skip
     validation = evaluation_report(records, classes, n_boot=int(cfg.evaluation.n_boot), seed=seed)
@@ -924,16 +927,16 @@ def _check_labels_and_pick_monitor(
         log.info(console.data_line(data.spec.name, _split_sizes(data), data.spacing_mm))
         # A multi-source run checks its primary (first) source's labels, in that source's own classes.
         primary = data.primary
-        primary_classes = list(primary.spec.classes)
+        primary_classes, primary_roles = list(primary.spec.classes), primary.spec.class_roles
         summary = summarise_labels(primary)
-        for message in label_set_warnings(summary, primary_classes, data.spacing_mm):
+        for message in label_set_warnings(summary, primary_classes, data.spacing_mm, primary_roles):
             _warn(message)
         monitor, mode, why = choose_monitor(
-            str(cfg.trainer.monitor), str(cfg.trainer.monitor_mode), summary, primary_classes
+            str(cfg.trainer.monitor), str(cfg.trainer.monitor_mode), summary, primary_classes, primary_roles
         )
         if why:
             _warn(why)
-        choice = (monitor, mode, has_trigger_points(summary["val"], primary_classes))
+        choice = (monitor, mode, has_trigger_points(summary["val"], primary_classes, primary_roles))
     return tuple(distributed.broadcast_object(choice, info))
 
 
