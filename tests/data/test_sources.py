@@ -76,6 +76,11 @@ def test_classes_are_merged_by_name_and_masks_mapped(two_sources):
     assert set(np.unique(seen["trp"]["mask"].numpy())) == {0, 1, 2}
     assert set(np.unique(seen["nerves"]["mask"].numpy())) == {0, 2, 3}
     assert seen["trp"]["unlabelled_classes"] == (3,) and seen["nerves"]["unlabelled_classes"] == (1,)
+    # the validation loss reads the background as training does: "background or unknown" (the source's code)
+    for index, frame in enumerate((seen["trp"], seen["nerves"])):
+        mask, loss_mask = frame["mask"].numpy(), frame["loss_mask"].numpy()
+        assert (loss_mask[mask == 0] == UNLABELLED_CODE_BASE + index).all()
+        assert (loss_mask[mask > 0] == mask[mask > 0]).all()
 
 
 @pytest.mark.parametrize("mode", ["marginal", "background"])

@@ -159,7 +159,8 @@ class RelabelledPatches(Dataset):
 
 class RelabelledFrames(Dataset):
     """A source's ``FullFrameDataset``: masks in run classes, ids prefixed with the source, and the classes the
-    source does not label (evaluation leaves them out)."""
+    source does not label (evaluation leaves them out); with partial labels also ``loss_mask``, the mask as
+    the training loss reads it (the source's code on its background), for the validation loss."""
 
     def __init__(self, frames: Dataset, source: Source) -> None:
         self.frames, self.source = frames, source
@@ -170,7 +171,7 @@ class RelabelledFrames(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         frame = self.frames[index]
         name = self.source.name
-        return {
+        out = {
             **frame,
             "mask": _relabel(frame["mask"], self.source, training=False),
             "sample_id": f"{name}/{frame['sample_id']}",
@@ -178,3 +179,6 @@ class RelabelledFrames(Dataset):
             "source": name,
             "unlabelled_classes": self.source.unlabelled,
         }
+        if self.source.code is not None:  # val/loss scores it as training does: background or unknown there
+            out["loss_mask"] = _relabel(frame["mask"], self.source, training=True)
+        return out

@@ -40,7 +40,8 @@ def validate_frames(
         for frame in frames:
             image = frame["image"][None].to(device)
             probs = predict_probs(model, image, size_multiple, amp_dtype=amp_dtype)
-            mask = frame["mask"][None].to(device)
+            # A source with unlabelled classes: its background is "background or unknown" to the loss too.
+            mask = frame.get("loss_mask", frame["mask"])[None].to(device)
             # log-probabilities are valid logits (softmax(log p) = p): no second forward pass for the loss.
             losses.append(float(loss_fn(torch.log(probs.clamp_min(1e-8)), mask)))
             probs_np = probs[0].cpu().numpy()
