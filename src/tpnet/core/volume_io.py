@@ -1,0 +1,458 @@
+"""Ultrasound volumes (sweeps: parallel frames stacked along the probe's path) read from NIfTI (``.nii``,
+``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), multi-frame DICOM and 3-D ``.npy``, as (Z, H, W) voxels with their
+spacing in mm.
+
+Axis convention: ``voxels[z, row, column]``, Z the slices along the sweep, row 0 the top of each frame (as
+the 2-D readers give frames); ``spacing_mm`` is (slice, row, column) in the same order. NIfTI and NRRD store
+the fastest-varying index first, (x, y, z) = (columns, rows, slices): their arrays are transposed to (Z, H, W)
+and their per-axis spacings reversed. Index order only: the file's orientation (NIfTI affine, NRRD space
+directions) is not applied, no axis is flipped or resampled.
+
+Spacing comes from the file (NIfTI ``pixdim`` in its ``xyzt_units``, NRRD ``space directions`` or
+``spacings`` in their units, DICOM slice spacing and pixel size) and is converted to mm; a file without a
+positive spacing on every axis is refused, never given 1 mm. ``.npy`` carries none: the caller passes
+``spacing_mm``; passed for a file that has its own, it must agree with it (a manifest checked against the file).
+
+Values: ``read_volume`` gives them as stored; ``read_volume_bmode`` scales grey levels to float32 [0, 1] by the
+2-D reader's rules (tpnet.core.io), ``read_volume_mask`` gives uint8 labels, ``read_volume_kpa`` float32 kPa
+with NaN (no signal) kept. Separate functions, as io.py has read_bmode / read_mask / read_elasto: each
+returns one dtype, and only elastography has a unit to convert. Every error is a ``FrameReadError`` whose
+message starts with the file's path. nibabel, pynrrd and pydicom are imported on first use.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tpnet.core.dicom import is_dicom_file, read_dicom_frame, read_dicom_header
+from tpnet.core.encoding import elasto_to_kpa
+from tpnet.core.io import FrameReadError, _check_frame_size, _float_bmode, _integer_bmode
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
+NPY_SUFFIXES = (".npy",)
+NIFTI, NRRD, DICOM, NPY = "NIfTI", "NRRD", "DICOM", "npy"  # Volume.source
+
+# Consecutive DICOM frame positions may differ this much (relative to their mean gap) and still be one
+# uniform sweep; a freehand sweep that sped up and slowed down is refused rather than given a mean spacing.
+SLICE_GAP_TOLERANCE = 0.05
+SPACING_MATCH_TOLERANCE = 0.01  # caller's spacing_mm vs the file's (rounding in a manifest)
+# Spatial units to mm. NIfTI's xyzt_units as nibabel names them; NRRD's free-text units as tools write them.
+MM_PER_UNIT = {
+    "mm": 1.0, "millimeter": 1.0, "millimetre": 1.0, "cm": 10.0, "m": 1000.0, "meter": 1000.0,
+    "metre": 1000.0, "um": 1e-3, "µm": 1e-3, "micron": 1e-3, "microns": 1e-3, "micrometer": 1e-3,
+}  # fmt: skip
+# NIfTI's code 0 and NRRD's missing field: taken as mm (both formats' custom), and noted.
+UNKNOWN_UNITS = ("", "unknown")
+
+
+@dataclass(frozen=True)
+class Volume:
+    path: Path
+    voxels: np.ndarray  # (Z, H, W): slices along the sweep, rows, columns
+    spacing_mm: tuple[float, float, float]  # (slice_spacing_mm, row_mm, col_mm)
+    source: str  # the file's format: "NIfTI", "NRRD", "DICOM" or "npy"
+    notes: tuple[str, ...]  # what was assumed (units, slice spacing from SliceThickness, a guessed bit depth)
+
+
+def read_volume(path: str | Path, *, spacing_mm: tuple[float, float, float] | None = None) -> Volume:
+    """The volume's values as stored (after the file's own scaling, e.g. NIfTI scl_slope), and its spacing.
+    ``spacing_mm`` (slice, row, column): required for ``.npy``; for other files, checked against theirs."""
+    return _read(Path(path), spacing_mm, dicom_bmode=False)
+
+
+def read_volume_bmode(path: str | Path, *, spacing_mm: tuple[float, float, float] | None = None) -> Volume:
+    """B-mode voxels as float32 in [0, 1]: integers divided by the full scale of their bit depth and floats
+    taken as [0, 1] (or 0..255 / 4095 / 65535), as ``tpnet.core.io.read_bmode`` does for a frame; a guessed
+    scale is written to ``notes``. DICOM frames are decoded by ``tpnet.core.dicom`` (BitsStored, MONOCHROME1
+    inverted, colour as BT.601 luma)."""
+    path = Path(path)
+    volume = _read(path, spacing_mm, dicom_bmode=True)
+    if volume.source == DICOM:
+        return volume
+    notes = list(volume.notes)
+    stored = volume.voxels
+    if np.issubdtype(stored.dtype, np.integer):
+        voxels = _integer_bmode(stored, path, None, notes.append)
+    elif np.issubdtype(stored.dtype, np.floating):
+        voxels = _float_bmode(stored, path, notes.append)
+    else:
+        raise FrameReadError(f"{path}: unsupported B-mode dtype {stored.dtype}")
+    return replace(volume, voxels=np.ascontiguousarray(voxels, np.float32), notes=tuple(notes))
+
+
+def read_volume_mask(path: str | Path, *, spacing_mm: tuple[float, float, float] | None = None) -> Volume:
+    """Label voxels as uint8 (value = class index), unscaled. Floats holding whole numbers (as some
+    segmentation tools save labels) are accepted and noted; other floats and values outside 0..255 are
+    refused."""
+    path = Path(path)
+    volume = _read(path, spacing_mm, dicom_bmode=False)
+    stored, notes = volume.voxels, list(volume.notes)
+    if np.issubdtype(stored.dtype, np.floating):
+        if not (np.isfinite(stored).all() and np.array_equal(stored, np.round(stored))):
+            raise FrameReadError(
+                f"{path}: mask must hold whole-number labels, got {stored.dtype} with fractions"
+            )
+        notes.append(f"labels stored as {stored.dtype} (whole numbers): read as integers")
+    elif not np.issubdtype(stored.dtype, np.integer):
+        raise FrameReadError(f"{path}: mask must be an integer label map, got {stored.dtype}")
+    if stored.size and (stored.min() < 0 or stored.max() > 255):
+        raise FrameReadError(f"{path}: mask values outside 0..255 (min {stored.min()}, max {stored.max()})")
+    return replace(volume, voxels=np.ascontiguousarray(stored, np.uint8), notes=tuple(notes))
+
+
+def read_volume_kpa(
+    path: str | Path, *, unit: str = "kPa", spacing_mm: tuple[float, float, float] | None = None
+) -> Volume:
+    """Elastography voxels as float32 Young's modulus in kPa, NaN (no signal) kept; ``unit="m/s"`` converts
+    shear-wave speed (``tpnet.core.encoding.elasto_to_kpa``). DICOM is refused: it stores grey levels, and
+    tpnet reads no real-world value mapping that would turn them into kPa."""
+    path = Path(path)
+    if _format_of(path) == DICOM:
+        raise FrameReadError(
+            f"{path}: a DICOM volume holds grey levels, not kPa; store the elastography volume as NIfTI, NRRD "
+            "or .npy in kPa (or m/s)"
+        )
+    volume = _read(path, spacing_mm, dicom_bmode=False)
+    if not np.issubdtype(volume.voxels.dtype, np.number):
+        raise FrameReadError(f"{path}: unsupported elastography dtype {volume.voxels.dtype}")
+    return replace(volume, voxels=np.ascontiguousarray(elasto_to_kpa(volume.voxels.astype(np.float32), unit)))
+
+
+# ------------------------------------------------------------------------------------------ dispatch
+
+
+def _format_of(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return NIFTI
+    if name.endswith(NRRD_SUFFIXES):
+        return NRRD
+    if name.endswith(NPY_SUFFIXES):
+        return NPY
+    if is_dicom_file(path):
+        return DICOM
+    raise FrameReadError(
+        f"{path}: unsupported volume file type; use NIfTI ({', '.join(NIFTI_SUFFIXES)}), NRRD "
+        f"({', '.join(NRRD_SUFFIXES)}), multi-frame DICOM or a 3-D .npy"
+    )
+
+
+def _read(path: Path, spacing_mm: tuple[float, float, float] | None, *, dicom_bmode: bool) -> Volume:
+    if not path.is_file():
+        raise FrameReadError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise FrameReadError(f"{path}: zero-byte file")
+    fmt = _format_of(path)
+    given = _checked_spacing(path, spacing_mm) if spacing_mm is not None else None  # before any voxel is read
+    if fmt == NPY:
+        return _read_npy(path, given)
+    if fmt == DICOM:
+        volume = _read_dicom(path, dicom_bmode)
+    else:
+        volume = _read_nifti(path) if fmt == NIFTI else _read_nrrd(path)
+    if given is not None:
+        _check_matches(path, given, volume.spacing_mm)
+    return volume
+
+
+def _checked_spacing(path: Path, spacing_mm: Any) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in spacing_mm)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise FrameReadError(
+            f"{path}: spacing_mm must be three positive numbers (slice, row, column) in mm, got {spacing_mm!r}"
+        )
+    return values  # type: ignore[return-value]
+
+
+def _check_matches(path: Path, given: tuple[float, ...], declared: tuple[float, ...]) -> None:
+    if not all(
+        math.isclose(g, d, rel_tol=SPACING_MATCH_TOLERANCE) for g, d in zip(given, declared, strict=True)
+    ):
+        raise FrameReadError(
+            f"{path}: spacing_mm {_fmt(given)} passed, but the file declares {_fmt(declared)} (slice, row, column)"
+        )
+
+
+def _fmt(spacing: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in spacing) + ") mm"
+
+
+def _check_shape(path: Path, shape: tuple[int, ...], axes: str) -> None:
+    """A volume has three axes, each of at least one voxel; called on the header's shape, before any voxel
+    is decoded."""
+    if len(shape) != 3:
+        kind = " (a single frame, not a volume)" if len(shape) == 2 else ""
+        raise FrameReadError(f"{path}: a volume needs 3 axes {axes}, got shape {tuple(shape)}{kind}")
+    if min(shape) < 1:
+        raise FrameReadError(f"{path}: empty volume (shape {tuple(shape)})")
+
+
+def _spacing_or_refuse(path: Path, values_mm: list[float], where: str) -> tuple[float, float, float]:
+    """(slice, row, column) from per-axis values already in (Z, H, W) order."""
+    if len(values_mm) != 3 or not all(math.isfinite(v) and v > 0 for v in values_mm):
+        shown = ", ".join(f"{v:g}" for v in values_mm)
+        raise FrameReadError(
+            f"{path}: no usable voxel spacing: {where} gives ({shown}) (slice, row, column); every axis needs a "
+            "positive size in mm (tpnet does not guess 1 mm)"
+        )
+    return values_mm[0], values_mm[1], values_mm[2]
+
+
+def _mm_per(path: Path, unit: str, notes: list[str], field: str) -> float:
+    key = unit.strip().lower()
+    if key in UNKNOWN_UNITS:
+        note = f"{field} does not state the unit: spacing taken as mm"
+        if note not in notes:  # once, not once per axis
+            notes.append(note)
+        return 1.0
+    if key not in MM_PER_UNIT:
+        raise FrameReadError(f"{path}: unknown spatial unit {unit!r} in {field} (known: mm, cm, m, um)")
+    return MM_PER_UNIT[key]
+
+
+# ---------------------------------------------------------------------------------------------- NIfTI
+
+
+def _read_nifti(path: Path) -> Volume:
+    import nibabel as nib
+    from nibabel.imageglobals import LoggingOutputSuppressor
+    from nibabel.openers import ImageOpener
+
+    try:
+        with LoggingOutputSuppressor():  # nibabel logs the zero pixdim it repairs; the raw header refuses it
+            image = nib.load(path)
+        if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+            raise FrameReadError(f"{path}: not a NIfTI image (nibabel reads it as {type(image).__name__})")
+        # nibabel's loaded header has zero pixdim replaced by 1 mm; the file's own is read without that fix.
+        with ImageOpener(path) as stream:
+            raw_header = type(image.header).from_fileobj(stream, check=False)
+        shape = tuple(int(d) for d in image.shape)
+        while len(shape) > 3 and shape[-1] == 1:  # (x, y, z, 1): a volume saved as a one-time-point series
+            shape = shape[:-1]
+        _check_shape(path, shape, "(x, y, z)")
+        _check_frame_size(path, (shape[1], shape[0]))
+        notes: list[str] = []
+        unit = raw_header.get_xyzt_units()[0]
+        mm = _mm_per(path, unit, notes, "xyzt_units")
+        pixdim = [float(v) * mm for v in raw_header["pixdim"][1:4]]
+        spacing = _spacing_or_refuse(path, pixdim[::-1], f"pixdim[1:4] ({unit})")
+        stored = np.asanyarray(image.dataobj).reshape(shape)
+    except FrameReadError:
+        raise
+    except Exception as exc:  # nibabel raises many types for damaged or cut files
+        raise FrameReadError(f"{path}: unreadable NIfTI ({type(exc).__name__}: {exc})") from exc
+    if stored.dtype.fields is not None:
+        raise FrameReadError(
+            f"{path}: NIfTI of {stored.dtype} voxels (RGB?); a volume holds one value per voxel"
+        )
+    voxels = np.ascontiguousarray(stored.transpose(2, 1, 0))  # (x, y, z) -> (Z, H, W)
+    return Volume(path, voxels, spacing, NIFTI, tuple(notes))
+
+
+# ----------------------------------------------------------------------------------------------- NRRD
+
+
+def _read_nrrd(path: Path) -> Volume:
+    import nrrd
+
+    try:
+        header = nrrd.read_header(str(path))
+        sizes = tuple(int(s) for s in header.get("sizes", ()))
+        _check_shape(path, sizes, "(x, y, z)")
+        _check_frame_size(path, (sizes[1], sizes[0]))
+        notes: list[str] = []
+        spacing = _nrrd_spacing(path, header, notes)
+        voxels, _ = nrrd.read(str(path), index_order="C")  # C order: (z, y, x) = (Z, H, W) already
+    except FrameReadError:
+        raise
+    except Exception as exc:  # pynrrd raises NRRDError, OSError, ValueError... for damaged files
+        raise FrameReadError(f"{path}: unreadable NRRD ({type(exc).__name__}: {exc})") from exc
+    return Volume(path, np.ascontiguousarray(voxels), spacing, NRRD, tuple(notes))
+
+
+def _nrrd_spacing(path: Path, header: dict[str, Any], notes: list[str]) -> tuple[float, float, float]:
+    """Per-axis size: the length of each axis's space direction (in the space's units), else its ``spacings``
+    entry (in that axis's ``units``)."""
+    directions = header.get("space directions")
+    if directions is not None:
+        lengths = [float(np.linalg.norm(np.asarray(d, np.float64))) for d in directions]  # 'none' is NaN
+        space_units = {str(u) for u in header.get("space units") or [""]}
+        if len(space_units) > 1:
+            raise FrameReadError(
+                f"{path}: mixed space units {sorted(space_units)}; one unit for all axes needed"
+            )
+        mm = _mm_per(path, space_units.pop(), notes, "space units")
+        return _spacing_or_refuse(path, [length * mm for length in lengths][::-1], "space directions")
+    if header.get("spacings") is not None:
+        lengths = [float(v) for v in header["spacings"]]
+        axis_units = header.get("units") or [""] * len(lengths)
+        mm_per_axis = [_mm_per(path, str(unit), notes, "units") for unit in axis_units]
+        sizes = [length * mm for length, mm in zip(lengths, mm_per_axis, strict=False)]
+        return _spacing_or_refuse(path, sizes[::-1], "spacings")
+    raise FrameReadError(
+        f"{path}: no usable voxel spacing: the NRRD header has neither 'space directions' nor 'spacings' "
+        "(tpnet does not guess 1 mm)"
+    )
+
+
+# ----------------------------------------------------------------------------------------------- DICOM
+
+
+def _read_dicom(path: Path, bmode: bool) -> Volume:
+    """A multi-frame file with a slice spacing. Pixel size and the checks of a scanner file (decoder, pixel
+    format, frame size, square pixels) are tpnet.core.dicom's."""
+    from pydicom import dcmread
+
+    header = read_dicom_header(path)
+    if header.n_frames < 2:
+        raise FrameReadError(f"{path}: a single DICOM frame, not a volume (a sweep needs several frames)")
+    try:
+        ds = dcmread(path, stop_before_pixels=True)
+    except Exception as exc:  # read_dicom_header parsed it already: only a file changed meanwhile gets here
+        raise FrameReadError(f"{path}: cannot be read again ({type(exc).__name__}: {exc})") from exc
+    notes = list(header.notes)
+    slice_mm = _slice_spacing(path, ds, header.n_frames, notes)
+    if header.spacing_mm is not None:
+        row_mm = col_mm = header.spacing_mm
+    else:
+        row_mm, col_mm = _shared_pixel_spacing(path, ds)
+    if bmode:
+        frames = [read_dicom_frame(path, i, header).grey for i in range(header.n_frames)]
+        voxels = np.stack(frames)
+    else:
+        voxels = _stored_frames(path, header.photometric, header.samples_per_pixel)
+    return Volume(path, voxels, (slice_mm, row_mm, col_mm), DICOM, tuple(notes))
+
+
+def _slice_spacing(path: Path, ds: Dataset, n_frames: int, notes: list[str]) -> float:
+    """SpacingBetweenSlices, else the gap between per-frame positions, else SliceThickness (noted)."""
+    measures = _shared_pixel_measures(ds)
+    declared = _positive(ds.get("SpacingBetweenSlices")) or _positive(measures.get("SpacingBetweenSlices"))
+    gaps = _position_gaps(path, ds, n_frames, notes)
+    if declared is not None:
+        if gaps is not None and not math.isclose(float(gaps.mean()), declared, rel_tol=SLICE_GAP_TOLERANCE):
+            notes.append(
+                f"SpacingBetweenSlices {declared:g} mm used; the per-frame positions are {gaps.mean():.4g} mm apart"
+            )
+        return declared
+    if gaps is not None:
+        mean, low, high = float(gaps.mean()), float(gaps.min()), float(gaps.max())
+        if low <= 0 or (high - low) > SLICE_GAP_TOLERANCE * mean:
+            raise FrameReadError(
+                f"{path}: per-frame positions are not evenly spaced: consecutive frames {low:.4g} to {high:.4g} mm "
+                f"apart (mean {mean:.4g}; tolerance {SLICE_GAP_TOLERANCE:.0%}); tpnet reads uniform sweeps only: "
+                "resample the sweep to even slices"
+            )
+        return mean
+    thickness = _positive(ds.get("SliceThickness")) or _positive(measures.get("SliceThickness"))
+    if thickness is not None:
+        notes.append(
+            f"slice spacing taken from SliceThickness ({thickness:g} mm): the file has no SpacingBetweenSlices "
+            "or per-frame positions; this assumes contiguous slices"
+        )
+        return thickness
+    raise FrameReadError(
+        f"{path}: no slice spacing (SpacingBetweenSlices / per-frame positions): a cine loop, not a sweep? "
+        f"({n_frames} frames; multi-frame DICOM is read as a volume only when it states how far apart its frames are)"
+    )
+
+
+def _shared_pixel_measures(ds: Dataset) -> Dataset:
+    """SharedFunctionalGroupsSequence > PixelMeasuresSequence (enhanced multi-frame files), else empty."""
+    from pydicom.dataset import Dataset
+
+    for group in ds.get("SharedFunctionalGroupsSequence") or ():
+        for measures in group.get("PixelMeasuresSequence") or ():
+            return measures
+    return Dataset()
+
+
+def _position_gaps(path: Path, ds: Dataset, n_frames: int, notes: list[str]) -> np.ndarray | None:
+    """Distances (mm) between consecutive ImagePositionPatient of PerFrameFunctionalGroupsSequence; None when
+    the file has no complete set (noted when it has a partial one)."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if not per_frame:
+        return None
+    positions = []
+    for item in per_frame:
+        try:
+            position = item.PlanePositionSequence[0].ImagePositionPatient
+            positions.append([float(v) for v in position])
+        except (AttributeError, IndexError, TypeError, ValueError):
+            break
+    if len(positions) != n_frames or any(len(p) != 3 for p in positions):
+        notes.append(
+            f"per-frame positions ignored: {len(positions)} usable ImagePositionPatient for {n_frames} frames"
+        )
+        return None
+    return np.linalg.norm(np.diff(np.asarray(positions, np.float64), axis=0), axis=1)
+
+
+def _shared_pixel_spacing(path: Path, ds: Dataset) -> tuple[float, float]:
+    spacing = _shared_pixel_measures(ds).get("PixelSpacing")
+    try:
+        row_mm, col_mm = (float(v) for v in spacing)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        row_mm = col_mm = math.nan
+    if not (row_mm > 0 and col_mm > 0 and math.isfinite(row_mm + col_mm)):
+        raise FrameReadError(
+            f"{path}: no pixel size (SequenceOfUltrasoundRegions in cm, PixelSpacing): a volume needs its voxel "
+            "size in mm"
+        )
+    return row_mm, col_mm
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 and math.isfinite(number) else None
+
+
+def _stored_frames(path: Path, photometric: str, samples: int) -> np.ndarray:
+    """Every frame's stored grey values, (Z, H, W); colour holds no labels or raw values."""
+    from pydicom.pixels import pixel_array
+
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise FrameReadError(
+            f"{path}: {photometric} DICOM holds colour, not stored values or labels; read it as B-mode "
+            "(read_volume_bmode)"
+        )
+    try:
+        return np.ascontiguousarray(pixel_array(path))
+    except Exception as exc:  # decoders raise anything from ValueError to OSError on damaged data
+        raise FrameReadError(f"{path}: frames cannot be decoded ({type(exc).__name__}: {exc})") from exc
+
+
+# ------------------------------------------------------------------------------------------------- npy
+
+
+def _read_npy(path: Path, spacing: tuple[float, float, float] | None) -> Volume:
+    if spacing is None:
+        raise FrameReadError(
+            f"{path}: a .npy volume carries no voxel spacing: pass spacing_mm=(slice_mm, row_mm, col_mm)"
+        )
+    try:
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only, until copied
+        _check_shape(path, mapped.shape, "(Z, H, W)")
+        _check_frame_size(path, mapped.shape[1:])
+        voxels = np.array(mapped)
+        del mapped
+    except FrameReadError:
+        raise
+    except Exception as exc:
+        raise FrameReadError(f"{path}: unreadable .npy ({type(exc).__name__}: {exc})") from exc
+    return Volume(path, voxels, spacing, NPY, ())
