@@ -1,0 +1,274 @@
+"""From a 3-D label map of a sweep to trigger points in millimetres (issue #17, three-dimensional ultrasound).
+
+The volume counterpart of ``tpnet.core.postprocess.find_trigger_points``: the connected components of the
+trigger-point classes, now across slices, each measured in mm (centroid, volume, extent along the sweep),
+with its stiffness, confidence and distance to the nearest critical structure (nerve, vessel).
+
+numpy + OpenCV + standard library only: core/ is imported by the torch-free inference install, which has no
+scipy. Components are labelled per slice with OpenCV and joined across neighbouring slices (exactly the
+26-connected components); distances are OpenCV's exact per-slice transforms combined across slices (exactly
+the 3-D Euclidean distance). Per slice this is the 2-D code's own labelling (8-connected) and distance.
+
+Conventions: axes (z, y, x) = (slice along the sweep, row = depth, column = lateral), as
+``tpnet.core.volume_io`` reads volumes; ``spacing_mm`` = (slice_spacing_mm, row_mm, col_mm); mm = index *
+spacing with the origin at the centre of voxel (0, 0, 0); distances run between voxel centres, as in 2-D.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+from tpnet.core.contract import ClassRoles, critical_class_indices, trp_class_indices
+from tpnet.core.needle_path import distance_map_px
+
+# Components smaller than this are dropped. The 2-D default (PostprocessParams.min_area_mm2 = 2 mm2, a disc
+# 1.6 mm across) turned into a volume: the ball of that cross-section is 4/3 pi 0.8^3 = 2.1 mm3. A trigger
+# point is 16 +- 11 mm2 in area (Sikdar et al. 2009); the smallest common one (-1 SD, a 3.6 x 1.8 mm ellipse)
+# as an ellipsoid as deep along the sweep as it is thick (1.8 mm) is 4/3 pi 1.8 0.9 0.9 = 6.1 mm3, three times
+# this, while a one-pixel-thick speck of noise over a few slices (e.g. 1 mm2 x 1 slice of 0.5 mm = 0.5 mm3)
+# falls below it. A one-slice blob passes when its area times the slice spacing reaches it.
+DEFAULT_MIN_VOLUME_MM3 = 2.0
+# Row and column pixel sizes may differ this much (relative), as tpnet.core.dicom accepts for a frame; distances
+# then use the smaller of the two, so they are exact for square pixels and never over-stated otherwise.
+IN_PLANE_TOLERANCE = 0.02
+
+
+@dataclass(frozen=True)
+class TriggerPoint3D:
+    """One trigger point of a sweep. NaN where unknown: no SWE voxel under it, no probabilities, no critical
+    voxel in the volume.
+
+    extent_along_sweep_mm = number of slices spanned (last - first + 1) * slice spacing: each slice stands for
+    a slab one spacing thick, the convention that also makes volume_mm3 = voxels * voxel volume; a TrP seen in
+    one slice extends one spacing, not 0, and an ellipsoid of diameter d drawn on the slices is d +- one
+    spacing (centre-to-centre, (n - 1) * spacing, would under-state every TrP by one spacing)."""
+
+    trp_id: int  # 1, 2, ... in (z, y, x) order of the centroids
+    class_name: str
+    label: int  # the class index
+    centroid_mm: tuple[
+        float, float, float
+    ]  # (x, y, z): column * col_mm, row * row_mm (depth), slice * slice_mm
+    volume_mm3: float
+    extent_along_sweep_mm: float
+    slices: tuple[int, int]  # first and last slice index, inclusive
+    voxel_count: int
+    stiffness_kpa_mean: float  # over the finite SWE voxels inside
+    stiffness_kpa_max: float
+    swe_coverage: float  # share of its voxels with a finite SWE value; NaN: no SWE volume at all
+    confidence: float  # mean summed TrP probability inside; NaN without probabilities
+    nearest_critical_mm: float  # smallest voxel-centre distance to a critical voxel; NaN: none in the volume
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def label_components_26(mask: np.ndarray) -> tuple[int, np.ndarray]:
+    """26-connected components of a (Z, H, W) bool mask: (count, int32 labels; 0 = outside, 1..count).
+
+    Why 26 and not 6: slices lie 0.5-2 mm apart, 5-20 pixels, so the tapering or oblique edge of one nodule
+    shifts between neighbouring slices and its cross-sections may meet only at an edge or a corner; 6-connectivity
+    would cut such a nodule into several and count each as a trigger point. 26 is also the 3-D form of the 8
+    used in 2-D (tpnet.core.postprocess), so every slice of a component is a union of 2-D components."""
+    if mask.ndim != 3:
+        raise ValueError(f"mask must be (Z, H, W); got shape {mask.shape}")
+    labels = np.zeros(mask.shape, np.int32)
+    count = 0
+    for z in range(mask.shape[0]):
+        n, in_slice = cv2.connectedComponents(mask[z].astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        labels[z] = np.where(in_slice > 0, in_slice + count, 0)
+        count += n - 1
+    if count == 0:
+        return 0, labels
+    root = _union_roots(count, _cross_slice_pairs(labels))
+    # Roots are labels 1..count (0 stays 0, the smallest), so the inverse of unique numbers them 1, 2, ...
+    _, compact = np.unique(root, return_inverse=True)
+    return int(compact.max()), compact.astype(np.int32)[labels]
+
+
+def _cross_slice_pairs(labels: np.ndarray) -> np.ndarray:
+    """(P, 2) distinct pairs of per-slice labels (slice z, slice z + 1) whose voxels are 26-neighbours: the 9
+    in-plane offsets (dy, dx) in {-1, 0, 1}^2 between a voxel and the next slice's voxels."""
+    below, above = labels[:-1], labels[1:]
+    height, width = labels.shape[1:]
+    pairs = [np.empty((0, 2), np.int32)]
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            a = below[:, max(0, dy) : height + min(0, dy), max(0, dx) : width + min(0, dx)]
+            b = above[:, max(0, -dy) : height + min(0, -dy), max(0, -dx) : width + min(0, -dx)]
+            both = (a > 0) & (b > 0)
+            pairs.append(np.stack([a[both], b[both]], axis=1))
+    return np.unique(np.concatenate(pairs), axis=0)
+
+
+def _union_roots(count: int, pairs: np.ndarray) -> np.ndarray:
+    """Union-find over labels 0..count joined by ``pairs``: each label's root, the smallest label of its set."""
+    parent = list(range(count + 1))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]  # path halving
+            i = parent[i]
+        return i
+
+    for a, b in pairs.tolist():
+        root_a, root_b = find(a), find(b)
+        if root_a != root_b:
+            parent[max(root_a, root_b)] = min(root_a, root_b)
+    return np.array([find(i) for i in range(count + 1)])
+
+
+def find_trigger_points_3d(
+    label_map: np.ndarray,
+    spacing_mm: Sequence[float],
+    classes: Sequence[str],
+    roles: ClassRoles | None = None,
+    elasto_kpa: np.ndarray | None = None,
+    probs: np.ndarray | None = None,
+    min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3,
+) -> list[TriggerPoint3D]:
+    """26-connected components of the union of the TrP classes of a (Z, H, W) label map, in mm, sorted by the
+    centroid's (z, y, x).
+
+    spacing_mm: (slice_spacing_mm, row_mm, col_mm); row and column within ``IN_PLANE_TOLERANCE``. roles: which
+    classes are TrPs and which critical (None: the naming rule). Class = the majority TrP label inside (ties go
+    to the earlier class); elasto_kpa: (Z, H, W) kPa, NaN = no signal; probs: (K, Z, H, W) class probabilities
+    for the confidence. Components under ``min_volume_mm3`` are dropped (see ``DEFAULT_MIN_VOLUME_MM3``).
+    """
+    slice_mm, row_mm, col_mm = _checked_spacing(spacing_mm)
+    if label_map.ndim != 3:
+        raise ValueError(f"label_map must be (Z, H, W); got shape {label_map.shape}")
+    if elasto_kpa is not None and elasto_kpa.shape != label_map.shape:
+        raise ValueError(
+            f"elasto_kpa shape {elasto_kpa.shape} differs from label_map shape {label_map.shape}"
+        )
+    if probs is not None and probs.shape != (len(classes), *label_map.shape):
+        raise ValueError(
+            f"probs must be (K={len(classes)}, {', '.join(map(str, label_map.shape))}); got {probs.shape}"
+        )
+    if min_volume_mm3 < 0:
+        raise ValueError(f"min_volume_mm3 must be >= 0; got {min_volume_mm3}")
+
+    trp = trp_class_indices(classes, roles)
+    if not trp:
+        return []
+    n, components = label_components_26(np.isin(label_map, trp))
+    if n == 0:
+        return []
+
+    # Every per-component figure is a bincount over the TrP voxels (a small share of the volume).
+    z, y, x = np.nonzero(components)
+    comp = components[z, y, x]
+    size = n + 1
+    voxels = np.bincount(comp, minlength=size).astype(np.float64)
+    voxels[0] = 1.0  # component 0 (outside) is never reported; avoids dividing by 0
+    centroid = [np.bincount(comp, weights=axis, minlength=size) / voxels for axis in (z, y, x)]
+    first, last = np.full(size, z.max()), np.zeros(size, z.dtype)
+    np.minimum.at(first, comp, z)
+    np.maximum.at(last, comp, z)
+    votes = np.bincount(comp * len(classes) + label_map[z, y, x], minlength=size * len(classes))
+    comp_label = np.asarray(trp)[np.argmax(votes.reshape(size, len(classes))[:, trp], axis=1)]
+
+    stiffness_mean, stiffness_max, coverage = _stiffness(comp, size, voxels, elasto_kpa, (z, y, x))
+    confidence = np.full(size, np.nan)
+    if probs is not None:
+        confidence = np.bincount(comp, weights=probs[trp][:, z, y, x].sum(axis=0), minlength=size) / voxels
+    critical = np.isin(label_map, critical_class_indices(classes, roles))
+    nearest_critical = _nearest_critical_mm(components, size, critical, slice_mm, min(row_mm, col_mm))
+
+    voxel_mm3 = slice_mm * row_mm * col_mm
+    kept = [c for c in range(1, size) if voxels[c] * voxel_mm3 >= min_volume_mm3]
+    kept.sort(key=lambda c: (centroid[0][c], centroid[1][c], centroid[2][c]))
+    return [
+        TriggerPoint3D(
+            trp_id=trp_id,
+            class_name=classes[int(comp_label[c])],
+            label=int(comp_label[c]),
+            centroid_mm=(
+                float(centroid[2][c]) * col_mm,
+                float(centroid[1][c]) * row_mm,
+                float(centroid[0][c]) * slice_mm,
+            ),
+            volume_mm3=float(voxels[c]) * voxel_mm3,
+            extent_along_sweep_mm=float(last[c] - first[c] + 1) * slice_mm,
+            slices=(int(first[c]), int(last[c])),
+            voxel_count=int(voxels[c]),
+            stiffness_kpa_mean=float(stiffness_mean[c]),
+            stiffness_kpa_max=float(stiffness_max[c]),
+            swe_coverage=float(coverage[c]),
+            confidence=float(confidence[c]),
+            nearest_critical_mm=float(nearest_critical[c]),
+        )
+        for trp_id, c in enumerate(kept, start=1)
+    ]
+
+
+def _checked_spacing(spacing_mm: Sequence[float]) -> tuple[float, float, float]:
+    values = tuple(float(v) for v in spacing_mm)
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(
+            f"spacing_mm must be three positive numbers (slice, row, column) in mm; got {spacing_mm!r}"
+        )
+    _, row_mm, col_mm = values
+    if abs(row_mm - col_mm) / min(row_mm, col_mm) > IN_PLANE_TOLERANCE:
+        raise ValueError(
+            f"row and column pixel sizes {row_mm:.6g} and {col_mm:.6g} mm differ by more than "
+            f"{IN_PLANE_TOLERANCE:.0%}; tpnet needs square pixels in each slice (the slice spacing may differ)"
+        )
+    return values
+
+
+def _stiffness(
+    comp: np.ndarray,
+    size: int,
+    voxels: np.ndarray,
+    elasto_kpa: np.ndarray | None,
+    zyx: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per component: mean and max kPa over its finite SWE voxels (NaN when none) and their share of its voxels
+    (all NaN without an SWE volume)."""
+    mean, largest, coverage = np.full(size, np.nan), np.full(size, np.nan), np.full(size, np.nan)
+    if elasto_kpa is None:
+        return mean, largest, coverage
+    kpa = elasto_kpa[zyx].astype(np.float64)
+    valid = np.isfinite(kpa)
+    count = np.bincount(comp[valid], minlength=size).astype(np.float64)
+    total = np.bincount(comp[valid], weights=kpa[valid], minlength=size)
+    np.divide(total, count, out=mean, where=count > 0)
+    top = np.full(size, -np.inf)
+    np.maximum.at(top, comp[valid], kpa[valid])
+    largest[count > 0] = top[count > 0]
+    coverage = count / voxels
+    return mean, largest, coverage
+
+
+def _nearest_critical_mm(
+    components: np.ndarray, size: int, critical: np.ndarray, slice_mm: float, pixel_mm: float
+) -> np.ndarray:
+    """Per component, the smallest distance (mm) from one of its voxel centres to a critical voxel centre; NaN
+    when the volume has no critical voxel.
+
+    Exact for a stack of parallel planes: the squared distance from voxel p to the critical voxels of slice z'
+    is ((z_p - z') slice_mm)^2 + (pixel_mm * D_z'(p))^2, D_z' the exact 2-D transform of slice z' (pixels), and
+    the nearest critical voxel is the smallest of these over the slices z'."""
+    best_sq = np.full(size, np.inf)
+    in_slice = {}  # slice -> (flat pixel indices of component voxels, their component)
+    for z in np.flatnonzero(components.any(axis=(1, 2))):
+        flat = components[z].ravel()
+        where = np.flatnonzero(flat)
+        in_slice[int(z)] = (where, flat[where])
+    for z_critical in np.flatnonzero(critical.any(axis=(1, 2))):
+        distance_px = distance_map_px(critical[z_critical]).ravel()
+        for z, (where, comp) in in_slice.items():
+            dz_sq = ((z - int(z_critical)) * slice_mm) ** 2
+            if dz_sq >= best_sq[comp].max():  # this slice cannot bring any of its components closer
+                continue
+            nearest_px = np.full(size, np.inf)
+            np.minimum.at(nearest_px, comp, distance_px[where])
+            np.minimum(best_sq, dz_sq + (nearest_px * pixel_mm) ** 2, out=best_sq)
+    return np.where(np.isfinite(best_sq), np.sqrt(best_sq), np.nan)
