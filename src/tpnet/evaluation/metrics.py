@@ -15,6 +15,7 @@ conditional on there being something to measure.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,13 +44,17 @@ class Matching:
 def match_centroids(
     pred_xy_mm: np.ndarray, gt_xy_mm: np.ndarray, match_mm: float
 ) -> tuple[list[tuple[int, int]], list[float]]:
-    """One-to-one matching of (N, 2) and (M, 2) centroids in mm (Hungarian on their distance); pairs farther than
-    match_mm are rejected. Among matchings, the most pairs within the radius wins, then the smallest total
-    distance. Returns the (pred index, gt index) pairs and their distances."""
+    """One-to-one matching of (N, D) and (M, D) centroids in mm (D = 2 for frames, 3 for volumes; Hungarian on
+    their Euclidean distance); pairs farther than match_mm are rejected. Among matchings, the most pairs within
+    the radius wins, then the smallest total distance. Returns the (pred index, gt index) pairs and their
+    distances."""
     if len(pred_xy_mm) == 0 or len(gt_xy_mm) == 0:
         return [], []
     pred_xy, gt_xy = np.asarray(pred_xy_mm, np.float64), np.asarray(gt_xy_mm, np.float64)
-    dist = np.hypot(pred_xy[:, None, 0] - gt_xy[None, :, 0], pred_xy[:, None, 1] - gt_xy[None, :, 1])
+    if pred_xy.ndim != 2 or pred_xy.shape[1:] != gt_xy.shape[1:]:
+        raise ValueError(f"centroids must be (N, D) and (M, D); got {pred_xy.shape} and {gt_xy.shape}")
+    # hypot folded over the axes: for D = 2 exactly the distance the 2-D matching has always used.
+    dist = functools.reduce(np.hypot, np.moveaxis(pred_xy[:, None, :] - gt_xy[None, :, :], -1, 0))
     # An out-of-radius pair costs more than any set of in-radius pairs, so the assignment first
     # maximises the number of valid matches.
     too_far = dist > match_mm
