@@ -20,6 +20,7 @@ Sample and subject ids are prefixed with the source's name ("<source>/<id>"): tw
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +54,19 @@ class Source:
     @property
     def spec(self) -> DatasetSpec:
         return self.setup.spec
+
+    @functools.cached_property
+    def training_lut(self) -> np.ndarray:
+        """``label_lut`` with the source's code on its background (partial labels), for the training masks."""
+        lut = self.label_lut.copy()
+        if self.code is not None:
+            lut[0] = self.code
+        return lut
+
+    @functools.cached_property
+    def metrics_lut(self) -> np.ndarray:
+        """``label_lut`` for evaluation masks: metrics need class indices, so a class the run lacks is background."""
+        return np.where(self.label_lut == IGNORE_INDEX, 0, self.label_lut).astype(np.uint8)
 
 
 def source_name(raw: Any, spec: DatasetSpec, index: int) -> str:
@@ -128,14 +142,10 @@ def sample_weights(sources: Sequence[Source], split: str = "train") -> np.ndarra
 
 def _relabel(mask: np.ndarray | torch.Tensor, source: Source, training: bool) -> Any:
     """The source's mask in run classes; with ``training`` its background pixels carry the source's code."""
-    lut = source.label_lut
-    if training and source.code is not None:
-        lut = lut.copy()
-        lut[0] = source.code
-    elif not training:  # metrics need class indices: a class the run lacks is background to them
-        lut = np.where(lut == IGNORE_INDEX, 0, lut).astype(np.uint8)
+    # Tables made once per source (not per item: this runs in the loader workers for every patch).
+    lut = source.training_lut if training else source.metrics_lut
     if isinstance(mask, torch.Tensor):
-        out = torch.from_numpy(lut)[mask.long()]
+        out = torch.from_numpy(lut[mask.numpy()])  # NumPy's table lookup: no int64 copy of the mask
         return out.to(mask.dtype) if mask.dtype != torch.uint8 else out
     return lut[mask]
 
