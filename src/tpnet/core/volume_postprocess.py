@@ -17,7 +17,7 @@ spacing with the origin at the centre of voxel (0, 0, 0); distances run between 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -85,22 +85,23 @@ def label_components_26(mask: np.ndarray) -> tuple[int, np.ndarray]:
         count += n - 1
     if count == 0:
         return 0, labels
-    root = _union_roots(count, _cross_slice_pairs(labels))
+    root = _union_roots(count, _cross_slice_pairs(labels[:-1], labels[1:]))
     # Roots are labels 1..count (0 stays 0, the smallest), so the inverse of unique numbers them 1, 2, ...
     _, compact = np.unique(root, return_inverse=True)
     return int(compact.max()), compact.astype(np.int32)[labels]
 
 
-def _cross_slice_pairs(labels: np.ndarray) -> np.ndarray:
-    """(P, 2) distinct pairs of per-slice labels (slice z, slice z + 1) whose voxels are 26-neighbours: the 9
-    in-plane offsets (dy, dx) in {-1, 0, 1}^2 between a voxel and the next slice's voxels."""
-    below, above = labels[:-1], labels[1:]
-    height, width = labels.shape[1:]
+def _cross_slice_pairs(below: np.ndarray, above: np.ndarray) -> np.ndarray:
+    """(P, 2) distinct pairs of labels (``below`` slice z, ``above`` slice z + 1) whose voxels are
+    26-neighbours: the 9 in-plane offsets (dy, dx) in {-1, 0, 1}^2 between a voxel and the next slice's
+    voxels. ``below`` and ``above``: (..., H, W) labels, 0 = outside; a stack of slices (the whole volume) or
+    one slice each (tpnet.core.volume_stream, which sees one slice at a time)."""
+    height, width = below.shape[-2:]
     pairs = [np.empty((0, 2), np.int32)]
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
-            a = below[:, max(0, dy) : height + min(0, dy), max(0, dx) : width + min(0, dx)]
-            b = above[:, max(0, -dy) : height + min(0, -dy), max(0, -dx) : width + min(0, -dx)]
+            a = below[..., max(0, dy) : height + min(0, dy), max(0, dx) : width + min(0, dx)]
+            b = above[..., max(0, -dy) : height + min(0, -dy), max(0, -dx) : width + min(0, -dx)]
             both = (a > 0) & (b > 0)
             pairs.append(np.stack([a[both], b[both]], axis=1))
     return np.unique(np.concatenate(pairs), axis=0)
@@ -165,21 +166,80 @@ def find_trigger_points_3d(
     z, y, x = np.nonzero(components)
     comp = components[z, y, x]
     size = n + 1
-    voxels = np.bincount(comp, minlength=size).astype(np.float64)
-    voxels[0] = 1.0  # component 0 (outside) is never reported; avoids dividing by 0
-    centroid = [np.bincount(comp, weights=axis, minlength=size) / voxels for axis in (z, y, x)]
     first, last = np.full(size, z.max()), np.zeros(size, z.dtype)
     np.minimum.at(first, comp, z)
     np.maximum.at(last, comp, z)
     votes = np.bincount(comp * len(classes) + label_map[z, y, x], minlength=size * len(classes))
-    comp_label = np.asarray(trp)[np.argmax(votes.reshape(size, len(classes))[:, trp], axis=1)]
-
-    stiffness_mean, stiffness_max, coverage = _stiffness(comp, size, voxels, elasto_kpa, (z, y, x))
-    confidence = np.full(size, np.nan)
+    kpa_count = kpa_sum = kpa_max = probability_sum = None
+    if elasto_kpa is not None:
+        kpa_count, kpa_sum, kpa_max = _kpa_sums(comp, size, elasto_kpa[z, y, x])
     if probs is not None:
-        confidence = np.bincount(comp, weights=probs[trp][:, z, y, x].sum(axis=0), minlength=size) / voxels
+        probability_sum = np.bincount(comp, weights=probs[trp][:, z, y, x].sum(axis=0), minlength=size)
     critical = np.isin(label_map, critical_class_indices(classes, roles))
-    nearest_critical = _nearest_critical_mm(components, size, critical, slice_mm, min(row_mm, col_mm))
+    critical_slices = ((int(zc), critical[zc]) for zc in np.flatnonzero(critical.any(axis=(1, 2))))
+    sums = _ComponentSums(
+        voxels=np.bincount(comp, minlength=size),
+        coordinate_sums=np.stack([np.bincount(comp, weights=axis, minlength=size) for axis in (z, y, x)]),
+        first=first,
+        last=last,
+        votes=votes.reshape(size, len(classes))[:, trp],
+        kpa_count=kpa_count,
+        kpa_sum=kpa_sum,
+        kpa_max=kpa_max,
+        probability_sum=probability_sum,
+        nearest_critical_mm=_nearest_critical_mm(
+            _voxels_by_slice(components), size, critical_slices, slice_mm, min(row_mm, col_mm)
+        ),
+    )
+    return _trigger_points(sums, classes, trp, (slice_mm, row_mm, col_mm), min_volume_mm3)
+
+
+@dataclass(frozen=True)
+class _ComponentSums:
+    """What every figure of a trigger point is computed from, per component (index 0 = outside, never
+    reported; 1..n the components). The whole-volume finder and the streaming one
+    (tpnet.core.volume_stream) both reduce their voxels to these, and ``_trigger_points`` turns them into
+    TriggerPoint3D, so that the two report the same points. Counts and coordinate sums are whole numbers
+    (exact in float64 below 2^53)."""
+
+    voxels: np.ndarray  # (n + 1,) voxel count
+    coordinate_sums: np.ndarray  # (3, n + 1): sums of the z, y and x indices of its voxels
+    first: np.ndarray  # (n + 1,) first and last slice index
+    last: np.ndarray
+    votes: np.ndarray  # (n + 1, T): voxels of each TrP class, columns in trp_class_indices order
+    kpa_count: np.ndarray | None  # voxels with a finite SWE value; None: no SWE volume
+    kpa_sum: np.ndarray | None  # sum of those values (kPa)
+    kpa_max: np.ndarray | None  # largest of them; -inf where kpa_count is 0
+    probability_sum: np.ndarray | None  # sum over its voxels of the summed TrP probability; None: no probs
+    nearest_critical_mm: np.ndarray  # (n + 1,) see _nearest_critical_mm
+
+
+def _trigger_points(
+    sums: _ComponentSums,
+    classes: Sequence[str],
+    trp: Sequence[int],
+    spacing_mm: tuple[float, float, float],
+    min_volume_mm3: float,
+) -> list[TriggerPoint3D]:
+    """The components of ``sums`` at or above ``min_volume_mm3``, numbered 1, 2, ... in (z, y, x) order of
+    their centroids (equal centroids, e.g. a ring and the dot at its centre: in component order)."""
+    slice_mm, row_mm, col_mm = spacing_mm
+    voxels = sums.voxels.astype(np.float64)
+    voxels[0] = 1.0  # component 0 (outside) is never reported; avoids dividing by 0
+    centroid = sums.coordinate_sums / voxels
+    comp_label = np.asarray(trp)[np.argmax(sums.votes, axis=1)]  # ties: the earlier class
+    size = len(voxels)
+    stiffness_mean, stiffness_max, coverage = (
+        np.full(size, np.nan),
+        np.full(size, np.nan),
+        np.full(size, np.nan),
+    )
+    if sums.kpa_count is not None:
+        count = sums.kpa_count.astype(np.float64)
+        np.divide(sums.kpa_sum, count, out=stiffness_mean, where=count > 0)
+        stiffness_max[count > 0] = sums.kpa_max[count > 0]
+        coverage = count / voxels
+    confidence = np.full(size, np.nan) if sums.probability_sum is None else sums.probability_sum / voxels
 
     voxel_mm3 = slice_mm * row_mm * col_mm
     kept = [c for c in range(1, size) if voxels[c] * voxel_mm3 >= min_volume_mm3]
@@ -195,14 +255,14 @@ def find_trigger_points_3d(
                 float(centroid[0][c]) * slice_mm,
             ),
             volume_mm3=float(voxels[c]) * voxel_mm3,
-            extent_along_sweep_mm=float(last[c] - first[c] + 1) * slice_mm,
-            slices=(int(first[c]), int(last[c])),
+            extent_along_sweep_mm=float(sums.last[c] - sums.first[c] + 1) * slice_mm,
+            slices=(int(sums.first[c]), int(sums.last[c])),
             voxel_count=int(voxels[c]),
             stiffness_kpa_mean=float(stiffness_mean[c]),
             stiffness_kpa_max=float(stiffness_max[c]),
             swe_coverage=float(coverage[c]),
             confidence=float(confidence[c]),
-            nearest_critical_mm=float(nearest_critical[c]),
+            nearest_critical_mm=float(sums.nearest_critical_mm[c]),
         )
         for trp_id, c in enumerate(kept, start=1)
     ]
@@ -223,48 +283,53 @@ def _checked_spacing(spacing_mm: Sequence[float]) -> tuple[float, float, float]:
     return values
 
 
-def _stiffness(
-    comp: np.ndarray,
-    size: int,
-    voxels: np.ndarray,
-    elasto_kpa: np.ndarray | None,
-    zyx: tuple[np.ndarray, np.ndarray, np.ndarray],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per component: mean and max kPa over its finite SWE voxels (NaN when none) and their share of its voxels
-    (all NaN without an SWE volume)."""
-    mean, largest, coverage = np.full(size, np.nan), np.full(size, np.nan), np.full(size, np.nan)
-    if elasto_kpa is None:
-        return mean, largest, coverage
-    kpa = elasto_kpa[zyx].astype(np.float64)
+def _kpa_sums(comp: np.ndarray, size: int, kpa_at_voxels: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per component: count, sum and max (-inf when none) of its finite SWE values; ``comp`` and
+    ``kpa_at_voxels`` list the voxels (component, kPa)."""
+    kpa = kpa_at_voxels.astype(np.float64)
     valid = np.isfinite(kpa)
-    count = np.bincount(comp[valid], minlength=size).astype(np.float64)
+    count = np.bincount(comp[valid], minlength=size)
     total = np.bincount(comp[valid], weights=kpa[valid], minlength=size)
-    np.divide(total, count, out=mean, where=count > 0)
     top = np.full(size, -np.inf)
     np.maximum.at(top, comp[valid], kpa[valid])
-    largest[count > 0] = top[count > 0]
-    coverage = count / voxels
-    return mean, largest, coverage
+    return count, total, top
+
+
+def _voxels_by_slice(components: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Slice -> (flat pixel indices of its component voxels, their component), for the slices that have any."""
+    by_slice = {}
+    for z in np.flatnonzero(components.any(axis=(1, 2))):
+        flat = components[z].ravel()
+        where = np.flatnonzero(flat)
+        by_slice[int(z)] = (where, flat[where])
+    return by_slice
 
 
 def _nearest_critical_mm(
-    components: np.ndarray, size: int, critical: np.ndarray, slice_mm: float, pixel_mm: float
+    voxels_by_slice: Mapping[int, tuple[np.ndarray, np.ndarray]],
+    size: int,
+    critical_slices: Iterable[tuple[int, np.ndarray]],
+    slice_mm: float,
+    pixel_mm: float,
 ) -> np.ndarray:
     """Per component, the smallest distance (mm) from one of its voxel centres to a critical voxel centre; NaN
     when the volume has no critical voxel.
 
+    voxels_by_slice: slice -> (flat pixel indices of component voxels, their component 1..size-1);
+    critical_slices: (slice, (H, W) bool mask) of the slices holding critical voxels, in any order (an
+    iterator: a caller may build each mask only when it is needed, as tpnet.core.volume_stream does).
+
     Exact for a stack of parallel planes: the squared distance from voxel p to the critical voxels of slice z'
     is ((z_p - z') slice_mm)^2 + (pixel_mm * D_z'(p))^2, D_z' the exact 2-D transform of slice z' (pixels), and
-    the nearest critical voxel is the smallest of these over the slices z'."""
+    the nearest critical voxel is the smallest of these over the slices z'. A minimum of the same terms, so
+    the result does not depend on the order of the slices."""
     best_sq = np.full(size, np.inf)
-    in_slice = {}  # slice -> (flat pixel indices of component voxels, their component)
-    for z in np.flatnonzero(components.any(axis=(1, 2))):
-        flat = components[z].ravel()
-        where = np.flatnonzero(flat)
-        in_slice[int(z)] = (where, flat[where])
-    for z_critical in np.flatnonzero(critical.any(axis=(1, 2))):
-        distance_px = distance_map_px(critical[z_critical]).ravel()
-        for z, (where, comp) in in_slice.items():
+    for z_critical, critical in critical_slices:
+        distance_px = distance_map_px(critical)
+        if distance_px is None:
+            continue
+        distance_px = distance_px.ravel()
+        for z, (where, comp) in voxels_by_slice.items():
             dz_sq = ((z - int(z_critical)) * slice_mm) ** 2
             if dz_sq >= best_sq[comp].max():  # this slice cannot bring any of its components closer
                 continue
