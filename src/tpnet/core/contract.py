@@ -1,4 +1,10 @@
-"""Dataset contract, version 1: ``dataset.yaml`` + ``manifest.csv`` + frames below the root.
+"""Dataset contract, version 2: ``dataset.yaml`` + ``manifest.csv`` + frames (and, since version 2, volumes)
+below the root.
+
+Version 2 (issue #17) adds volume rows: ``kind: volume`` names a 3-D B-mode file (a sweep of parallel frames)
+with 3-D elastography and mask of the same shape, an in-plane ``spacing_mm`` and a ``slice_spacing_mm``. A
+dataset declares ``contract_version: 2`` in dataset.yaml to use them; without the key it is version 1 and
+loads exactly as before.
 
 Only parsing and path safety live here; ``tpnet.core.contract_frames`` reads what a row points at (image or
 DICOM frame, region crop, pixel size by precedence), ``check.py`` validates content, ``dataset.py`` loads it.
@@ -16,13 +22,19 @@ import yaml
 
 from tpnet.core.plausibility import parse_spacing_mm
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
+CONTRACT_VERSIONS: tuple[int, ...] = (1, 2)
+# Row kinds: a frame (a 2-D image, or one frame of a DICOM) or, from version 2, a volume (a 3-D file).
+FRAME, VOLUME = "frame", "volume"
+ROW_KINDS: tuple[str, ...] = (FRAME, VOLUME)
 DEFAULT_CLASSES: tuple[str, ...] = ("background", "active_trp", "latent_trp", "vessel", "nerve")
 ELASTO_UNITS: tuple[str, ...] = ("kPa", "m/s")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 BACKGROUND = "background"  # the name index 0 must have, unless dataset.yaml's background_class names it
 REQUIRED_COLUMNS: tuple[str, ...] = ("sample_id", "subject_id", "bmode")
-OPTIONAL_COLUMNS: tuple[str, ...] = ("elasto", "mask", "spacing_mm", "split", "frame")
+OPTIONAL_COLUMNS: tuple[str, ...] = (
+    "elasto", "mask", "spacing_mm", "split", "frame", "kind", "slice_spacing_mm",
+)  # fmt: skip
 # B-mode suffixes that are certainly not DICOM: a ``frame`` cell on such a row is refused while parsing. Other
 # names (".dcm", no suffix as in DICOMDIR exports, UID-like "1.2.840...") are judged by the file's content.
 NON_DICOM_IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".npy", ".jpg", ".jpeg", ".bmp")
@@ -123,6 +135,8 @@ class DatasetSpec:
     synthetic: bool = False
     # dataset.yaml's ``roles`` (None = the naming rule); read it through ``class_roles``.
     roles: ClassRoles | None = None
+    contract_version: int = 1
+    slice_spacing_mm: float | None = None  # default mm between the slices of volume rows (version 2)
 
     @property
     def class_roles(self) -> ClassRoles:
@@ -144,6 +158,16 @@ class ManifestRow:
     # 0-based frame of a multi-frame (cine) DICOM; None = the cell is empty or absent (frame 0). Last, with a
     # default, so rows built positionally before the column existed still construct.
     frame: int | None = None
+    kind: str = FRAME  # "frame" or "volume" (contract version 2)
+    slice_spacing_mm: float | None = None  # a volume row's mm between slices; None = the file's or dataset's
+    # Set on the per-slice rows ``tpnet.data.volumes.slice_rows`` makes of a volume row: the slice this row
+    # stands for (the training and evaluation loaders read frames, a volume row is many of them).
+    slice_index: int | None = None
+    volume_id: str | None = None  # ... and the volume row's sample_id it came from
+
+    @property
+    def is_volume(self) -> bool:
+        return self.kind == VOLUME
 
 
 def load_spec(root: str | Path) -> DatasetSpec:
@@ -170,6 +194,15 @@ def load_spec(root: str | Path) -> DatasetSpec:
     if not isinstance(synthetic, bool):
         raise ContractError(f"{path}: synthetic must be true or false, got {synthetic!r}")
     roles = parse_roles(raw["roles"], classes, str(path)) if "roles" in raw else None
+    version = raw.get("contract_version", 1)
+    if isinstance(version, bool) or version not in CONTRACT_VERSIONS:
+        raise ContractError(
+            f"{path}: contract_version {version!r} is not one this tpnet reads; expected one of "
+            f"{list(CONTRACT_VERSIONS)}"
+        )
+    slice_spacing = raw.get("slice_spacing_mm")
+    if slice_spacing is not None:
+        slice_spacing = _spacing_mm(slice_spacing, f"{path}: slice_spacing_mm")
     return DatasetSpec(
         root=root,
         name=str(raw.get("name", root.name)),
@@ -178,6 +211,8 @@ def load_spec(root: str | Path) -> DatasetSpec:
         spacing_mm=spacing,
         synthetic=synthetic,
         roles=roles,
+        contract_version=int(version),
+        slice_spacing_mm=slice_spacing,
     )
 
 
@@ -219,6 +254,18 @@ def parse_row(raw: dict[str, str], line: int) -> ManifestRow:
     if split is not None and split not in SPLITS:
         raise ContractError(f"{name}: split {split!r} is not one of {list(SPLITS)}")
     frame = _frame_index(raw.get("frame") or None, bmode, name)
+    kind = raw.get("kind") or FRAME
+    if kind not in ROW_KINDS:
+        raise ContractError(f"{name}: kind {kind!r} is not one of {list(ROW_KINDS)}")
+    slice_spacing = raw.get("slice_spacing_mm") or None
+    if slice_spacing is not None:
+        slice_spacing = _spacing_mm(slice_spacing, f"{name}: slice_spacing_mm")
+    if kind == VOLUME and frame is not None:
+        raise ContractError(f"{name}: a volume row has no frame; leave the frame cell empty")
+    if kind == FRAME and slice_spacing is not None:
+        raise ContractError(
+            f"{name}: slice_spacing_mm is given on a frame row; set kind to volume for a 3-D file"
+        )
     return ManifestRow(
         line=line,
         sample_id=sample_id,
@@ -229,6 +276,8 @@ def parse_row(raw: dict[str, str], line: int) -> ManifestRow:
         spacing_mm=spacing,
         split=split,
         frame=frame,
+        kind=kind,
+        slice_spacing_mm=slice_spacing,
     )
 
 
@@ -271,6 +320,16 @@ def resolve_path(root: str | Path, relative: str) -> Path:
     if not full.is_relative_to(root_resolved):
         raise ContractError(f"{relative}: path escapes the dataset root {root_resolved}")
     return full
+
+
+def check_row_kind(row: ManifestRow, spec: DatasetSpec) -> None:
+    """A volume row needs a version-2 dataset: ContractError naming the sample otherwise (a version-1 reader
+    would take the 3-D file for a frame)."""
+    if row.is_volume and spec.contract_version < 2:
+        raise ContractError(
+            f"{row.sample_id}: a volume row (kind: volume) needs contract_version: 2 in dataset.yaml "
+            f"(this dataset is version {spec.contract_version})"
+        )
 
 
 def row_spacing_mm(row: ManifestRow, spec: DatasetSpec) -> float | None:

@@ -48,12 +48,18 @@ class Encoding:
     """Input encoding. Defaults: B-mode in [0, 1]; elasto = clip(E_kPa, 0, kpa_clip) / kpa_scale
     (0-300 kPa -> 0-3, covering the 0-180 kPa scanner scales with room); elasto_valid = 1 where SWE
     has signal. Missing SWE (NaN or no file) gives elasto = 0 and elasto_valid = 0. ``bmode_norm`` (see
-    ``BMODE_NORMS``) scales the B-mode plane; SWE stays physical (kPa / kpa_scale) whatever it is."""
+    ``BMODE_NORMS``) scales the B-mode plane; SWE stays physical (kPa / kpa_scale) whatever it is.
+
+    ``context_slices`` = k > 0 (2.5-D input, issue #17): a slice of a sweep comes with the B-mode of its k
+    neighbours on each side as 2k more planes right after its own B-mode (order -k..-1, +1..+k; a neighbour
+    beyond the sweep's end is all 0, "not imaged"), scaled by the centre frame's statistics, so a 2-D network
+    sees 3-D context at 2-D cost. 0 = the 2-D input every model file before it had."""
 
     channels: tuple[str, ...] = CHANNEL_NAMES
     kpa_scale: float = DEFAULT_KPA_SCALE
     kpa_clip: float = DEFAULT_KPA_CLIP
     bmode_norm: str = "none"
+    context_slices: int = 0
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.channels if c not in CHANNEL_NAMES]
@@ -63,10 +69,21 @@ class Encoding:
             )
         if self.bmode_norm not in BMODE_NORMS:
             raise ValueError(f"bmode_norm must be one of {list(BMODE_NORMS)}; got {self.bmode_norm!r}")
+        if (
+            isinstance(self.context_slices, bool)
+            or not isinstance(self.context_slices, int)
+            or self.context_slices < 0
+        ):
+            raise ValueError(f"context_slices must be a whole number >= 0; got {self.context_slices!r}")
 
     @property
     def in_channels(self) -> int:
-        return len(self.channels)
+        return len(self.channels) + 2 * self.context_slices
+
+    @property
+    def context_planes(self) -> int:
+        """Neighbour B-mode planes a frame needs (2k)."""
+        return 2 * self.context_slices
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -81,6 +98,7 @@ class Encoding:
             kpa_clip=float(d.get("kpa_clip", DEFAULT_KPA_CLIP)),
             # Model files and checkpoints from before the key existed were trained on [0, 1] B-mode.
             bmode_norm=str(d.get("bmode_norm", "none")),
+            context_slices=int(d.get("context_slices", 0)),  # 2-D before issue #17
         )
 
     def bmode_stats(self, bmode: np.ndarray) -> BmodeStats | None:
@@ -92,17 +110,34 @@ class Encoding:
         return imaged_region_stats(bmode)
 
     def encode(
-        self, bmode: np.ndarray, elasto_kpa: np.ndarray | None, bmode_stats: BmodeStats | None = None
+        self,
+        bmode: np.ndarray,
+        elasto_kpa: np.ndarray | None,
+        bmode_stats: BmodeStats | None = None,
+        context: np.ndarray | None = None,
     ) -> np.ndarray:
         """(H, W) B-mode in [0, 1] and optional (H, W) kPa map -> (C, H, W) float32. ``bmode_stats``: the
-        whole frame's (mean, std) when ``bmode`` is a crop of it; None = computed from ``bmode`` itself."""
+        whole frame's (mean, std) when ``bmode`` is a crop of it; None = computed from ``bmode`` itself.
+        ``context``: the (2k, H, W) neighbour B-mode planes when ``context_slices`` = k > 0 (required then)."""
         planes = []
         valid = None
         if elasto_kpa is not None:
             valid = np.isfinite(elasto_kpa)
+        if self.context_slices:
+            expected = (self.context_planes, *bmode.shape)
+            if context is None or tuple(context.shape) != expected:
+                got = "none" if context is None else tuple(context.shape)
+                raise ValueError(
+                    f"this encoding takes {self.context_slices} neighbour slice(s) on each side: context must "
+                    f"be {expected}, got {got} (a 2.5-D model reads sweeps, not single frames)"
+                )
         for name in self.channels:
             if name == "bmode":
+                if bmode_stats is None and self.bmode_norm != "none":
+                    bmode_stats = imaged_region_stats(bmode)  # the centre frame's, for its neighbours too
                 planes.append(self._bmode_plane(bmode, bmode_stats))
+                if self.context_slices:
+                    planes.extend(self._bmode_plane(plane, bmode_stats) for plane in context)
             elif name == "elasto":
                 if valid is None:
                     planes.append(np.zeros_like(bmode, dtype=np.float32))

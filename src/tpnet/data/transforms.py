@@ -56,11 +56,13 @@ SPECKLE_WINDOW = 3
 
 @dataclass
 class Frame:
-    """One frame in physical units: B-mode [0, 1], kPa map (NaN = no signal) or None, label map."""
+    """One frame in physical units: B-mode [0, 1], kPa map (NaN = no signal) or None, label map; for a slice of
+    a sweep read with context (``data.context_slices`` = k), its neighbours' B-mode as (2k, H, W)."""
 
     bmode: np.ndarray
     elasto_kpa: np.ndarray | None
     mask: np.ndarray
+    context: np.ndarray | None = None
 
 
 class TrainTransform:
@@ -125,28 +127,37 @@ class TrainTransform:
         ``out_size``: centre-crop to this size after the geometry (the training patch inside its margin crop),
         so the per-pixel appearance transforms touch only the pixels the network sees."""
         flip, warp = rng.random() < self.hflip_p, rng.random() < self.affine_p
-        out = {"image": frame.bmode, "mask": frame.mask, "elasto": frame.elasto_kpa}
+        out = {"image": frame.bmode, "mask": frame.mask, "elasto": frame.elasto_kpa, "context": frame.context}
         if warp:
             out = self._warp(frame, rng)
         if out_size is not None:
             out = {k: None if v is None else _centre_crop(v, out_size) for k, v in out.items()}
         if flip:
-            out = {k: None if v is None else np.ascontiguousarray(v[:, ::-1]) for k, v in out.items()}
-        bmode = out["image"]
+            # The last axis is the lateral one for every plane (context: (2k, H, W)); the sweep axis never flips.
+            out = {k: None if v is None else np.ascontiguousarray(v[..., ::-1]) for k, v in out.items()}
+        # The frame and its neighbours are one acquisition: the same artefacts, gain and gamma on every plane.
+        planes = (
+            out["image"][None]
+            if out["context"] is None
+            else np.concatenate([out["image"][None], out["context"]])
+        )
         if self.ultrasound is not None:
-            bmode = self._ultrasound_artefacts(bmode, int(rng.integers(2**31)))
-        outside = bmode <= 0.0  # fill of the warp and of padding: not imaged, so no gain or noise lifts it
-        bmode = self._intensity(bmode, rng)
-        bmode[outside] = 0.0
+            seed = int(rng.integers(2**31))
+            planes = np.stack([self._ultrasound_artefacts(plane, seed) for plane in planes])
+        outside = planes <= 0.0  # fill of the warp and of padding: not imaged, so no gain or noise lifts it
+        planes = self._intensity(planes, rng)
+        planes[outside] = 0.0
         elasto = None
         if out["elasto"] is not None and rng.random() >= self.elasto_drop_p:
             elasto = self._elasto_artefacts(out["elasto"].astype(np.float32, copy=False), rng)
-        return Frame(bmode=bmode, elasto_kpa=elasto, mask=out["mask"])
+        context = None if out["context"] is None else planes[1:]
+        return Frame(bmode=planes[0], elasto_kpa=elasto, mask=out["mask"], context=context)
 
-    def _intensity(self, bmode: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Gain and contrast, gamma, multiplicative speckle and a slight blur, each with its probability;
-        B-mode in [0, 1] out."""
-        out = bmode.astype(np.float32, copy=True)
+    def _intensity(self, planes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Gain and contrast, gamma, multiplicative speckle and a slight blur, each with its probability, the
+        same draw for every (H, W) plane of ``planes`` (P, H, W); B-mode in [0, 1] out. One plane draws exactly
+        the numbers a 2-D frame always drew (a (1, H, W) draw is the (H, W) one)."""
+        out = planes.astype(np.float32, copy=True)
         if rng.random() < self.brightness_contrast_p:
             alpha = 1.0 + rng.uniform(-self.contrast_limit, self.contrast_limit)
             beta = rng.uniform(-self.brightness_limit, self.brightness_limit)
@@ -161,7 +172,8 @@ class TrainTransform:
             factor += 0.9  # x U(0.9, 1.1) per pixel
             out *= factor
         if rng.random() < self.blur_p:
-            out = cv2.GaussianBlur(out, (3, 3), sigmaX=rng.uniform(0.3, 0.8))
+            sigma = rng.uniform(0.3, 0.8)
+            out = np.stack([cv2.GaussianBlur(plane, (3, 3), sigmaX=sigma) for plane in out])
         return np.clip(out, 0.0, 1.0, out=out)
 
     def _warp(self, frame: Frame, rng: np.random.Generator) -> dict[str, np.ndarray | None]:
@@ -182,10 +194,17 @@ class TrainTransform:
                 plane, matrix, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=fill
             )
 
-        elasto = None
+        elasto = context = None
         if frame.elasto_kpa is not None:
             elasto = warp(frame.elasto_kpa.astype(np.float32, copy=False), True, float("nan"))
-        return {"image": warp(frame.bmode, False, 0.0), "mask": warp(frame.mask, True, 0), "elasto": elasto}
+        if frame.context is not None:
+            context = np.stack([warp(plane, False, 0.0) for plane in frame.context])
+        return {
+            "image": warp(frame.bmode, False, 0.0),
+            "mask": warp(frame.mask, True, 0),
+            "elasto": elasto,
+            "context": context,
+        }
 
     def _ultrasound_artefacts(self, bmode: np.ndarray, seed: int) -> np.ndarray:
         self.ultrasound.set_random_seed(seed)
@@ -220,9 +239,10 @@ class TrainTransform:
 
 
 def _centre_crop(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    h, w = arr.shape[:2]
+    """The centre (h, w) of the last two axes (a plane, or a stack of context planes)."""
+    h, w = arr.shape[-2:]
     y0, x0 = (h - size[0]) // 2, (w - size[1]) // 2
-    return np.ascontiguousarray(arr[y0 : y0 + size[0], x0 : x0 + size[1]])
+    return np.ascontiguousarray(arr[..., y0 : y0 + size[0], x0 : x0 + size[1]])
 
 
 @contextmanager
