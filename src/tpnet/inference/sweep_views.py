@@ -86,7 +86,9 @@ class SweepThumbnails:
         self.class_count = class_count
         shrink = max(1.0, max(height, width) / max_side)
         self.thumb_hw = (max(1, round(height / shrink)), max(1, round(width / shrink)))
-        self._bits_dtype = next(d for d in (np.uint8, np.uint16, np.uint32, np.uint64) if np.iinfo(d).bits >= class_count)  # fmt: skip
+        # One bit per class: the smallest unsigned type with class_count bits.
+        bit_types = (np.uint8, np.uint16, np.uint32, np.uint64)
+        self._bits_dtype = next(d for d in bit_types if np.iinfo(d).bits >= class_count)
         self._bmode_thumbs: list[np.ndarray] = []
         self._label_thumbs: list[np.ndarray] = []
         self._bmode_sum = np.zeros((height, width), np.float64)
