@@ -59,6 +59,34 @@ def _parser() -> argparse.ArgumentParser:
         help="write screenshots as JPEG of quality Q (1-100)",
     )
 
+    sweeps = sub.add_parser(
+        "synth-sweeps",
+        help="write synthetic 3-D sweeps (volume rows, contract version 2; docs/synthetic-data.md, 'Sweeps')",
+    )
+    sweeps.add_argument("root", type=Path)
+    # None = the generator's defaults (tpnet.data.synth_sweeps), so they live in one place
+    sweeps.add_argument("--subjects", type=int, default=None, help="subjects, one sweep each (default 12)")
+    sweeps.add_argument("--sweeps-per-subject", type=int, default=None, help="sweeps per subject (default 1)")
+    sweeps.add_argument("--slices", type=int, default=None, help="frames per sweep (default 48)")
+    sweeps.add_argument("--height", type=int, default=None, help="rows per frame (default 128)")
+    sweeps.add_argument("--width", type=int, default=None, help="columns per frame (default 128)")
+    sweeps.add_argument("--spacing-mm", type=float, default=None, help="pixel size in mm (default 0.2)")
+    sweeps.add_argument(
+        "--slice-spacing-mm", type=float, default=None, help="nominal mm between slices (default 0.5)"
+    )
+    sweeps.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    sweeps.add_argument(
+        "--jitter-mm", type=float, default=None, help="free-hand out-of-plane noise, sd in mm (default 0)"
+    )
+    sweeps.add_argument(
+        "--drop-p", type=float, default=None, help="probability that a frame is dropped (default 0)"
+    )
+    sweeps.add_argument(
+        "--format", dest="file_format", choices=("npy", "nifti", "nrrd", "dicom"), default=None,
+        help="volume files: npy (default), nifti (.nii.gz), nrrd, dicom (multi-frame B-mode; SWE, mask .nii.gz)",
+    )  # fmt: skip
+    sweeps.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
+
     check = sub.add_parser("check", help="validate a dataset against the contract")
     check.add_argument("root", type=Path)
 
@@ -144,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"wrote {args.subjects * args.frames_per_subject} frames to {root}")
         return 0
+    if args.command == "synth-sweeps":
+        return _synth_sweeps(args)
     if args.command == "check":
         from tpnet.data.check import main_check
 
@@ -173,6 +203,21 @@ def main(argv: list[str] | None = None) -> int:
 
     for path in render_samples(args.root, args.out, n=args.n, seed=args.seed):
         print(path)
+    return 0
+
+
+def _synth_sweeps(args: argparse.Namespace) -> int:
+    from tpnet.data.synth_sweeps import write_sweep_dataset
+
+    names = ("subjects", "sweeps_per_subject", "slices", "height", "width", "spacing_mm", "slice_spacing_mm",
+             "seed", "jitter_mm", "drop_p", "file_format", "workers")  # fmt: skip
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    try:
+        root = write_sweep_dataset(args.root, **given)
+    except ValueError as exc:
+        print(f"tpnet-data synth-sweeps: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote synthetic sweeps to {root} (manifest.csv: one volume row per sweep)")
     return 0
 
 
