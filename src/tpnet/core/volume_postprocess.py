@@ -17,7 +17,7 @@ spacing with the origin at the centre of voxel (0, 0, 0); distances run between 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -176,7 +176,6 @@ def find_trigger_points_3d(
     if probs is not None:
         probability_sum = np.bincount(comp, weights=probs[trp][:, z, y, x].sum(axis=0), minlength=size)
     critical = np.isin(label_map, critical_class_indices(classes, roles))
-    critical_slices = ((int(zc), critical[zc]) for zc in np.flatnonzero(critical.any(axis=(1, 2))))
     sums = _ComponentSums(
         voxels=np.bincount(comp, minlength=size),
         coordinate_sums=np.stack([np.bincount(comp, weights=axis, minlength=size) for axis in (z, y, x)]),
@@ -188,7 +187,11 @@ def find_trigger_points_3d(
         kpa_max=kpa_max,
         probability_sum=probability_sum,
         nearest_critical_mm=_nearest_critical_mm(
-            _voxels_by_slice(components), size, critical_slices, slice_mm, min(row_mm, col_mm)
+            _voxels_by_slice(components),
+            size,
+            {int(zc): _bounding_box(critical[zc]) for zc in np.flatnonzero(critical.any(axis=(1, 2)))},
+            critical.__getitem__,
+            (slice_mm, min(row_mm, col_mm)),
         ),
     )
     return _trigger_points(sums, classes, trp, (slice_mm, row_mm, col_mm), min_volume_mm3)
@@ -295,45 +298,123 @@ def _kpa_sums(comp: np.ndarray, size: int, kpa_at_voxels: np.ndarray) -> tuple[n
     return count, total, top
 
 
-def _voxels_by_slice(components: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Slice -> (flat pixel indices of its component voxels, their component), for the slices that have any."""
+def _voxels_by_slice(components: np.ndarray) -> dict[int, _SliceVoxels]:
+    """Slice -> its component voxels, for the slices that have any."""
     by_slice = {}
+    width = components.shape[2]
     for z in np.flatnonzero(components.any(axis=(1, 2))):
         flat = components[z].ravel()
         where = np.flatnonzero(flat)
-        by_slice[int(z)] = (where, flat[where])
+        by_slice[int(z)] = _SliceVoxels.of(where, flat[where], width)
     return by_slice
 
 
+@dataclass(frozen=True)
+class _SliceVoxels:
+    """The component voxels of one slice, grouped for the nearest-critical search: flat pixel indices sorted
+    by component, so that a per-component minimum over them is one reduceat."""
+
+    where: np.ndarray  # flat pixel indices, grouped by component
+    comps: np.ndarray  # the slice's distinct components, ascending
+    starts: np.ndarray  # where each component's group begins in ``where``
+    box: tuple[int, int, int, int]  # bounding box of the voxels, as _bounding_box
+
+    @classmethod
+    def of(cls, where: np.ndarray, comp: np.ndarray, width: int) -> _SliceVoxels:
+        """From the flat indices (slices ``width`` pixels wide) of a slice's voxels and their components."""
+        order = np.argsort(comp, kind="stable")
+        comps, starts = np.unique(comp[order], return_index=True)
+        rows, columns = np.divmod(where, width)
+        box = (int(rows.min()), int(rows.max()), int(columns.min()), int(columns.max()))
+        return cls(where[order], comps, starts, box)
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(first row, last row, first column, last column) of a non-empty (H, W) mask, inclusive."""
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(rows[-1]), int(columns[0]), int(columns[-1])
+
+
+# _EXACT_SQUARES: OpenCV's precise transform is exact to about one float32 step but not reproducible in that
+# last bit (the same mask gave a different map in 150 of 300 calls, multi- or single-threaded), which would make
+# the distances, and whether two runs or the streaming and whole-volume finders agree, a matter of chance. The
+# squared distance between pixel centres is a whole number (dy^2 + dx^2), so D^2 rounded to the nearest whole
+# number is exact while D times its error stays under 0.5 px^2: one float32 step at D = 1400 px gives 0.09.
+# Lower bounds of distances are shrunk by this share before they rule a pair of slices out, so that float32
+# rounding in OpenCV's distances can never make a skipped pair the nearest: skipping stays exact.
+_BOUND_MARGIN = 1e-6
+
+
 def _nearest_critical_mm(
-    voxels_by_slice: Mapping[int, tuple[np.ndarray, np.ndarray]],
+    trp_slices: Mapping[int, _SliceVoxels],
     size: int,
-    critical_slices: Iterable[tuple[int, np.ndarray]],
-    slice_mm: float,
-    pixel_mm: float,
+    critical_boxes: Mapping[int, tuple[int, int, int, int]],
+    critical_mask: Callable[[int], np.ndarray],
+    spacing_mm: tuple[float, float],
 ) -> np.ndarray:
     """Per component, the smallest distance (mm) from one of its voxel centres to a critical voxel centre; NaN
     when the volume has no critical voxel.
 
-    voxels_by_slice: slice -> (flat pixel indices of component voxels, their component 1..size-1);
-    critical_slices: (slice, (H, W) bool mask) of the slices holding critical voxels, in any order (an
-    iterator: a caller may build each mask only when it is needed, as tpnet.core.volume_stream does).
+    trp_slices: slice -> its component voxels (components 1..size-1); critical_boxes: slice -> bounding box
+    of its critical voxels, for the slices that have any; critical_mask(z): slice z's (H, W) bool critical
+    mask, asked for only when that slice is searched (tpnet.core.volume_stream unpacks it then); spacing_mm:
+    (slice spacing, pixel size).
 
     Exact for a stack of parallel planes: the squared distance from voxel p to the critical voxels of slice z'
     is ((z_p - z') slice_mm)^2 + (pixel_mm * D_z'(p))^2, D_z' the exact 2-D transform of slice z' (pixels), and
-    the nearest critical voxel is the smallest of these over the slices z'. A minimum of the same terms, so
-    the result does not depend on the order of the slices."""
+    the nearest critical voxel is the smallest of these over the slices z'. A pair (TrP slice, critical slice)
+    is skipped when a lower bound of its terms (slice distance and the gap between the two slices' bounding
+    boxes) reaches the best distance found so far for each component of the TrP slice, and a critical slice's
+    transform is computed only when a pair with it is not skipped: the result is the minimum of the same terms
+    whatever is skipped. Each TrP slice is searched first against its critical slice of smallest bound, which
+    makes the skipping bite early: along a vessel that runs through the sweep, a TrP slice's own slice is
+    usually the nearest, and the bounds alone rule out the others. Memory: O(TrP slices + critical slices)."""
+    if not trp_slices or not critical_boxes:
+        return np.full(size, np.nan)
+    slice_mm, pixel_mm = spacing_mm
+    rows_z, columns_z = sorted(trp_slices), sorted(critical_boxes)
+    trp_boxes = np.array([trp_slices[z].box for z in rows_z], np.float64)
     best_sq = np.full(size, np.inf)
-    for z_critical, critical in critical_slices:
-        distance_px = distance_map_px(critical)
-        if distance_px is None:
-            continue
-        distance_px = distance_px.ravel()
-        for z, (where, comp) in voxels_by_slice.items():
-            dz_sq = ((z - int(z_critical)) * slice_mm) ** 2
-            if dz_sq >= best_sq[comp].max():  # this slice cannot bring any of its components closer
+
+    def lower_sq(column: int) -> np.ndarray:
+        """Bound of every TrP slice against critical slice ``column``, mm^2."""
+        z_critical, box = columns_z[column], critical_boxes[columns_z[column]]
+        gap_rows = np.maximum(0.0, np.maximum(box[0] - trp_boxes[:, 1], trp_boxes[:, 0] - box[1]))
+        gap_columns = np.maximum(0.0, np.maximum(box[2] - trp_boxes[:, 3], trp_boxes[:, 2] - box[3]))
+        dz_mm = (np.asarray(rows_z, np.float64) - z_critical) * slice_mm
+        return (dz_mm**2 + (gap_rows**2 + gap_columns**2) * pixel_mm**2) * (1.0 - _BOUND_MARGIN)
+
+    def search(column: int, rows: np.ndarray, bound_sq: np.ndarray) -> None:
+        z_critical = columns_z[column]
+        distance_px = None
+        for row in rows.tolist():
+            voxels = trp_slices[rows_z[row]]
+            if bound_sq[row] >= best_sq[voxels.comps].max():  # cannot bring any of them closer
                 continue
-            nearest_px = np.full(size, np.inf)
-            np.minimum.at(nearest_px, comp, distance_px[where])
-            np.minimum(best_sq, dz_sq + (nearest_px * pixel_mm) ** 2, out=best_sq)
+            if distance_px is None:
+                distance_px = distance_map_px(critical_mask(z_critical)).ravel()
+            dz_sq = ((rows_z[row] - z_critical) * slice_mm) ** 2
+            nearest_px = np.minimum.reduceat(distance_px[voxels.where], voxels.starts).astype(np.float64)
+            nearest_sq_px = np.rint(nearest_px**2)  # exact: see _EXACT_SQUARES
+            best_sq[voxels.comps] = np.minimum(best_sq[voxels.comps], dz_sq + nearest_sq_px * pixel_mm**2)
+
+    # The most promising critical slice of each TrP slice, and each critical slice's best bound (its order).
+    promising, promising_sq = np.zeros(len(rows_z), np.int64), np.full(len(rows_z), np.inf)
+    column_order_key = np.empty(len(columns_z))
+    for column in range(len(columns_z)):
+        bound_sq = lower_sq(column)
+        better = bound_sq < promising_sq
+        promising[better], promising_sq[better] = column, bound_sq[better]
+        column_order_key[column] = bound_sq.min()
+    for column in np.unique(promising).tolist():
+        search(column, np.flatnonzero(promising == column), lower_sq(column))
+    # Then every other pair that may still bring a component closer, the most promising critical slices first.
+    comps_all = np.concatenate([trp_slices[z].comps for z in rows_z])
+    starts_all = np.cumsum([0] + [len(trp_slices[z].comps) for z in rows_z[:-1]])
+    for column in np.argsort(column_order_key, kind="stable").tolist():
+        bound_sq = lower_sq(column)
+        worst_sq = np.maximum.reduceat(best_sq[comps_all], starts_all)
+        rows = np.flatnonzero((bound_sq < worst_sq) & (promising != column))
+        if len(rows):
+            search(column, rows, bound_sq)
     return np.where(np.isfinite(best_sq), np.sqrt(best_sq), np.nan)
