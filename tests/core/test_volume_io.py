@@ -19,6 +19,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from dicom_files import write_us_dicom
 from tpnet.core.io import FrameReadError
 from tpnet.core.volume_io import (
+    open_volume,
     read_volume,
     read_volume_bmode,
     read_volume_kpa,
@@ -308,3 +309,193 @@ def test_kpa_keeps_nan_and_converts_shear_speed(tmp_path: Path) -> None:
     np.testing.assert_array_equal(volume.voxels, kpa)
     speed = read_volume_kpa(path, unit="m/s").voxels  # E = 3 * rho * c^2: 3 m/s -> 27 kPa
     np.testing.assert_allclose(speed[0, 0, 3], 3 * 0.3**2, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- slice by slice (open_volume)
+
+WHOLE_READERS = {"bmode": read_volume_bmode, "kpa": read_volume_kpa, "mask": read_volume_mask}
+
+
+def write_any(path: Path, volume: np.ndarray) -> Path:
+    """``volume`` (Z, H, W) in the format ``path``'s name says, with SPACING."""
+    name = path.name
+    if name.endswith(".npy"):
+        np.save(path, volume)
+    elif name.endswith((".nii", ".nii.gz")):
+        write_nifti(path, volume)
+    else:
+        header = {"space directions": np.diag(SPACING[::-1]), "space units": ["mm"] * 3}
+        nrrd.write(str(path), volume, header, index_order="C", detached_header=name.endswith(".nhdr"))
+    return path
+
+
+def assert_slices_match_whole(path: Path, values: str, **kwargs) -> None:
+    """Every slice, and shape, spacing, source and notes, as the whole-volume reader gives them."""
+    whole_kwargs = dict(kwargs)
+    if "elasto_unit" in whole_kwargs:
+        whole_kwargs["unit"] = whole_kwargs.pop("elasto_unit")
+    whole = WHOLE_READERS[values](path, **whole_kwargs)
+    with open_volume(path, values=values, **kwargs) as slices:
+        assert (slices.path, slices.shape, slices.spacing_mm) == (
+            whole.path,
+            whole.voxels.shape,
+            whole.spacing_mm,
+        )
+        assert (slices.source, slices.notes, len(slices)) == (
+            whole.source,
+            whole.notes,
+            whole.voxels.shape[0],
+        )
+        for z in (2, 0, len(slices) - 1, 1):  # out of order too: a .nii.gz seeks back
+            plane = slices.slice(z)
+            assert plane.dtype == whole.voxels.dtype and plane.flags.c_contiguous
+            np.testing.assert_array_equal(plane, whole.voxels[z])
+        np.testing.assert_array_equal(np.stack(list(slices)), whole.voxels)
+        np.testing.assert_array_equal(slices.slice(-1), whole.voxels[-1])
+
+
+FILE_NAMES = ["sweep.npy", "sweep.nii", "sweep.nii.gz", "sweep.nrrd", "sweep.nhdr"]
+
+
+def spacing_for(name: str) -> dict:
+    return {"spacing_mm": SPACING} if name.endswith(".npy") else {}
+
+
+@pytest.mark.parametrize("name", FILE_NAMES)
+@pytest.mark.parametrize(
+    "stored",
+    [
+        (asymmetric_volume() % 256).astype(np.uint8),
+        asymmetric_volume(),  # uint16 up to 959: read as 12-bit, noted
+        (asymmetric_volume() / 959.0).astype(np.float32),  # floats in [0, 1]
+        asymmetric_volume().astype(np.float64) / 4,  # floats up to 240: 0..255, noted
+    ],
+    ids=["uint8", "uint16", "float01", "float255"],
+)
+def test_slices_are_the_whole_readers_bmode(tmp_path: Path, name: str, stored: np.ndarray) -> None:
+    assert_slices_match_whole(write_any(tmp_path / name, stored), "bmode", **spacing_for(name))
+
+
+@pytest.mark.parametrize("name", FILE_NAMES)
+@pytest.mark.parametrize(
+    "stored",
+    [
+        (asymmetric_volume() % 7).astype(np.uint8),
+        (asymmetric_volume() % 7).astype(np.float32),  # whole numbers as floats: noted
+        (asymmetric_volume() % 200).astype(np.int16),
+    ],
+    ids=["uint8", "float", "int16"],
+)
+def test_slices_are_the_whole_readers_mask(tmp_path: Path, name: str, stored: np.ndarray) -> None:
+    assert_slices_match_whole(write_any(tmp_path / name, stored), "mask", **spacing_for(name))
+
+
+@pytest.mark.parametrize("name", FILE_NAMES)
+@pytest.mark.parametrize("unit", ["kPa", "m/s"])
+def test_slices_are_the_whole_readers_kpa(tmp_path: Path, name: str, unit: str) -> None:
+    kpa = asymmetric_volume().astype(np.float32) / 10
+    kpa[2, 3, 4] = kpa[0, 0, 0] = np.nan  # no signal
+    assert_slices_match_whole(write_any(tmp_path / name, kpa), "kpa", elasto_unit=unit, **spacing_for(name))
+
+
+def test_slices_of_scaled_nifti_are_the_whole_readers(tmp_path: Path) -> None:
+    path = write_nifti(tmp_path / "sweep.nii.gz", (asymmetric_volume() % 256).astype(np.uint8))
+    image = nib.load(path)
+    image.header.set_slope_inter(0.5, 3.0)  # stored values * 0.5 + 3: kPa as some tools save them
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj.get_unscaled()), image.affine, image.header), path)
+    assert_slices_match_whole(path, "kpa")
+
+
+def test_dicom_slices_are_the_whole_readers(tmp_path: Path) -> None:
+    path = write_sweep_dicom(tmp_path / "sweep.dcm", spacing_between_slices, delta_cm=(0.02, 0.02))
+    assert_slices_match_whole(path, "bmode")
+    assert_slices_match_whole(path, "mask")
+
+
+def test_dicom_bmode_decodes_only_the_frame_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tpnet.core.volume_io as volume_io
+
+    path = write_sweep_dicom(tmp_path / "sweep.dcm", spacing_between_slices, delta_cm=(0.02, 0.02))
+    decoded: list[int] = []
+    real = volume_io.read_dicom_frame
+
+    def counting(path, index, header):
+        decoded.append(index)
+        return real(path, index, header)
+
+    monkeypatch.setattr(volume_io, "read_dicom_frame", counting)
+    with open_volume(path) as slices:
+        assert decoded == []
+        slices.slice(3)
+    assert decoded == [3]
+
+
+def test_nifti_slices_read_only_their_own_bytes(tmp_path: Path) -> None:
+    # A .nii cut short in its last slice: the whole reader fails, the slices before it still read.
+    path = write_nifti(tmp_path / "sweep.nii", asymmetric_volume().astype(np.float32))
+    path.write_bytes(path.read_bytes()[:-100])
+    assert "unreadable NIfTI" in refused(path, read_volume_kpa)
+    with open_volume(path, values="kpa") as slices:
+        np.testing.assert_array_equal(slices.slice(3), asymmetric_volume()[3].astype(np.float32))
+        with pytest.raises(FrameReadError) as info:
+            slices.slice(4)
+    assert str(info.value).startswith(f"{path}: unreadable NIfTI (slice 4")
+
+
+@pytest.mark.parametrize(
+    ("name", "stored", "values"),
+    [
+        ("frac.nii", (asymmetric_volume() % 3).astype(np.float32) / 2, "mask"),
+        ("big.nii", asymmetric_volume(), "mask"),  # labels above 255
+        ("neg.nrrd", asymmetric_volume().astype(np.int16) - 3, "bmode"),  # negative grey levels
+        ("deep.npy", asymmetric_volume().astype(np.int64) * 100, "bmode"),  # beyond 16 bits
+        ("bool.npy", asymmetric_volume() % 2 == 0, "mask"),
+    ],
+)
+def test_whole_volume_errors_come_on_opening_with_the_same_message(
+    tmp_path: Path, name: str, stored: np.ndarray, values: str
+) -> None:
+    stored = stored.copy()
+    if name == "neg.nrrd":
+        stored[4, 11, 15] = -3  # in the last slice only: found by the pass over every slice
+    path = write_any(tmp_path / name, stored)
+    whole = refused(path, WHOLE_READERS[values], **spacing_for(name))
+    assert refused(path, open_volume, values=values, **spacing_for(name)) == whole
+
+
+def test_nan_in_the_last_slice_of_a_bmode_volume_is_refused_on_opening(tmp_path: Path) -> None:
+    stored = asymmetric_volume().astype(np.float32) / 959
+    stored[-1, -1, -1] = np.nan
+    path = write_any(tmp_path / "sweep.nii.gz", stored)
+    assert refused(path, open_volume) == refused(path, read_volume_bmode)
+
+
+def test_open_volume_refuses_as_the_whole_readers_do(tmp_path: Path) -> None:
+    npy = write_any(tmp_path / "sweep.npy", asymmetric_volume())
+    assert refused(npy, open_volume) == refused(npy, read_volume)  # .npy without spacing
+    nii = write_nifti(tmp_path / "sweep.nii", asymmetric_volume())
+    assert refused(nii, open_volume, spacing_mm=(0.2, 0.3, 1.5)) == refused(
+        nii, read_volume, spacing_mm=(0.2, 0.3, 1.5)
+    )
+    dcm = write_sweep_dicom(tmp_path / "sweep.dcm", spacing_between_slices, delta_cm=(0.02, 0.02))
+    assert refused(dcm, open_volume, values="kpa") == refused(dcm, read_volume_kpa)
+    assert refused(tmp_path / "missing.nii", open_volume).endswith("file not found")
+    with pytest.raises(ValueError, match="values must be one of bmode, kpa, mask"):
+        open_volume(nii, values="labels")
+    with pytest.raises(ValueError, match="unknown elastography unit"):
+        open_volume(nii, values="kpa", elasto_unit="Pa")
+
+
+def test_volume_slices_are_new_arrays_and_closing_ends_reading(tmp_path: Path) -> None:
+    path = write_any(tmp_path / "sweep.nrrd", (asymmetric_volume() % 7).astype(np.uint8))  # held whole
+    slices = open_volume(path, values="mask")
+    slices.slice(1)[:] = 99
+    assert slices.slice(1).max() < 7
+    with pytest.raises(IndexError, match="out of range: the volume has 5 slices"):
+        slices.slice(5)
+    slices.close()
+    slices.close()  # again: nothing
+    with pytest.raises(ValueError, match="closed"):
+        slices.slice(0)

@@ -23,13 +23,14 @@ message starts with the file's path. nibabel, pynrrd and pydicom are imported on
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tpnet.core.dicom import is_dicom_file, read_dicom_frame, read_dicom_header
+from tpnet.core.dicom import DEFLATED_UID, DicomHeader, is_dicom_file, read_dicom_frame, read_dicom_header
 from tpnet.core.encoding import elasto_to_kpa
 from tpnet.core.io import FrameReadError, _check_frame_size, _float_bmode, _integer_bmode
 
@@ -127,6 +128,301 @@ def read_volume_kpa(
     return replace(volume, voxels=np.ascontiguousarray(elasto_to_kpa(volume.voxels.astype(np.float32), unit)))
 
 
+# ---------------------------------------------------------------------------------- slice by slice
+
+VOLUME_VALUES = ("bmode", "kpa", "mask")  # open_volume's values: as read_volume_bmode / _kpa / _mask
+
+
+class VolumeSlices:
+    """A volume opened for reading one slice at a time (``open_volume``): ``slice(z)`` is exactly
+    ``read_volume_<values>(path).voxels[z]``, and ``path``, ``shape`` (Z, H, W), ``spacing_mm``, ``source``
+    and ``notes`` are the whole reader's. ``len()`` is Z; iterating gives the slices in order; ``close()`` (or
+    a ``with`` block) releases the file. A slice is a new array: changing it changes nothing else."""
+
+    def __init__(
+        self,
+        path: Path,
+        shape: tuple[int, int, int],
+        spacing_mm: tuple[float, float, float],
+        source: str,
+        notes: tuple[str, ...],
+        read_slice: Callable[[int], np.ndarray],
+        release: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.path, self.shape, self.spacing_mm, self.source, self.notes = (
+            path,
+            shape,
+            spacing_mm,
+            source,
+            notes,
+        )
+        self._read_slice: Callable[[int], np.ndarray] | None = read_slice
+        self._release = release
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def slice(self, z: int) -> np.ndarray:
+        """Slice z (negative: from the end, as numpy indexes), (H, W)."""
+        if self._read_slice is None:
+            raise ValueError(f"{self.path}: the volume is closed")
+        if not (isinstance(z, int | np.integer) and -self.shape[0] <= z < self.shape[0]):
+            raise IndexError(
+                f"{self.path}: slice {z!r} is out of range: the volume has {self.shape[0]} slices"
+            )
+        return self._read_slice(int(z) % self.shape[0])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self.slice(z) for z in range(self.shape[0]))
+
+    def close(self) -> None:
+        if self._read_slice is not None:
+            self._read_slice = None
+            self._release()
+
+    def __enter__(self) -> VolumeSlices:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_volume(
+    path: str | Path,
+    *,
+    spacing_mm: tuple[float, float, float] | None = None,
+    values: str = "bmode",
+    elasto_unit: str = "kPa",
+) -> VolumeSlices:
+    """The volume at ``path`` for reading slice by slice, so that a sweep of hundreds of slices is never held
+    whole (tpnet-infer): values "bmode", "kpa" (``elasto_unit`` "kPa" or "m/s") or "mask" give the slices of
+    ``read_volume_bmode``, ``read_volume_kpa`` or ``read_volume_mask``, with the same checks, notes and errors
+    (FrameReadError starting with the path), ``spacing_mm`` as there.
+
+    What a slice costs, by format:
+    - ``.npy``: memory-mapped (np.load mmap_mode="r"): a slice reads its own bytes.
+    - ``.nii``: nibabel's array proxy (``dataobj[..., z]``, one file handle kept open): a slice reads its own
+      bytes (slice z of NIfTI's (x, y, z) order is contiguous).
+    - ``.nii.gz``: the same proxy over the gzip stream, which cannot seek: reading forward decompresses only
+      up to the slice asked for, so slices in order cost one decompression of the file in all; a slice before
+      the last one read decompresses the file again from its start (indexed_gzip, when installed, makes that
+      seek cheap; tpnet does not require it).
+    - multi-frame DICOM, B-mode: frame by frame (``tpnet.core.dicom.read_dicom_frame`` reads one frame's
+      bytes), but for a deflated file, inflated whole once; mask or raw values: pydicom decodes every frame at
+      once (its pixel_array), so the volume is read whole on opening.
+    - NRRD (``.nrrd``, ``.nhdr``): read whole on opening: pynrrd decodes all the data at once.
+
+    Values that depend on the whole volume are found on opening by reading every slice once: the grey scale of
+    B-mode that is neither uint8 nor from DICOM (the volume's min and max decide it, as in read_volume_bmode)
+    and the check of a mask that is not uint8 (whole numbers, 0..255); that pass costs one read of the file.
+    Slices are then scaled exactly as the whole volume is: the scaling functions are elementwise once the
+    scale is chosen."""
+    path = Path(path)
+    if values not in VOLUME_VALUES:
+        raise ValueError(f"values must be one of {', '.join(VOLUME_VALUES)}; got {values!r}")
+    if values == "kpa":
+        if _format_of(path) == DICOM:  # the same refusal, in the same order, as read_volume_kpa
+            raise FrameReadError(
+                f"{path}: a DICOM volume holds grey levels, not kPa; store the elastography volume as NIfTI, "
+                "NRRD or .npy in kPa (or m/s)"
+            )
+        elasto_to_kpa(np.zeros(0, np.float32), elasto_unit)  # an unknown unit: ValueError before any read
+    stored = _open_stored(path, spacing_mm, dicom_bmode=values == "bmode")
+    try:
+        notes = list(stored.notes)
+        if values == "bmode":
+            convert = _bmode_converter(stored, notes)
+        elif values == "mask":
+            convert = _mask_converter(stored, notes)
+        else:
+            if not np.issubdtype(stored.dtype, np.number):
+                raise FrameReadError(f"{path}: unsupported elastography dtype {stored.dtype}")
+
+            def convert(voxels: np.ndarray) -> np.ndarray:
+                return np.ascontiguousarray(elasto_to_kpa(voxels.astype(np.float32), elasto_unit))
+    except BaseException:
+        stored.release()
+        raise
+
+    def read_slice(z: int) -> np.ndarray:
+        return convert(stored.read(z))
+
+    return VolumeSlices(
+        path, stored.shape, stored.spacing_mm, stored.source, tuple(notes), read_slice, stored.release
+    )
+
+
+@dataclass(frozen=True)
+class _StoredSlices:
+    """A volume's slices as stored (as ``read_volume`` gives them), read one at a time."""
+
+    path: Path
+    shape: tuple[int, int, int]  # (Z, H, W)
+    dtype: np.dtype
+    spacing_mm: tuple[float, float, float]
+    source: str
+    notes: tuple[str, ...]
+    read: Callable[[int], np.ndarray]  # slice z, a new (H, W) array
+    release: Callable[[], None]
+    bmode_decoded: bool = False  # DICOM B-mode: frames already grey in [0, 1], as read_volume_bmode gives
+
+
+def _open_stored(
+    path: Path, spacing_mm: tuple[float, float, float] | None, *, dicom_bmode: bool
+) -> _StoredSlices:
+    """``_read`` slice by slice where the format allows it (see open_volume)."""
+    fmt, given = _preflight(path, spacing_mm)
+    if fmt == NPY:
+        return _open_npy(path, given)
+    if fmt == NIFTI:
+        stored = _open_nifti_slices(path)
+    elif fmt == DICOM and dicom_bmode:
+        stored = _open_dicom_bmode(path)
+    else:  # NRRD, DICOM mask or raw values: their readers decode everything at once
+        volume = _read_nrrd(path) if fmt == NRRD else _read_dicom(path, bmode=dicom_bmode)
+        stored = _in_memory(volume, bmode_decoded=fmt == DICOM and dicom_bmode)
+    if given is not None:
+        try:
+            _check_matches(path, given, stored.spacing_mm)
+        except FrameReadError:
+            stored.release()
+            raise
+    return stored
+
+
+def _in_memory(volume: Volume, *, bmode_decoded: bool = False) -> _StoredSlices:
+    voxels = volume.voxels
+    return _StoredSlices(
+        volume.path, voxels.shape, voxels.dtype, volume.spacing_mm, volume.source, volume.notes,
+        lambda z: np.array(voxels[z]), lambda: None, bmode_decoded,
+    )  # fmt: skip
+
+
+def _open_npy(path: Path, spacing: tuple[float, float, float] | None) -> _StoredSlices:
+    if spacing is None:
+        raise FrameReadError(
+            f"{path}: a .npy volume carries no voxel spacing: pass spacing_mm=(slice_mm, row_mm, col_mm)"
+        )
+    try:
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only, until a slice is read
+        _check_shape(path, mapped.shape, "(Z, H, W)")
+        _check_frame_size(path, mapped.shape[1:])
+    except FrameReadError:
+        raise
+    except Exception as exc:
+        raise FrameReadError(f"{path}: unreadable .npy ({type(exc).__name__}: {exc})") from exc
+    holder = [mapped]  # dropped on release, which unmaps the file
+
+    def read(z: int) -> np.ndarray:
+        try:
+            return np.array(holder[0][z])
+        except Exception as exc:  # a file cut after its header was read
+            raise FrameReadError(f"{path}: unreadable .npy (slice {z}: {type(exc).__name__}: {exc})") from exc
+
+    depth, height, width = (int(n) for n in mapped.shape)
+    return _StoredSlices(path, (depth, height, width), mapped.dtype, spacing, NPY, (), read, holder.clear)
+
+
+def _open_nifti_slices(path: Path) -> _StoredSlices:
+    image, shape, spacing, notes = _open_nifti(path, keep_file_open=True)
+    extra_axes = (0,) * (len(image.shape) - 3)  # the trailing axes of length 1
+    holder = [image]  # dropped on release: nibabel's proxy closes its file handle then
+    dtype = _nifti_slice(path, image, 0, extra_axes).dtype  # after scaling (scl_slope), as read_volume has it
+
+    def read(z: int) -> np.ndarray:
+        return _nifti_slice(path, holder[0], z, extra_axes)
+
+    return _StoredSlices(
+        path, (shape[2], shape[1], shape[0]), dtype, spacing, NIFTI, tuple(notes), read, holder.clear
+    )
+
+
+def _nifti_slice(path: Path, image: Any, z: int, extra_axes: tuple[int, ...]) -> np.ndarray:
+    try:
+        plane = np.asanyarray(image.dataobj[(slice(None), slice(None), z, *extra_axes)])
+    except Exception as exc:  # nibabel raises many types for damaged or cut files
+        raise FrameReadError(f"{path}: unreadable NIfTI (slice {z}: {type(exc).__name__}: {exc})") from exc
+    return np.ascontiguousarray(plane.T)  # (x, y) -> (H, W)
+
+
+def _open_dicom_bmode(path: Path) -> _StoredSlices:
+    header, spacing, notes = _dicom_sweep(path)
+    if header.transfer_syntax_uid == DEFLATED_UID:  # one zlib stream: each frame would inflate the file
+        return _in_memory(_read_dicom(path, bmode=True), bmode_decoded=True)
+    shape = (header.n_frames, header.rows, header.columns)
+    return _StoredSlices(
+        path, shape, np.dtype(np.float32), spacing, DICOM, tuple(notes),
+        lambda z: read_dicom_frame(path, z, header).grey, lambda: None, bmode_decoded=True,
+    )  # fmt: skip
+
+
+def _bmode_converter(stored: _StoredSlices, notes: list[str]) -> Callable[[np.ndarray], np.ndarray]:
+    """Stored slice -> float32 [0, 1] as read_volume_bmode scales the whole volume; the scale's notes (and
+    errors: negative values, NaN, more than 16 bits) come now, from the volume's min and max."""
+    path, dtype = stored.path, stored.dtype
+    if stored.bmode_decoded:
+        return lambda voxels: voxels
+    if dtype == np.uint8:  # 0..255 whatever the values: no pass needed
+        return lambda voxels: np.ascontiguousarray(_integer_bmode(voxels, path, None, _ignore), np.float32)
+    if np.issubdtype(dtype, np.integer):
+        scale: Callable[..., np.ndarray] = lambda arr, report: _integer_bmode(arr, path, None, report)  # noqa: E731
+    elif np.issubdtype(dtype, np.floating):
+        scale = lambda arr, report: _float_bmode(arr, path, report)  # noqa: E731
+    else:
+        raise FrameReadError(f"{path}: unsupported B-mode dtype {dtype}")
+    extremes = _volume_extremes(stored)
+    scale(extremes, notes.append)  # the volume's checks and notes, from its min and max alone
+
+    def convert(voxels: np.ndarray) -> np.ndarray:
+        # io.py's scalers choose the grey scale from their array's min and max; with the volume's appended,
+        # a slice is scaled as the whole volume is (the values themselves are then mapped one by one).
+        scaled = scale(np.concatenate([voxels.ravel(), extremes]), _ignore)[: voxels.size]
+        return np.ascontiguousarray(scaled.reshape(voxels.shape), np.float32)
+
+    return convert
+
+
+def _mask_converter(stored: _StoredSlices, notes: list[str]) -> Callable[[np.ndarray], np.ndarray]:
+    """Stored slice -> uint8 labels, after read_volume_mask's checks of the whole volume (whole-number floats,
+    values 0..255), made now by one pass over the slices unless the labels are uint8."""
+    path, dtype = stored.path, stored.dtype
+    floating = np.issubdtype(dtype, np.floating)
+    if not (floating or np.issubdtype(dtype, np.integer)):
+        raise FrameReadError(f"{path}: mask must be an integer label map, got {dtype}")
+    if dtype != np.uint8:
+        lowest, highest = [], []
+        for z in range(stored.shape[0]):
+            voxels = stored.read(z)
+            if floating and not (np.isfinite(voxels).all() and np.array_equal(voxels, np.round(voxels))):
+                raise FrameReadError(
+                    f"{path}: mask must hold whole-number labels, got {dtype} with fractions"
+                )
+            lowest.append(voxels.min())
+            highest.append(voxels.max())
+        if floating:
+            notes.append(f"labels stored as {dtype} (whole numbers): read as integers")
+        low, high = np.array(lowest, dtype).min(), np.array(highest, dtype).max()
+        if low < 0 or high > 255:
+            raise FrameReadError(f"{path}: mask values outside 0..255 (min {low}, max {high})")
+    return lambda voxels: np.ascontiguousarray(voxels, np.uint8)
+
+
+def _volume_extremes(stored: _StoredSlices) -> np.ndarray:
+    """[min, max] over every slice, in the stored dtype; NaN when any voxel is NaN (as numpy's min gives)."""
+    lowest, highest = [], []
+    for z in range(stored.shape[0]):
+        voxels = stored.read(z)
+        lowest.append(voxels.min())
+        highest.append(voxels.max())
+    return np.array(
+        [np.array(lowest, stored.dtype).min(), np.array(highest, stored.dtype).max()], stored.dtype
+    )
+
+
+def _ignore(_: str) -> None:
+    """A note already made for the whole volume."""
+
+
 # ------------------------------------------------------------------------------------------ dispatch
 
 
@@ -147,12 +443,7 @@ def _format_of(path: Path) -> str:
 
 
 def _read(path: Path, spacing_mm: tuple[float, float, float] | None, *, dicom_bmode: bool) -> Volume:
-    if not path.is_file():
-        raise FrameReadError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
-    if path.stat().st_size == 0:
-        raise FrameReadError(f"{path}: zero-byte file")
-    fmt = _format_of(path)
-    given = _checked_spacing(path, spacing_mm) if spacing_mm is not None else None  # before any voxel is read
+    fmt, given = _preflight(path, spacing_mm)
     if fmt == NPY:
         return _read_npy(path, given)
     if fmt == DICOM:
@@ -162,6 +453,18 @@ def _read(path: Path, spacing_mm: tuple[float, float, float] | None, *, dicom_bm
     if given is not None:
         _check_matches(path, given, volume.spacing_mm)
     return volume
+
+
+def _preflight(
+    path: Path, spacing_mm: tuple[float, float, float] | None
+) -> tuple[str, tuple[float, float, float] | None]:
+    """The checks before any voxel is read: (format, the caller's spacing checked, or None)."""
+    if not path.is_file():
+        raise FrameReadError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise FrameReadError(f"{path}: zero-byte file")
+    fmt = _format_of(path)
+    return fmt, (_checked_spacing(path, spacing_mm) if spacing_mm is not None else None)
 
 
 def _checked_spacing(path: Path, spacing_mm: Any) -> tuple[float, float, float]:
@@ -226,13 +529,29 @@ def _mm_per(path: Path, unit: str, notes: list[str], field: str) -> float:
 
 
 def _read_nifti(path: Path) -> Volume:
+    try:
+        image, shape, spacing, notes = _open_nifti(path)
+        stored = np.asanyarray(image.dataobj).reshape(shape)
+    except FrameReadError:
+        raise
+    except Exception as exc:  # nibabel raises many types for damaged or cut files
+        raise FrameReadError(f"{path}: unreadable NIfTI ({type(exc).__name__}: {exc})") from exc
+    voxels = np.ascontiguousarray(stored.transpose(2, 1, 0))  # (x, y, z) -> (Z, H, W)
+    return Volume(path, voxels, spacing, NIFTI, tuple(notes))
+
+
+def _open_nifti(
+    path: Path, *, keep_file_open: bool | None = None
+) -> tuple[Any, tuple[int, int, int], tuple[float, float, float], list[str]]:
+    """(nibabel image, its (x, y, z) shape, spacing, notes), the voxels not read. keep_file_open: one file
+    handle for every later read of the image's voxels (slice by slice), not one per read."""
     import nibabel as nib
     from nibabel.imageglobals import LoggingOutputSuppressor
     from nibabel.openers import ImageOpener
 
     try:
         with LoggingOutputSuppressor():  # nibabel logs the zero pixdim it repairs; the raw header refuses it
-            image = nib.load(path)
+            image = nib.load(path, keep_file_open=keep_file_open)
         if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
             raise FrameReadError(f"{path}: not a NIfTI image (nibabel reads it as {type(image).__name__})")
         # nibabel's loaded header has zero pixdim replaced by 1 mm; the file's own is read without that fix.
@@ -248,17 +567,15 @@ def _read_nifti(path: Path) -> Volume:
         mm = _mm_per(path, unit, notes, "xyzt_units")
         pixdim = [float(v) * mm for v in raw_header["pixdim"][1:4]]
         spacing = _spacing_or_refuse(path, pixdim[::-1], f"pixdim[1:4] ({unit})")
-        stored = np.asanyarray(image.dataobj).reshape(shape)
     except FrameReadError:
         raise
     except Exception as exc:  # nibabel raises many types for damaged or cut files
         raise FrameReadError(f"{path}: unreadable NIfTI ({type(exc).__name__}: {exc})") from exc
-    if stored.dtype.fields is not None:
+    if image.get_data_dtype().fields is not None:
         raise FrameReadError(
-            f"{path}: NIfTI of {stored.dtype} voxels (RGB?); a volume holds one value per voxel"
+            f"{path}: NIfTI of {image.get_data_dtype()} voxels (RGB?); a volume holds one value per voxel"
         )
-    voxels = np.ascontiguousarray(stored.transpose(2, 1, 0))  # (x, y, z) -> (Z, H, W)
-    return Volume(path, voxels, spacing, NIFTI, tuple(notes))
+    return image, shape, spacing, notes  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------------------------- NRRD
@@ -313,6 +630,17 @@ def _nrrd_spacing(path: Path, header: dict[str, Any], notes: list[str]) -> tuple
 def _read_dicom(path: Path, bmode: bool) -> Volume:
     """A multi-frame file with a slice spacing. Pixel size and the checks of a scanner file (decoder, pixel
     format, frame size, square pixels) are tpnet.core.dicom's."""
+    header, spacing, notes = _dicom_sweep(path)
+    if bmode:
+        frames = [read_dicom_frame(path, i, header).grey for i in range(header.n_frames)]
+        voxels = np.stack(frames)
+    else:
+        voxels = _stored_frames(path, header.photometric, header.samples_per_pixel)
+    return Volume(path, voxels, spacing, DICOM, tuple(notes))
+
+
+def _dicom_sweep(path: Path) -> tuple[DicomHeader, tuple[float, float, float], list[str]]:
+    """(header, spacing, notes) of a multi-frame file that is a sweep; no pixel decoded."""
     from pydicom import dcmread
 
     header = read_dicom_header(path)
@@ -328,12 +656,7 @@ def _read_dicom(path: Path, bmode: bool) -> Volume:
         row_mm = col_mm = header.spacing_mm
     else:
         row_mm, col_mm = _shared_pixel_spacing(path, ds)
-    if bmode:
-        frames = [read_dicom_frame(path, i, header).grey for i in range(header.n_frames)]
-        voxels = np.stack(frames)
-    else:
-        voxels = _stored_frames(path, header.photometric, header.samples_per_pixel)
-    return Volume(path, voxels, (slice_mm, row_mm, col_mm), DICOM, tuple(notes))
+    return header, (slice_mm, row_mm, col_mm), notes
 
 
 def _slice_spacing(path: Path, ds: Dataset, n_frames: int, notes: list[str]) -> float:
