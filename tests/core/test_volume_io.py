@@ -499,3 +499,24 @@ def test_volume_slices_are_new_arrays_and_closing_ends_reading(tmp_path: Path) -
     slices.close()  # again: nothing
     with pytest.raises(ValueError, match="closed"):
         slices.slice(0)
+
+
+@pytest.mark.parametrize("layout", ["fortran", "big-endian"])
+def test_npy_slices_of_any_layout_are_the_whole_readers(tmp_path: Path, layout: str) -> None:
+    stored = asymmetric_volume()
+    stored = np.asfortranarray(stored) if layout == "fortran" else stored.astype(">u2")
+    path = tmp_path / "sweep.npy"
+    np.save(path, stored)
+    for values in ("bmode", "mask", "kpa"):
+        if values == "mask":
+            np.save(path, (stored % 200).astype(stored.dtype))
+        assert_slices_match_whole(path, values, spacing_mm=SPACING)
+
+
+def test_npy_cut_after_opening_names_the_slice(tmp_path: Path) -> None:
+    path = write_any(tmp_path / "sweep.npy", asymmetric_volume())
+    with open_volume(path, values="kpa", spacing_mm=SPACING) as slices:
+        path.write_bytes(path.read_bytes()[:-100])  # e.g. a copy still arriving
+        np.testing.assert_array_equal(slices.slice(0), asymmetric_volume()[0].astype(np.float32))
+        with pytest.raises(FrameReadError, match=r"unreadable \.npy \(slice 4: the file ends before it\)"):
+            slices.slice(4)
