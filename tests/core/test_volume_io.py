@@ -520,3 +520,26 @@ def test_npy_cut_after_opening_names_the_slice(tmp_path: Path) -> None:
         np.testing.assert_array_equal(slices.slice(0), asymmetric_volume()[0].astype(np.float32))
         with pytest.raises(FrameReadError, match=r"unreadable \.npy \(slice 4: the file ends before it\)"):
             slices.slice(4)
+
+
+def test_a_cache_reads_each_slice_of_a_sliding_window_once(tmp_path: Path) -> None:
+    path = write_nifti(tmp_path / "sweep.nii.gz", (asymmetric_volume() % 256).astype(np.uint8))
+    whole = read_volume_bmode(path).voxels
+    with open_volume(path, cache_slices=3) as slices:
+        read: list[int] = []
+        underlying = slices._read_slice
+
+        def counting(z: int) -> np.ndarray:
+            read.append(z)
+            return underlying(z)
+
+        slices._read_slice = counting
+        for z in range(len(slices)):  # a window of one neighbour on each side, as 2.5-D context reads it
+            for neighbour in (z, z - 1, z + 1):
+                if 0 <= neighbour < len(slices):
+                    np.testing.assert_array_equal(slices.slice(neighbour), whole[neighbour])
+        assert read == [0, 1, 2, 3, 4]
+        slices.slice(4)[:] = 7  # a copy: the cached slice stays as read
+        np.testing.assert_array_equal(slices.slice(4), whole[4])
+    with pytest.raises(ValueError, match="cache_slices must be"):
+        open_volume(path, cache_slices=-1)
