@@ -161,6 +161,8 @@ class DataSchema:
     num_workers: int = 2
     fg_fraction: float | None = None
     bmode_norm: str | None = None
+    # 2.5-D input for sweeps (issue #17): each slice with its k neighbours on each side as extra B-mode channels
+    context_slices: int = 0
     cache: CacheSchema = field(default_factory=CacheSchema)
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -530,6 +532,7 @@ _RANGES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
     ("data.kpa_scale", lambda v: 0 < v < math.inf, "must be positive"),
     ("data.kpa_clip", lambda v: 0 < v < math.inf, "must be positive"),
     ("data.fg_fraction", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    ("data.context_slices", lambda v: 0 <= v <= 16, "must be 0 (2-D) to 16 neighbour slices on each side"),
     ("data.samples_per_epoch", lambda v: v >= 1, "must be at least 1 (or null: one pass over the frames)"),
     (
         "data.synthetic.active_stiffness_factor",

@@ -332,6 +332,16 @@ def check_row_kind(row: ManifestRow, spec: DatasetSpec) -> None:
         )
 
 
+def volume_spacing_mm(row: ManifestRow, spec: DatasetSpec) -> tuple[float, float, float] | None:
+    """A volume row's (slice_mm, row_mm, col_mm) from the manifest and dataset.yaml, or None when either the
+    slice spacing or the pixel size is given by neither (the file's own is used then; a ``.npy`` has none)."""
+    pixel = row.spacing_mm if row.spacing_mm is not None else spec.spacing_mm
+    slice_mm = row.slice_spacing_mm if row.slice_spacing_mm is not None else spec.slice_spacing_mm
+    if pixel is None or slice_mm is None:
+        return None
+    return (float(slice_mm), float(pixel), float(pixel))
+
+
 def row_spacing_mm(row: ManifestRow, spec: DatasetSpec) -> float | None:
     """The row's pixel size from the manifest and dataset.yaml only (no file access). For a DICOM row the
     file's own calibration comes between the two: use ``contract_frames.row_spacing`` for that."""

@@ -81,6 +81,18 @@ class Encoding:
         return len(self.channels) + 2 * self.context_slices
 
     @property
+    def input_planes(self) -> tuple[str, ...]:
+        """One name per network input plane, in order: the neighbours as bmode_z-1, bmode_z+1, ..."""
+        k = self.context_slices
+        neighbours = tuple(f"bmode_z{d:+d}" for d in (*range(-k, 0), *range(1, k + 1)))
+        planes: list[str] = []
+        for name in self.channels:
+            planes.append(name)
+            if name == "bmode":
+                planes.extend(neighbours)
+        return tuple(planes)
+
+    @property
     def context_planes(self) -> int:
         """Neighbour B-mode planes a frame needs (2k)."""
         return 2 * self.context_slices

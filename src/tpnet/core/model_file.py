@@ -145,7 +145,7 @@ def build_meta(
                     "type": "image",
                     "modality": "US",
                     "num_channels": enc.in_channels,
-                    "channel_def": {str(i): name for i, name in enumerate(enc.channels)},
+                    "channel_def": {str(i): name for i, name in enumerate(enc.input_planes)},
                     "spatial_shape": [f"{size_multiple}*n", f"{size_multiple}*n"],
                     "dtype": "float32",
                 }

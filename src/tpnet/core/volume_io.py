@@ -23,6 +23,7 @@ message starts with the file's path. nibabel, pynrrd and pydicom are imported on
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -159,6 +160,7 @@ class VolumeSlices:
         self._release = release
         self._cache_slices = cache_slices
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -172,15 +174,18 @@ class VolumeSlices:
                 f"{self.path}: slice {z!r} is out of range: the volume has {self.shape[0]} slices"
             )
         z = int(z) % self.shape[0]
-        if not self._cache_slices:
-            return self._read_slice(z)
-        if z in self._cache:
-            self._cache.move_to_end(z)
-        else:
-            self._cache[z] = self._read_slice(z)
-            if len(self._cache) > self._cache_slices:
-                self._cache.popitem(last=False)
-        return self._cache[z].copy()
+        # One reader at a time: a slice read is a seek and a read on one file handle (tpnet-infer's reader
+        # threads share an opened sweep), and the cache is an ordered dict.
+        with self._lock:
+            if not self._cache_slices:
+                return self._read_slice(z)
+            if z in self._cache:
+                self._cache.move_to_end(z)
+            else:
+                self._cache[z] = self._read_slice(z)
+                if len(self._cache) > self._cache_slices:
+                    self._cache.popitem(last=False)
+            return self._cache[z].copy()
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return (self.slice(z) for z in range(self.shape[0]))

@@ -1,4 +1,4 @@
-"""Integrity check of a contract-v1 dataset (``tpnet-data check``).
+"""Integrity check of a contract dataset (``tpnet-data check``; volume rows: ``check_volume.py``).
 
 Reads every frame once and reports every problem it finds, not only the first, each naming the
 sample_id (or the file, for dataset-level problems) and the reason; then summarises the data:
@@ -21,6 +21,7 @@ import numpy as np
 from tpnet.core import io
 from tpnet.core.contract import (
     SPLITS,
+    VOLUME,
     ContractError,
     DatasetSpec,
     ManifestRow,
@@ -45,6 +46,7 @@ from tpnet.core.plausibility import (
     stiffness_problem,
     training_spacing_warning,
 )
+from tpnet.data.check_volume import check_volume_row
 
 MAX_STIFFNESS_KPA = STIFFNESS_KPA_RANGE[1]  # the summary's histogram covers every stiffness the check accepts
 STIFFNESS_BIN_KPA = 0.5  # percentiles come from a fixed histogram, so memory does not grow with the data
@@ -104,7 +106,7 @@ class _FrameResult:
 
 
 def check_dataset(root: str | Path, workers: int = DEFAULT_WORKERS) -> CheckReport:
-    """Check ``root`` against contract v1; never raises for bad data, returns every problem found."""
+    """Check ``root`` against the contract; never raises for bad data, returns every problem found."""
     root = Path(root)
     report = CheckReport(root=root)
     spec = _load_spec(root, report)
@@ -178,6 +180,10 @@ def _check_row(root: Path, raw: dict[str, str], line: int, spec: DatasetSpec | N
         row = parse_row(raw, line)  # field checks: ids, spacing, split value, frame index
     except ContractError as exc:
         error(_strip_prefix(str(exc), sample_id))
+
+    if raw.get("kind") == VOLUME:  # a sweep (contract version 2): three 3-D files checked together
+        check_volume_row(root, raw, row, spec, error, warning, result)
+        return result
 
     # Files are checked even when a field is bad, so one run lists everything wrong with the row.
     bmode, header = _check_bmode(root, raw, row, error, warning)

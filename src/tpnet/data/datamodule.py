@@ -38,6 +38,7 @@ from tpnet.data.sources import (
     unlabelled_classes,
 )
 from tpnet.data.splits import split_rows
+from tpnet.data.volumes import slice_rows
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def setup_data(
 
         check_or_raise(root)  # refuses a dataset with errors, listing every one of them
     spec = load_spec(root)
-    rows = load_manifest(root)
+    rows = slice_rows(spec, load_manifest(root))  # a sweep (contract v2 volume row) is one row per slice
     labelled = [r for r in rows if r.mask]
     if len(labelled) < len(rows):
         log.warning(
@@ -188,6 +189,7 @@ def encoding_from_config(data_cfg: Any) -> Encoding:
         kpa_clip=float(data_cfg.kpa_clip),
         # null = not planned yet (training's plan fills it in); checkpoints from before the key: "none".
         bmode_norm=str(data_cfg.get("bmode_norm") or "none"),
+        context_slices=int(data_cfg.get("context_slices") or 0),
     )
 
 
@@ -248,6 +250,11 @@ def preprocessed_frames(
     resampled per item)."""
     cache_cfg = getattr(data_cfg, "cache", None)
     if cache_cfg is None or not cache_cfg.enabled:
+        return None
+    if int(getattr(data_cfg, "context_slices", 0) or 0):
+        # The cache holds single resampled frames; 2.5-D items read their neighbours from the volume files
+        # (memory-mapped .npy, slice-wise NIfTI): one slice read per neighbour.
+        log.info("data.context_slices > 0: frames are read from the volume files, not the preprocessed cache")
         return None
     rows = setup.labelled or [r for split in ("train", "val", "test") for r in setup.splits.get(split, [])]
     workers = getattr(cache_cfg, "workers", None)

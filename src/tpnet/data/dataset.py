@@ -30,6 +30,10 @@ from tpnet.data.transforms import Frame, TrainTransform
 def frame_spacing_mm(spec: DatasetSpec, row: ManifestRow, header: DicomHeader | None = None) -> float:
     """The row's pixel size: manifest cell, else the DICOM file's calibration (header only, no pixels), else
     dataset.yaml; ValueError naming the sample when none gives one."""
+    if row.is_volume:
+        from tpnet.data.volumes import volume_pixel_spacing_mm
+
+        return volume_pixel_spacing_mm(spec, row)
     spacing, _ = row_spacing(spec.root, row, spec, header)
     if spacing is None:
         raise ValueError(
@@ -44,10 +48,23 @@ def median_spacing_mm(spec: DatasetSpec, rows: Sequence[ManifestRow]) -> float:
     return float(statistics.median(frame_spacing_mm(spec, r) for r in rows))
 
 
-def load_frame(spec: DatasetSpec, row: ManifestRow, target_spacing_mm: float) -> Frame:
+def load_frame(
+    spec: DatasetSpec, row: ManifestRow, target_spacing_mm: float, context_slices: int = 0
+) -> Frame:
     """Read one manifest row and resample it to ``target_spacing_mm``; unlabelled rows get an all-zero mask.
     A DICOM row reads only its frame, cropped to the image region; mask and elastography of the full frame's
-    size are cropped the same way, ones of the region's size are used as is."""
+    size are cropped the same way, ones of the region's size are used as is. A slice of a volume row
+    (``tpnet.data.volumes.slice_rows``) comes with ``context_slices`` neighbours on each side; a frame row has
+    none to give, so asking for them is an error naming the sample."""
+    if row.slice_index is not None:
+        from tpnet.data.volumes import load_volume_slice
+
+        return load_volume_slice(spec, row, target_spacing_mm, context_slices)
+    if context_slices:
+        raise ValueError(
+            f"{row.sample_id}: data.context_slices={context_slices} needs sweeps (volume rows, contract "
+            "version 2); this row is a single frame"
+        )
     bmode = read_row_bmode(resolve_path(spec.root, row.bmode), row.frame)
     elasto = _fitted(read_elasto_kpa(spec, row), "elasto", bmode, row) if row.elasto else None
     if row.mask:
@@ -139,6 +156,11 @@ class TrainPatchDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.raw = raw
+        if raw and encoding.context_slices:
+            raise ValueError(
+                "augment=gpu augments single frames on the device; data.context_slices needs a CPU augment "
+                "config (augment=default or ultrasound)"
+            )
         if frames is not None:
             missing = [r.sample_id for r in self.rows if r.sample_id not in frames]
             if missing or abs(frames.spacing_mm - target_spacing_mm) > 1e-9:
@@ -181,14 +203,15 @@ class TrainPatchDataset(Dataset):
             frame = _crop(frame, offset, self.patch_size)
         # B-mode statistics of the whole frame (not the patch): inference normalises whole frames.
         stats = view.bmode_stats() if self.encoding.bmode_norm != "none" else None
-        image = self.encoding.encode(frame.bmode, frame.elasto_kpa, stats)
+        image = self.encoding.encode(frame.bmode, frame.elasto_kpa, stats, frame.context)
         return _half(image), torch.from_numpy(frame.mask.astype(np.uint8))
 
     def _view(self, row: ManifestRow) -> _Source:
         if self.frames is not None:
             return _Source.cached(self.frames.view(row.sample_id))
         try:
-            return _Source.loaded(load_frame(self.spec, row, self.target_spacing_mm), self.foreground_labels)
+            frame = load_frame(self.spec, row, self.target_spacing_mm, self.encoding.context_slices)
+            return _Source.loaded(frame, self.foreground_labels)
         except Exception as exc:
             raise RuntimeError(f"{row.sample_id}: cannot load training frame: {exc}") from exc
 
@@ -219,9 +242,11 @@ class _Source:
         mask: np.ndarray,
         foreground: Any,
         stats: Any,
+        context: np.ndarray | None = None,
     ) -> None:
         self.bmode, self.bmode_scale, self.elasto, self.mask = bmode, bmode_scale, elasto, mask
         self._foreground, self._stats = foreground, stats
+        self.context = context  # (2k, H, W) neighbour B-mode of a sweep slice, float32 [0, 1]
         self.shape = mask.shape
 
     @classmethod
@@ -240,6 +265,7 @@ class _Source:
             frame.mask,
             foreground,
             lambda: imaged_region_stats(frame.bmode),
+            frame.context,
         )
 
     def foreground(self) -> np.ndarray:
@@ -257,7 +283,11 @@ class _Source:
             elasto = _crop_array(self.elasto, origin, size, np.nan)
             if elasto.dtype != np.float32:  # the cache's float16: torch converts ~20x faster than NumPy
                 elasto = torch.from_numpy(elasto).float().numpy()
-        return Frame(bmode=bmode, elasto_kpa=elasto, mask=_crop_array(self.mask, origin, size, 0))
+        context = None
+        if self.context is not None:
+            context = np.stack([_crop_array(plane, origin, size, 0.0) for plane in self.context])
+        mask = _crop_array(self.mask, origin, size, 0)
+        return Frame(bmode=bmode, elasto_kpa=elasto, mask=mask, context=context)
 
 
 def _half(array: np.ndarray) -> torch.Tensor:
@@ -271,6 +301,9 @@ def _crop(frame: Frame, origin: tuple[int, int], size: tuple[int, int]) -> Frame
         bmode=_crop_array(frame.bmode, origin, size, 0.0),
         elasto_kpa=None if frame.elasto_kpa is None else _crop_array(frame.elasto_kpa, origin, size, np.nan),
         mask=_crop_array(frame.mask, origin, size, 0),
+        context=None
+        if frame.context is None
+        else np.stack([_crop_array(plane, origin, size, 0.0) for plane in frame.context]),
     )
 
 
@@ -299,15 +332,30 @@ class FullFrameDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows[index]
-        frame = load_frame(self.spec, row, self.target_spacing_mm)
+        frame = load_frame(self.spec, row, self.target_spacing_mm, self.encoding.context_slices)
         return {
-            "image": torch.from_numpy(self.encoding.encode(frame.bmode, frame.elasto_kpa)),
+            "image": torch.from_numpy(
+                self.encoding.encode(frame.bmode, frame.elasto_kpa, context=frame.context)
+            ),
             "mask": torch.from_numpy(frame.mask.astype(np.int64)),
             "elasto_kpa": frame.elasto_kpa,
             "spacing_mm": self.target_spacing_mm,
             "sample_id": row.sample_id,
             "subject_id": row.subject_id,
+            # A slice of a sweep: the volume row and the slice, for the 3-D metrics (None for a frame row).
+            "volume_id": row.volume_id,
+            "slice_index": row.slice_index,
+            "slice_spacing_mm": _slice_spacing_mm(self.spec, row),
         }
+
+
+def _slice_spacing_mm(spec: DatasetSpec, row: ManifestRow) -> float | None:
+    """mm between the slices of the sweep a slice row belongs to (None for a frame row)."""
+    if row.slice_index is None:
+        return None
+    from tpnet.data.volumes import open_row_volume
+
+    return float(open_row_volume(spec, row).spacing_mm[0])
 
 
 def collate_frames(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

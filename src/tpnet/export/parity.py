@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tpnet.core.encoding import pad_amounts
+from tpnet.core.encoding import Encoding, pad_amounts
 from tpnet.core.model_file import read_meta
 from tpnet.export.export import (
     META_FILENAME,
@@ -200,7 +200,7 @@ def export_model(
     output = Path(output)
     check_output_path(output, _SUFFIX[fmt], checkpoint)
     multiple = int(meta.get("size_multiple") or getattr(model, "size_multiple", 1))
-    in_channels = len(meta["encoding"]["channels"])
+    in_channels = Encoding.from_dict(meta["encoding"]).in_channels  # + 2k context planes of a 2.5-D model
     example, parity_inputs = _parity_inputs(in_channels, multiple, real_inputs, output)
 
     # Export into a private folder next to the target; move into place only after parity passes.

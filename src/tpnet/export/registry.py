@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tpnet.core.encoding import Encoding
 from tpnet.core.model_file import read_meta
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ def _log_mlflow_model(
     pt2_keyword = _pt2_keyword(mlflow.pytorch.log_model)
     if pt2_keyword is None:
         raise RuntimeError(f"MLflow {mlflow.__version__} cannot log a model in the pickle-free pt2 format")
-    in_channels, num_classes = len(meta["encoding"]["channels"]), len(meta["classes"])
+    in_channels, num_classes = Encoding.from_dict(meta["encoding"]).in_channels, len(meta["classes"])
     if input_example is None:
         multiple = int(meta["size_multiple"])
         gen = torch.Generator().manual_seed(0)

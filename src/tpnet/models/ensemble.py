@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tpnet.core.encoding import Encoding
 from tpnet.core.postprocess import PostprocessParams
 
 # log(0) = -inf would survive softmax, but not parity differences (inf - inf = nan) nor every ONNX runtime.
@@ -71,8 +72,8 @@ def check_members_agree(paths: Sequence[Path], metas: Sequence[dict]) -> None:
             ("classes", list(meta["classes"]), list(first["classes"])),
             (
                 "input channels",
-                len(meta["encoding"]["channels"]),
-                len(first["encoding"]["channels"]),
+                Encoding.from_dict(meta["encoding"]).in_channels,
+                Encoding.from_dict(first["encoding"]).in_channels,
             ),
             ("encoding", meta["encoding"], first["encoding"]),
         ):

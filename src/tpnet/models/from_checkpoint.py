@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from tpnet.core.checkpoint import inference_weights, load_checkpoint
+from tpnet.core.encoding import Encoding
 from tpnet.models import build_model
 from tpnet.models.ensemble import FoldEnsemble, check_members_agree, ensemble_info, ensemble_meta
 from tpnet.models.unet import AUX_HEADS
@@ -32,7 +33,8 @@ def load_deployable_model(
     if model_cfg.get("deep_supervision"):
         model_cfg["deep_supervision"] = False
         weights = {k: v for k, v in weights.items() if not k.startswith(f"{AUX_HEADS}.")}
-    model = build_model(model_cfg, len(meta["encoding"]["channels"]), len(meta["classes"]))
+    in_channels = Encoding.from_dict(meta["encoding"]).in_channels  # + 2k context planes (2.5-D)
+    model = build_model(model_cfg, in_channels, len(meta["classes"]))
     model.load_state_dict(weights)  # strict: every other weight must match
     return model.to(device).eval(), state
 

@@ -103,7 +103,7 @@ def plan_from_config(
         device_type=device_type,
         overrides=overrides,
         base_width=int(cfg.model.get("base_width", 16)),
-        in_channels=len(cfg.data.channels),
+        in_channels=len(cfg.data.channels) + 2 * int(cfg.data.get("context_slices") or 0),
         size_multiple=None if has_depth else (size_multiple or 32),
     )
 

@@ -20,7 +20,7 @@ from tpnet.core.contract import ContractError, DatasetSpec, ManifestRow, resolve
 from tpnet.core.contract_frames import fit_to_bmode, read_row_bmode
 from tpnet.core.encoding import IMAGED_GREY_MIN
 from tpnet.core.io import read_mask
-from tpnet.data.dataset import frame_spacing_mm
+from tpnet.data.dataset import frame_spacing_mm, load_frame
 
 # Foreground grey levels kept per frame for the dataset's foreground statistics (a fixed, even subsample).
 _FOREGROUND_SAMPLE_PER_FRAME = 4096
@@ -143,13 +143,18 @@ def dataset_fingerprint(spec: DatasetSpec, rows: Sequence[ManifestRow], workers:
 
 def _fingerprint_row(spec: DatasetSpec, row: ManifestRow) -> tuple[FrameFingerprint, np.ndarray]:
     try:
-        bmode = read_row_bmode(resolve_path(spec.root, row.bmode), row.frame)
-        mask_path = resolve_path(spec.root, row.mask)  # type: ignore[arg-type]
-        mask = fit_to_bmode(read_mask(mask_path), f"mask {row.mask}", bmode)
-        spacing = frame_spacing_mm(spec, row, bmode.header)
+        if row.slice_index is not None:  # a slice of a sweep (contract v2): read at its own pixel size
+            spacing = frame_spacing_mm(spec, row)
+            slice_frame = load_frame(spec, row, spacing)
+            grey, mask = slice_frame.bmode, slice_frame.mask
+        else:
+            bmode = read_row_bmode(resolve_path(spec.root, row.bmode), row.frame)
+            mask_path = resolve_path(spec.root, row.mask)  # type: ignore[arg-type]
+            mask = fit_to_bmode(read_mask(mask_path), f"mask {row.mask}", bmode)
+            spacing = frame_spacing_mm(spec, row, bmode.header)
+            grey = bmode.grey
     except (ContractError, OSError, ValueError) as exc:  # FrameReadError is a ValueError too
         raise FingerprintError(f"{row.sample_id}: {exc}") from None
-    grey = bmode.grey
     imaged = grey > IMAGED_GREY_MIN
     values = grey[imaged] if imaged.any() else grey.ravel()
     p005, p995 = np.percentile(values, [0.5, 99.5])
