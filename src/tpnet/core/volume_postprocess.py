@@ -16,6 +16,7 @@ spacing with the origin at the centre of voxel (0, 0, 0); distances run between 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ import numpy as np
 
 from tpnet.core.contract import ClassRoles, critical_class_indices, trp_class_indices
 from tpnet.core.needle_path import distance_map_px
+from tpnet.core.postprocess import PostprocessParams
 
 # Components smaller than this are dropped. The 2-D default (PostprocessParams.min_area_mm2 = 2 mm2, a disc
 # 1.6 mm across) turned into a volume: the ball of that cross-section is 4/3 pi 0.8^3 = 2.1 mm3. A trigger
@@ -418,3 +420,11 @@ def _nearest_critical_mm(
         if len(rows):
             search(column, rows, bound_sq)
     return np.where(np.isfinite(best_sq), np.sqrt(best_sq), np.nan)
+
+
+def sweep_slice_params(params: PostprocessParams) -> PostprocessParams:
+    """The per-slice post-processing of a sweep's slices: the frame's, without its area cut. A nodule's
+    first and last slices cut its pole, a few pixels across: a 2-D area threshold there would shorten every
+    trigger point by a slice at each end and take its tips off the volume. In 3-D, ``min_volume_mm3`` drops
+    the specks the 2-D cut is for."""
+    return dataclasses.replace(params, min_area_mm2=0.0)

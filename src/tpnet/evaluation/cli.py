@@ -38,6 +38,7 @@ def run_eval(cfg: DictConfig) -> dict:
     from tpnet.core.postprocess import PostprocessParams
     from tpnet.data.datamodule import frame_dataset, frame_loader, iter_frames
     from tpnet.evaluation.evaluate import evaluate, evaluation_report, save_metrics_json
+    from tpnet.evaluation.sweeps import scorer_for_split, sweep_report
     from tpnet.models.ensemble import EnsembleError
     from tpnet.models.from_checkpoint import load_deployable
 
@@ -76,6 +77,7 @@ def run_eval(cfg: DictConfig) -> dict:
     )
     calibration = Calibration.from_meta(meta)
     tta = calibration.tta if cfg.tta is None else bool(cfg.tta)  # null: as the model was calibrated
+    sweeps = scorer_for_split(data.splits[cfg.split], meta["classes"], params.match_mm, roles)
     _, records = evaluate(
         deployable.model,
         iter_frames(frames),
@@ -87,9 +89,13 @@ def run_eval(cfg: DictConfig) -> dict:
         calibration=calibration,
         roles=roles,
         guidance=guidance,
+        sweeps=sweeps,
     )
     seed = int(state["config"]["seed"])
     report = evaluation_report(records, meta["classes"], n_boot=int(cfg.evaluation.n_boot), seed=seed)
+    sweeps_3d = sweep_report(sweeps, int(cfg.evaluation.n_boot), seed)
+    if sweeps_3d is not None:  # slices of sweeps: the 3-D figures beside the per-slice (2-D) ones
+        report["sweeps_3d"] = sweeps_3d
     report.update(
         split=cfg.split,
         checkpoint=[str(p.resolve()) for p in deployable.paths] if ensemble else str(first_path.resolve()),

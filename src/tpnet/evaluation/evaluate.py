@@ -25,6 +25,7 @@ from tpnet.core.postprocess import (
 )
 from tpnet.core.predict import predict_probs, temper_probs
 from tpnet.core.skin_line import find_skin_row
+from tpnet.core.volume_postprocess import sweep_slice_params
 from tpnet.evaluation import calibration_metrics
 from tpnet.evaluation.critical_detection import critical_detection_counts
 from tpnet.evaluation.guidance_metrics import frame_guidance_counts
@@ -38,6 +39,7 @@ from tpnet.evaluation.metrics import (
     match_points,
     undefined_reasons,
 )
+from tpnet.evaluation.sweeps import SweepScorer
 
 FRAME_KEYS: tuple[str, ...] = ("image", "mask", "elasto_kpa", "spacing_mm", "sample_id", "subject_id")
 
@@ -205,8 +207,10 @@ def evaluate(
     calibration: Calibration | None = None,
     roles: ClassRoles | None = None,
     guidance: GuidanceParams | None = None,
+    sweeps: SweepScorer | None = None,
 ) -> tuple[dict[str, float], list[FrameRecord]]:
     """Predict every frame at full size (batch 1, padded to ``size_multiple``), calibrate and score it.
+    ``sweeps``: also score the slices of each sweep as 3-D trigger points (read ``sweeps.records`` after).
 
     ``calibration``: the model's (``Calibration.from_meta``); None = identity, whose "after" figures equal the
     "before" ones (calibration errors are measured either way). ``guidance``: measure the needle guidance
@@ -231,7 +235,7 @@ def evaluate(
                 )
             probs = temper_probs(raw, calibration.temperature)[0].cpu().numpy()
             raw = raw[0].cpu().numpy()
-            record, _, _ = score_frame(
+            record, pred_labels, _ = score_frame(
                 probs,
                 gt_labels,
                 elasto,
@@ -245,6 +249,14 @@ def evaluate(
                 guidance=guidance,
             )
             records.append(record)
+            if sweeps is not None and frame.get("volume_id") is not None:
+                # As tpnet-infer labels a sweep's slices: no per-slice area cut (the 3-D volume cut instead).
+                slice_labels = labels_from_probs(
+                    probs, classes, sweep_slice_params(params), spacing_mm, roles
+                )
+                sweeps.add(frame, slice_labels, gt_labels)
+        if sweeps is not None:
+            sweeps.finish()
     finally:
         if isinstance(model, torch.nn.Module) and was_training is not None:
             model.train(was_training)

@@ -61,6 +61,7 @@ from tpnet.evaluation.evaluate import (
 )
 from tpnet.evaluation.metrics import aggregate, json_safe
 from tpnet.evaluation.reliability_plot import draw_reliability
+from tpnet.evaluation.sweeps import scorer_for_split, sweep_report
 from tpnet.models import build_model
 from tpnet.models.from_checkpoint import load_deployable_model
 from tpnet.models.summary import count_flops, count_parameters
@@ -893,6 +894,7 @@ def evaluate_checkpoint_on(path, data, split, device, amp_dtype, cfg, classes) -
     calibration = Calibration.from_meta(state["meta"])
     # Needle paths re-measured on the true masks (the unsafe-called-safe rate): at the end only, not per epoch.
     guidance = GuidanceParams.from_dict(state["meta"].get("guidance") or {})
+    sweeps = scorer_for_split(data.splits[split], classes, params.match_mm, data.spec.class_roles)
     _, records = evaluate(
         model,
         split_frames(data, split, cfg.data.num_workers),
@@ -905,12 +907,16 @@ def evaluate_checkpoint_on(path, data, split, device, amp_dtype, cfg, classes) -
         calibration=calibration,
         roles=data.spec.class_roles,
         guidance=guidance,
+        sweeps=sweeps,
     )
     report = evaluation_report(records, classes, n_boot=int(cfg.evaluation.n_boot), seed=int(cfg.seed))
     report.update(
         split=split, checkpoint=str(path), postprocess=params.to_dict(), calibration=calibration.to_dict(),
         guidance=guidance.to_dict(),
     )  # fmt: skip
+    sweeps_3d = sweep_report(sweeps, int(cfg.evaluation.n_boot), int(cfg.seed))
+    if sweeps_3d is not None:  # slices of sweeps: the 3-D figures beside the per-slice (2-D) ones
+        report["sweeps_3d"] = sweeps_3d
     return report
 
 
