@@ -34,12 +34,14 @@ SOFT_KPA, STIFF_KPA = 30.0, 150.0
 
 
 class BlobDetector(nn.Module):
-    def __init__(self, channels: Sequence[str]) -> None:
+    def __init__(self, channels: Sequence[str], context_slices: int = 0) -> None:
         super().__init__()
         self.size_multiple = SIZE_MULTIPLE
-        self.features = nn.Conv2d(len(channels), 3, kernel_size=1)
+        # A 2.5-D variant (issue #17) takes 2k neighbour planes after the B-mode and ignores them (weight 0).
+        context = 2 * context_slices
+        self.features = nn.Conv2d(len(channels) + context, 3, kernel_size=1)
         self.head = nn.Conv2d(3, len(CLASSES), kernel_size=1)
-        bmode, elasto = 0, list(channels).index("elasto") if "elasto" in channels else None
+        bmode, elasto = 0, list(channels).index("elasto") + context if "elasto" in channels else None
         with torch.no_grad():
             self.features.weight.zero_()
             self.head.weight.zero_()
@@ -60,11 +62,13 @@ class BlobDetector(nn.Module):
         return self.head(torch.relu(self.features(x)))
 
 
-def make_meta(spacing_mm: float, channels: Sequence[str], method: str, min_area_mm2: float) -> dict:
+def make_meta(
+    spacing_mm: float, channels: Sequence[str], method: str, min_area_mm2: float, context_slices: int = 0
+) -> dict:
     return build_meta(
         model_name="blob_detector",
         classes=CLASSES,
-        encoding=Encoding(channels=tuple(channels)),
+        encoding=Encoding(channels=tuple(channels), context_slices=context_slices),
         spacing_mm=spacing_mm,
         size_multiple=SIZE_MULTIPLE,
         postprocess={"threshold": 0.5, "min_area_mm2": min_area_mm2, "match_mm": 5.0},
@@ -104,13 +108,14 @@ def make_model_file(
     edit_meta: Callable[[dict], None] | None = None,
     with_meta: bool = True,
     name: str | None = None,
+    context_slices: int = 0,
 ) -> Path:
     """Export ``BlobDetector`` as TorchScript (.pt), torch.export (.pt2) or ONNX (.onnx, see
     ``blob_detector_onnx``) with valid metadata (``edit_meta`` may then break it on purpose; ``with_meta=False``
     leaves it out)."""
-    model = BlobDetector(channels).eval()
+    model = BlobDetector(channels, context_slices).eval()
     method = {"torchscript": "script", "pt2": "torch.export", "onnx": "torch.onnx"}.get(fmt, fmt)
-    meta = make_meta(spacing_mm, channels, method, min_area_mm2)
+    meta = make_meta(spacing_mm, channels, method, min_area_mm2, context_slices)
     if edit_meta is not None:
         edit_meta(meta)
     extra = {META_FILENAME: json.dumps(meta)} if with_meta else {}
@@ -123,7 +128,7 @@ def make_model_file(
     elif fmt == "pt2":
         path = tmp_path / (name or "model.pt2")
         dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
-        example = torch.zeros(2, len(channels), 16, 16)
+        example = torch.zeros(2, model.features.in_channels, 16, 16)
         program = torch.export.export(model, (example,), dynamic_shapes=(dims,))
         torch.export.save(program, path, extra_files=extra)
     elif fmt == "onnx":

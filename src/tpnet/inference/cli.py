@@ -64,6 +64,7 @@ from tpnet.inference.overlay_writers import OverlayWriters, default_overlay_proc
 from tpnet.inference.predictor import FrameFailure, FramePrediction, Predictor, stiffness_note
 from tpnet.inference.progress import PROGRESS_NAME, FrameRecord, ProgressJournal, ResumeError, model_identity
 from tpnet.inference.report import HtmlReport, frame_section
+from tpnet.inference.sweep_run import DETECTIONS_3D_COLUMNS, DETECTIONS_3D_NAME, SweepAssembler
 
 EXIT_OK, EXIT_USAGE, EXIT_REJECTED = 0, 2, 3
 # One row per trigger point, and one per analysed frame without any ("no trigger point found", the other
@@ -699,19 +700,32 @@ def _run(
     printed: set[str] = set()  # notes already shown: a loop's frames often share one
     printed_codes: dict[str, int] = {}  # frames whose warning of each code was printed
     started = time.perf_counter()
+    sweeps = SweepAssembler(
+        output_dir,
+        model.classes,
+        model.roles,
+        Calibration.from_meta(model.meta),
+        pictures=not args.no_overlays,
+    )
+    pending: list[FrameRecord] = []  # the slices of the sweep in hand: journalled once the sweep is written
     with (
         contextlib.ExitStack() as stack,
         (output_dir / "detections.csv").open("w", newline="", encoding="utf-8") as csv_file,
     ):
         writer = csv.writer(csv_file)
         writer.writerow(CSV_COLUMNS)
+        sweep_csv = stack.enter_context(_Lazy3dCsv(output_dir / DETECTIONS_3D_NAME))
         for record in journal.records:  # an interrupted run's frames, from its journal: each exactly once
             report.add_section(record.section)
             writer.writerows(safe_row(row) for row in record.rows)
+            sweep_csv.write(record.rows_3d)
         csv_file.flush()
+        stack.callback(sweeps.abort)  # a sweep cut short (stop, crash) leaves no partial mask volume
 
         def write_images(result: FramePrediction) -> None:  # runs in the predictor's worker threads
             stem = result.frame.stem
+            if result.frame.kind == "sweep":
+                return  # a sweep's mask volume and pictures are written by the SweepAssembler, in order
             try:
                 write_png(output_dir / "masks" / f"{stem}.png", result.label_map)
                 if args.no_overlays:
@@ -742,6 +756,22 @@ def _run(
                 for result in progress:
                     fault_injection.slow_frame()
                     record = _record_frame(result, input_dir, write_failures, overlays=not args.no_overlays)
+                    if result.frame.kind == "sweep":
+                        record = _sweep_slice(record, result, sweeps, sweep_csv, report)
+                        if record.rejected_reason is not None:
+                            rejected.append(Rejection(record.name, record.rejected_reason))
+                            tqdm.write(f"REJECTED {record.name}: {record.rejected_reason}")
+                        stats.add(record)
+                        pending.append(record)
+                        if record.rows_3d or record.section:  # the sweep is written: its slices are done
+                            for done in pending:
+                                journal.add(done)
+                            pending.clear()
+                            release_freed_memory()
+                        if stops.requested:
+                            stats.stopped_by = stops.signum
+                            break
+                        continue
                     for note in record.notes:
                         if note not in printed:
                             printed.add(note)
@@ -770,6 +800,56 @@ def _run(
             stats.elapsed_s = time.perf_counter() - started
             for line in _warning_totals(printed_codes):
                 print(line, file=sys.stderr)
+
+
+def _sweep_slice(
+    record: FrameRecord,
+    result: FramePrediction | FrameFailure,
+    sweeps: SweepAssembler,
+    sweep_csv: _Lazy3dCsv,
+    report: HtmlReport,
+) -> FrameRecord:
+    """A slice of a sweep: fed to the sweep's 3-D assembly; its own 2-D rows and section are not reported
+    (the sweep's 3-D trigger points are). At the sweep's last slice, the sweep's rows and section are written
+    and carried by this slice's record (so a resumed run restores them from the journal)."""
+    analysed = isinstance(result, FramePrediction) and record.rejected_reason is None
+    done = sweeps.add(
+        result.frame,
+        result.label_map if analysed else None,
+        result.bmode if analysed else None,
+        result.elasto_kpa if analysed else None,
+        result.probs if analysed else None,
+    )
+    record = dataclasses.replace(record, rows=[], section="", trp_counts={})
+    if done is None:
+        return record
+    sweep_csv.write(done.rows)
+    report.add_section(done.section)
+    return dataclasses.replace(record, rows_3d=done.rows, section=done.section, trp_counts=done.trp_counts)
+
+
+class _Lazy3dCsv:
+    """detections_3d.csv, created with its header at the first sweep's rows (a run without sweeps has none)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self._file, self._writer = path, None, None
+
+    def write(self, rows: list[list[str]]) -> None:
+        if not rows and self._file is None:
+            return
+        if self._file is None:
+            self._file = self.path.open("w", newline="", encoding="utf-8")
+            self._writer = csv.writer(self._file)
+            self._writer.writerow(DETECTIONS_3D_COLUMNS)
+        self._writer.writerows(safe_row(row) for row in rows)
+        self._file.flush()
+
+    def __enter__(self) -> _Lazy3dCsv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 def _warning_lines(record: FrameRecord, printed: dict[str, int]) -> list[str]:

@@ -33,6 +33,7 @@ from tpnet.core.io import (
 from tpnet.core.plausibility import parse_spacing_mm, stiffness_problem
 from tpnet.core.scanner_profile import ScannerProfile, read_screenshot
 from tpnet.inference.output_names import bounded_stem
+from tpnet.inference.sweep_inputs import dicom_states_slice_spacing, is_volume_file, sweep_frames, volume_stem
 
 BMODE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".npy", ".jpg", ".jpeg", ".bmp")
 ELASTO_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".npy")  # kPa needs floats: no PNG
@@ -44,6 +45,7 @@ _NAME_RE = re.compile(r"^(?P<stem>.+)_(?P<role>bmode|elasto)(?P<suffix>\.[A-Za-z
 # sub/folder/img.png -> stem "sub__folder__img": two img.png in two folders never collide.
 PATH_SEPARATOR = "__"
 NOT_IMAGES = ("DICOMDIR",)  # a DICOM export's index of its files: no pixels of its own
+SWEEP_LABEL_SUFFIXES = ("_mask", "_labels", "_seg")  # label volumes beside a sweep: not images to analyse
 
 
 class InputError(ValueError):
@@ -78,7 +80,9 @@ class FrameInput:
     # "manifest", "dataset.yaml", "sidecar", "dicom", "profile", "cli" or "" (unknown)
     spacing_source: str
     elasto_unit: str = "kPa"
-    kind: str = "image"  # "image" (PNG/TIFF/.npy/JPEG/BMP), "dicom" or "screenshot"
+    kind: str = (
+        "image"  # "image" (PNG/TIFF/.npy/JPEG/BMP), "dicom", "screenshot" or "sweep" (a 3-D file's slice)
+    )
     frame_index: int | None = None  # a DICOM file's frame (0-based)
     t_s: float | None = None  # the frame's time in its cine loop, s from the first frame
     loop: str | None = None  # the stem of the multi-frame file (cine loop) the frame belongs to
@@ -88,6 +92,12 @@ class FrameInput:
     shape: tuple[int, int] | None = None  # (H, W) as discovery learnt it (DICOM header, profile), if it did
     profile: ScannerProfile | None = None  # screenshots: where the views and the colour bar are
     subject_id: str | None = None  # the dataset manifest's subject_id (None: not a dataset, or not known)
+    # kind "sweep": slice ``slice_index`` of ``slice_count`` of the 3-D file ``bmode_path`` (issue #17), whose
+    # outputs are named after ``sweep``; ``slice_spacing_mm`` is the mm between its slices.
+    sweep: str | None = None
+    slice_index: int | None = None
+    slice_count: int | None = None
+    slice_spacing_mm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,10 @@ def load_frame(frame: FrameInput, notes: list[str] | None = None) -> tuple[np.nd
     """(B-mode float32 [0, 1], elastography kPa or None) for the whole frame; FrameReadError names the file
     and the reason. What was assumed while reading (a guessed bit depth, clipped values, a few coloured
     pixels read as grey) is appended to ``notes`` when given (thread-safe, unlike ``warnings``), else warned."""
+    if frame.kind == "sweep":
+        from tpnet.inference.sweep_inputs import load_sweep_slice  # nibabel / pynrrd load for sweeps only
+
+        return load_sweep_slice(frame)
     if frame.kind == "dicom":
         dicom_frame = read_dicom_frame(frame.bmode_path, frame.frame_index or 0)
         if dicom_frame.rgb is not None and notes is not None:
@@ -307,6 +321,17 @@ def _discover_contract(root: Path, spacing_mm_cli: float | None) -> tuple[list[F
             rejected.append(Rejection(name, f"sample_id gives the output name {stem!r} a second time"))
             continue
         stems.add(stem)
+        if row.is_volume:  # a sweep (contract version 2): one frame per slice
+            try:
+                contract.check_row_kind(row, spec)
+                frames += sweep_frames(
+                    bmode_path, elasto_path, stem, row.sample_id,
+                    spacing_mm=contract.volume_spacing_mm(row, spec), spacing_source="manifest",
+                    elasto_unit=spec.elasto_unit, subject_id=row.subject_id,
+                )  # fmt: skip
+            except (contract.ContractError, FrameReadError) as exc:
+                rejected.append(Rejection(name, str(exc)))
+            continue
         if is_dicom_file(bmode_path):
             # The contract's order: the row's spacing, then the file's own, then dataset.yaml's.
             spacing = (row.spacing_mm, "manifest") if row.spacing_mm is not None else (None, "")
@@ -382,6 +407,7 @@ def _discover_folder(
     bmodes: dict[str, list[Path]] = {}  # key: relative path of the stem, e.g. "visit1/a"
     elastos: dict[str, list[Path]] = {}
     singles: list[tuple[str, Path, str]] = []  # (relative stem, path, kind)
+    volumes: list[Path] = []  # NIfTI / NRRD sweeps
     for path in paths:
         rel = _relative(path, folder)
         if path.is_symlink() and not path.exists():  # is_file() would silently skip it
@@ -389,6 +415,9 @@ def _discover_folder(
                 rejected.append(Rejection(rel, "broken or looping symbolic link"))
             continue
         if not path.is_file() or path.name in NOT_IMAGES:
+            continue
+        if is_volume_file(path):  # NIfTI / NRRD: a sweep (issue #17)
+            volumes.append(path)
             continue
         suffix = path.suffix.lower()
         match = _NAME_RE.match(path.name)
@@ -441,6 +470,12 @@ def _discover_folder(
         except InputError as exc:
             rejected.append(Rejection(name, str(exc)))
             continue
+        if kind == "dicom" and dicom_states_slice_spacing(path):  # a sweep, not a cine loop
+            try:
+                frames += sweep_frames(path, None, _stem_of(rel_stem), name)
+            except FrameReadError as exc:
+                rejected.append(Rejection(name, _strip_path(str(exc), path)))
+            continue
         if kind == "dicom":
             try:
                 frames += _dicom_file_frames(path, _stem_of(rel_stem), name, sidecar, spacing_mm_cli)
@@ -465,7 +500,37 @@ def _discover_folder(
             )
             continue
         frames.append(FrameInput(_stem_of(rel_stem), name, path, None, *_or_cli(sidecar, spacing_mm_cli)))
+    frames += _folder_sweeps(folder, volumes, rejected)
     return _unique_stems(frames, rejected), rejected
+
+
+def _folder_sweeps(folder: Path, paths: list[Path], rejected: list[Rejection]) -> list[FrameInput]:
+    """NIfTI / NRRD files as sweeps: ``<stem>_elasto.*`` pairs with ``<stem>_bmode.*``; ``*_mask.*`` (labels,
+    not an image) is skipped; any other volume is a B-mode sweep. Spacing comes from each file."""
+    by_name = {_relative(p.with_name(volume_stem(p)), folder): p for p in paths}
+    frames: list[FrameInput] = []
+    for rel_stem, path in sorted(by_name.items()):
+        name = _relative(path, folder)
+        if rel_stem.endswith(SWEEP_LABEL_SUFFIXES):
+            continue
+        elasto = None
+        if rel_stem.endswith("_elasto"):
+            if rel_stem.removesuffix("_elasto") + "_bmode" not in by_name:
+                rejected.append(
+                    Rejection(
+                        name,
+                        f"elastography volume without a B-mode volume {Path(rel_stem).name.removesuffix('_elasto')}_bmode.*",
+                    )
+                )
+            continue
+        if rel_stem.endswith("_bmode"):
+            elasto = by_name.get(rel_stem.removesuffix("_bmode") + "_elasto")
+            rel_stem = rel_stem.removesuffix("_bmode")
+        try:
+            frames += sweep_frames(path, elasto, _stem_of(rel_stem), name)
+        except FrameReadError as exc:
+            rejected.append(Rejection(name, _strip_path(str(exc), path)))
+    return frames
 
 
 def _dicom_file_frames(

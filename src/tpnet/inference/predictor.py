@@ -26,7 +26,7 @@ import numpy as np
 
 from tpnet.core.confidence import Calibration
 from tpnet.core.contract import trp_class_indices
-from tpnet.core.encoding import resample_frame
+from tpnet.core.encoding import resample_frame, resize
 from tpnet.core.guidance import plan_guidance
 from tpnet.core.input_check import FrameWarning, frame_statistics, frame_warnings, usable_reference
 from tpnet.core.io import FrameReadError
@@ -41,7 +41,9 @@ from tpnet.core.postprocess import (
 from tpnet.core.predict import predict_passes, predict_passes_numpy, temper_probs
 from tpnet.core.skin_line import find_skin_row
 from tpnet.core.uncertainty import pass_spread, trp_components
+from tpnet.core.volume_postprocess import sweep_slice_params
 from tpnet.inference.inputs import STRICT_NOTE, FrameInput, load_frame
+from tpnet.inference.sweep_inputs import load_sweep_context
 
 # A TrP's stiffness rests on the SWE pixels under it: below this share of valid pixels it is marked
 # "low_coverage" (assumption: with less than half the nodule measured, its median may describe the rim, or a
@@ -67,6 +69,7 @@ class FramePrediction:
     p_trp_frame: float = float("nan")  # calibrated P(the frame holds a TrP)
     skin_row: int | None = None  # the skin line's row (depth origin); None: not found
     guidance: GuidanceParams | None = None  # the settings its needle paths were planned and judged by
+    probs: np.ndarray | None = None  # (K, H, W) class probabilities at the frame's size (sweeps read them)
 
 
 @dataclass
@@ -87,6 +90,8 @@ class _Prepared:
     notes: list[str]  # what reading assumed (bit depth, clipping): reported with the frame
     box: tuple[int, int, int, int] | None = None  # the image region the network saw, in frame pixels
     warnings: list[FrameWarning] = field(default_factory=list)
+    # A 2.5-D model's input (issue #17): the slice's neighbours' B-mode at the model's spacing, (2k, h, w).
+    model_context: np.ndarray | None = None
 
 
 class Predictor:
@@ -138,8 +143,12 @@ class Predictor:
         model_bmode, model_elasto, _ = resample_frame(
             region_bmode, region_elasto, None, self.working_spacing_mm(frame), self.model.spacing_mm
         )
+        model_context = None
+        if self.encoding.context_slices:  # a 2.5-D model: the slice's neighbours, brought to the same grid
+            neighbours = load_sweep_context(frame, self.encoding.context_slices)
+            model_context = np.stack([resize(plane, model_bmode.shape) for plane in neighbours])
         # The statistic test reads the B-mode plane exactly as the network will (norm, spacing, region).
-        statistics = frame_statistics(self.encoding.encode(model_bmode, None)[0])
+        statistics = frame_statistics(self.encoding.encode(model_bmode, None, context=model_context)[0])
         warnings = frame_warnings(
             spacing_mm=frame.spacing_mm,
             model_spacing_mm=self.model.spacing_mm,
@@ -152,7 +161,9 @@ class Predictor:
         if warnings and self.strict:
             codes = "; ".join(f"{w.code} ({w.message})" for w in warnings)
             raise FrameRejectedError(f"{frame.name}: {STRICT_NOTE}: {codes}")
-        return _Prepared(frame, bmode, elasto_kpa, model_bmode, model_elasto, notes, box, warnings)
+        return _Prepared(
+            frame, bmode, elasto_kpa, model_bmode, model_elasto, notes, box, warnings, model_context
+        )
 
     def run(
         self,
@@ -223,7 +234,10 @@ class Predictor:
             if isinstance(b, _Prepared):
                 by_shape.setdefault(b.model_bmode.shape, []).append(i)
         for indices in by_shape.values():
-            encoded = [self.encoding.encode(batch[i].model_bmode, batch[i].model_elasto_kpa) for i in indices]
+            encoded = [
+                self.encoding.encode(b.model_bmode, b.model_elasto_kpa, context=b.model_context)
+                for b in (batch[i] for i in indices)
+            ]
             images = np.stack(encoded)
             del encoded
             try:
@@ -296,7 +310,9 @@ class Predictor:
         for p, plane in enumerate(trp_passes):
             passes[p, y0:y1, x0:x1] = cv2.resize(plane, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
         spacing_mm = self.working_spacing_mm(item.frame)
-        label_map = labels_from_probs(probs, self.classes, self.params, spacing_mm, self.roles)
+        # A sweep's slice keeps the tips of nodules: its specks are dropped by volume, in 3-D.
+        params = sweep_slice_params(self.params) if item.frame.kind == "sweep" else self.params
+        label_map = labels_from_probs(probs, self.classes, params, spacing_mm, self.roles)
         points = find_trigger_points(
             label_map, spacing_mm, self.classes, probs=probs, elasto_kpa=item.elasto_kpa,
             min_area_mm2=self.params.min_area_mm2, roles=self.roles,
@@ -319,6 +335,7 @@ class Predictor:
         return FramePrediction(
             item.frame, item.bmode, item.elasto_kpa, label_map, points, item.notes,
             warnings=item.warnings, p_trp_frame=p_frame, skin_row=skin_row, guidance=self.guidance,
+            probs=probs if item.frame.kind == "sweep" else None,
         )  # fmt: skip
 
 

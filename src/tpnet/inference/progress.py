@@ -34,6 +34,8 @@ class FrameRecord:
     notes: list[str] = field(default_factory=list)  # what reading it assumed (bit depth, clipping)
     frame_row: list[str] = field(default_factory=list)  # its frames.csv line (cli.FRAME_COLUMNS)
     warnings: list[dict] = field(default_factory=list)  # its named warnings: {"code", "message"} each
+    # The last slice of a sweep carries the sweep's detections_3d.csv rows (and its section in ``section``).
+    rows_3d: list[list[str]] = field(default_factory=list)
 
 
 class ProgressJournal:
