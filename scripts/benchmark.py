@@ -11,6 +11,8 @@ Sections (``--sections``, default all that apply):
   scale   1x / 4x / 16x tpnet-train's default dataset: loader-fed training samples/s, host memory of the
           process and its workers, the preprocessed cache's build time per frame
   infer   eager vs TorchScript forward, end-to-end ``tpnet-infer`` on a folder, peak RSS for 10 vs N frames
+  sweep   ``tpnet-infer`` on one synthetic sweep (NIfTI, .nii.gz) of 40 and of 400 slices: peak RSS of each (issue
+          #17's goal: the long sweep within 10 % of the short one) and slices/s
   onnx    onnxruntime vs TorchScript forward of the same network (exported with ``tpnet-export format=onnx``'s
           code, CPU, fp32), and end-to-end ``tpnet-infer`` on the ``.onnx`` file (a process without torch)
   gpu     (cuda only) fp32 vs bf16 AMP vs + channels_last vs + torch.compile, with peak GPU memory
@@ -47,11 +49,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tpnet.inference.memory import MMAP_THRESHOLD_BYTES, bound_cpu_memory
 
-SECTIONS = ("synth", "loader", "train", "scale", "infer", "onnx", "gpu", "decode")
+SECTIONS = ("synth", "loader", "train", "scale", "infer", "sweep", "onnx", "gpu", "decode")
 RSS_REPEATS = 2  # tpnet-infer runs per frame count for the peak-RSS figures
 IN_CHANNELS, NUM_CLASSES = 3, 4  # encoding (bmode, elasto, elasto_valid) and the default classes
 
@@ -777,6 +780,64 @@ def bench_infer(settings: Settings, report: Report) -> None:
                 growth_mb_vs_10=round(max(peaks["many"]) - max(peaks["10"]), 1))  # fmt: skip
 
 
+SWEEP_SLICE_MM = 0.5  # the synthetic sweeps' default slice spacing
+SWEEP_LENGTHS = (
+    40,
+    400,
+)  # slices; the long one is the short one's anatomy repeated (the same work per slice)
+
+
+def write_sweep(folder: Path, slices: int, size: int) -> None:
+    """``sweep_bmode.nii.gz`` + ``sweep_elasto.nii.gz``: a synthetic sweep of ``SWEEP_LENGTHS[0]`` slices at the
+    benchmark model's pixel size, repeated along the sweep to ``slices``."""
+    from tpnet.data.synth_sweeps import _write_nifti, generate_sweep
+
+    base = generate_sweep(
+        1, 0, slices=SWEEP_LENGTHS[0], height=size, width=size, spacing_mm=SPACING_MM,
+        slice_spacing_mm=SWEEP_SLICE_MM,
+    )  # fmt: skip
+    repeats = -(-slices // SWEEP_LENGTHS[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    for role in ("bmode", "elasto"):
+        volume = np.concatenate([base[role]] * repeats)[:slices]
+        _write_nifti(folder / f"sweep_{role}.nii.gz", volume, SPACING_MM, SWEEP_SLICE_MM)
+
+
+def bench_sweep(settings: Settings, report: Report) -> None:
+    """Issue #17's streaming goal: ``tpnet-infer``'s peak RSS over a 400-slice sweep within 10 % of a 40-slice
+    one (each the highest of ``RSS_REPEATS`` runs in a fresh process, at tpnet-infer's default batch size)."""
+    from tpnet.export.parity import export_model
+    from tpnet.inference.cli import build_parser as infer_parser
+
+    torch.set_num_threads(settings.threads)
+    model = build_model(settings).eval()
+    model_file = settings.workdir / "unet_sweep.pt"
+    export_model(model.cpu(), deployed_meta(model), model_file, fmt="torchscript")
+    rss_batch = infer_parser().get_default("batch_size")
+    peaks, rates = {}, {}
+    for slices in SWEEP_LENGTHS:
+        folder = settings.workdir / f"sweep_{slices}"
+        write_sweep(folder, slices, settings.size)
+        runs = [
+            run_infer_cli(
+                model_file, folder, settings.workdir / f"out_sweep_{slices}", settings, SPACING_MM, rss_batch
+            )
+            for _ in range(RSS_REPEATS)
+        ]
+        peaks[slices] = max(r["peak_rss_kb"] for r in runs) / 1024
+        rates[slices] = statistics.median(r["summary"]["timing"]["frames_per_s"] for r in runs)
+        fields = {**settings.common(), "amp": "fp32", "channels_last": False, "compile": False,
+                  "slices": slices, "batch_size": rss_batch, "format": "nii.gz"}  # fmt: skip
+        report.emit("sweep_infer_peak_rss_mb", peaks[slices], "MiB", **fields,
+                    runs=[round(r["peak_rss_kb"] / 1024, 1) for r in runs])  # fmt: skip
+        report.emit("sweep_infer_slices_per_s", rates[slices], "slices/s", **fields)
+    short, long = SWEEP_LENGTHS
+    report.emit(
+        "sweep_infer_peak_rss_ratio", peaks[long] / peaks[short], "ratio", **settings.common(),
+        slices=f"{long} vs {short}", goal=1.10,
+    )  # fmt: skip
+
+
 def scaling_frames(settings: Settings, count: int) -> Path:
     """``count`` frames: the first ``infer_frames`` written once, the rest hard links to them under new names
     (the same work per frame, without gigabytes of input for the 10,000-frame run)."""
@@ -1105,6 +1166,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_scale(settings, report, sys.argv[1:] if argv is None else list(argv))
         if "infer" in sections:
             bench_infer(settings, report)
+        if "sweep" in sections:
+            bench_sweep(settings, report)
         if "onnx" in sections:
             bench_onnx(settings, report)
         if "gpu" in sections:
