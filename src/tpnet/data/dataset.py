@@ -76,6 +76,15 @@ def load_frame(
     return Frame(bmode=grey, elasto_kpa=elasto, mask=mask)
 
 
+def read_row_mask(spec: DatasetSpec, row: ManifestRow) -> np.ndarray:
+    """The row's label map at its own size, unresampled; a slice of a sweep: that slice of its mask volume."""
+    if row.slice_index is not None:
+        from tpnet.data.volumes import open_row_volume
+
+        return open_row_volume(spec, row, "mask").slice(row.slice_index)
+    return read_mask(resolve_path(spec.root, row.mask))
+
+
 def _fitted(arr: np.ndarray, what: str, bmode: RowBmode, row: ManifestRow) -> np.ndarray:
     try:
         return fit_to_bmode(arr, f"{what} {getattr(row, what)}", bmode)

@@ -14,6 +14,8 @@ import numpy as np
 from tpnet.core.contract import load_manifest, load_spec, resolve_path, trp_class_indices
 from tpnet.core.contract_frames import fit_to_bmode, read_row_bmode, row_spacing
 from tpnet.core.io import read_elasto, read_mask, write_png
+from tpnet.data.dataset import frame_spacing_mm, load_frame, read_row_mask
+from tpnet.data.volumes import slice_rows
 
 SWE_RANGE_KPA = (0.0, 100.0)
 SWE_OPACITY = 0.5
@@ -135,14 +137,22 @@ def render_samples(root: Path, out_dir: Path, n: int = 3, seed: int = 0) -> list
     spec = load_spec(root)
     trp_labels = trp_class_indices(spec.classes, spec.class_roles)
     scored = []
-    for row in load_manifest(root):
+    for row in slice_rows(spec, load_manifest(root)):  # a sweep (volume row) offers each of its slices
         score = int(row.elasto is not None)
         if row.mask is not None and trp_labels:
-            mask = read_mask(resolve_path(root, row.mask))
+            mask = read_row_mask(spec, row)
             score += 2 * int(np.isin(mask, trp_labels).any())
         scored.append((row, score))
     written = []
     for k, row in enumerate(_pick_rows(scored, n, seed)):
+        path = out_dir / f"sample_{k}.png"
+        if row.slice_index is not None:  # a slice of a sweep, at its own pixel size
+            spacing_mm = frame_spacing_mm(spec, row)
+            frame = load_frame(spec, row, spacing_mm)
+            mask = frame.mask if row.mask else None
+            write_png(path, render_frame(frame.bmode, frame.elasto_kpa, mask, spec.classes, spacing_mm))
+            written.append(path)
+            continue
         # The contract's one reading of a row: a DICOM frame cropped to its image region, maps fitted to it.
         row_bmode = read_row_bmode(resolve_path(root, row.bmode), row.frame)
         elasto = read_elasto(resolve_path(root, row.elasto), spec.elasto_unit) if row.elasto else None
@@ -151,7 +161,6 @@ def render_samples(root: Path, out_dir: Path, n: int = 3, seed: int = 0) -> list
         mask = None if mask is None else fit_to_bmode(mask, "mask", row_bmode)
         spacing_mm, _ = row_spacing(root, row, spec, row_bmode.header)
         image = render_frame(row_bmode.grey, elasto, mask, spec.classes, spacing_mm)
-        path = out_dir / f"sample_{k}.png"
         write_png(path, image)
         written.append(path)
     return written

@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tpnet.core.contract import ClassRoles, resolve_path, trp_class_indices
-from tpnet.core.io import read_mask
+from tpnet.core.contract import ClassRoles, trp_class_indices
 from tpnet.data.datamodule import DataSetup
-from tpnet.data.dataset import frame_spacing_mm
+from tpnet.data.dataset import frame_spacing_mm, read_row_mask
 
 # A frame whose shorter side (after resampling to the training spacing) is below this holds no usable
 # anatomy: the smallest trigger points are ~2 mm across, the network downsamples 8-16x.
@@ -42,7 +41,7 @@ def summarise_labels(
         rows = data.splits[split]
 
         def one(row):
-            mask = read_mask(resolve_path(data.spec.root, row.mask))
+            mask = read_row_mask(data.spec, row)
             scale = frame_spacing_mm(data.spec, row) / data.spacing_mm
             shape = tuple(max(1, round(s * scale)) for s in mask.shape)
             return row.sample_id, set(np.unique(mask).tolist()), shape
