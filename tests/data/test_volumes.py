@@ -133,3 +133,21 @@ def test_a_volume_row_in_a_version_1_dataset_is_named(sweeps, tmp_path):
     spec = load_spec(root)
     with pytest.raises(ValueError, match=r"needs contract_version: 2"):
         slice_rows(spec, load_manifest(root))
+
+
+def test_the_check_names_a_mask_saved_with_another_orientation(tmp_path):
+    import nibabel as nib
+
+    from tpnet.data.synth_sweeps import write_sweep_dataset as write
+
+    root = write(tmp_path / "nifti", **{**SETTINGS, "subjects": 1}, file_format="nifti")
+    row = load_manifest(root)[0]
+    mask_path = root / row.mask
+    image = nib.load(mask_path)
+    flipped = image.affine.copy()
+    flipped[0, 0] *= -1  # the columns run the other way: same shape and spacing, mirrored voxels
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), flipped, image.header), mask_path)
+    report = check_dataset(root)
+    errors = [p.reason for p in report.errors if p.where == row.sample_id]
+    assert any("orientation differs" in reason for reason in errors), errors
+    assert check_dataset(write(tmp_path / "clean", **{**SETTINGS, "subjects": 1}, file_format="nifti")).ok

@@ -64,6 +64,10 @@ class Volume:
     spacing_mm: tuple[float, float, float]  # (slice_spacing_mm, row_mm, col_mm)
     source: str  # the file's format: "NIfTI", "NRRD", "DICOM" or "npy"
     notes: tuple[str, ...]  # what was assumed (units, slice spacing from SliceThickness, a guessed bit depth)
+    # Unit direction of each array axis (slice, row, column) in the file's world space, one row each: NIfTI's
+    # affine, NRRD's space directions; None where the file records none (.npy, DICOM as read here). Not
+    # applied to the voxels (see the module doc): tpnet-data check compares a row's files by it.
+    orientation: tuple[tuple[float, float, float], ...] | None = None
 
 
 def read_volume(path: str | Path, *, spacing_mm: tuple[float, float, float] | None = None) -> Volume:
@@ -581,7 +585,20 @@ def _read_nifti(path: Path) -> Volume:
     except Exception as exc:  # nibabel raises many types for damaged or cut files
         raise FrameReadError(f"{path}: unreadable NIfTI ({type(exc).__name__}: {exc})") from exc
     voxels = np.ascontiguousarray(stored.transpose(2, 1, 0))  # (x, y, z) -> (Z, H, W)
-    return Volume(path, voxels, spacing, NIFTI, tuple(notes))
+    # The affine's columns are the directions of the file's (x, y, z) axes: reversed to (slice, row, column).
+    orientation = _unit_directions(np.asarray(image.affine, np.float64)[:3, :3].T[::-1])
+    return Volume(path, voxels, spacing, NIFTI, tuple(notes), orientation)
+
+
+def _unit_directions(directions: np.ndarray) -> tuple[tuple[float, float, float], ...] | None:
+    """Each row scaled to unit length; None when a direction is zero or not finite (no usable orientation)."""
+    directions = np.asarray(directions, np.float64)
+    if directions.shape != (3, 3) or not np.isfinite(directions).all():
+        return None
+    lengths = np.linalg.norm(directions, axis=1)
+    if not (lengths > 0).all():
+        return None
+    return tuple(tuple(float(v) for v in row) for row in directions / lengths[:, None])
 
 
 def _open_nifti(
@@ -640,7 +657,13 @@ def _read_nrrd(path: Path) -> Volume:
         raise
     except Exception as exc:  # pynrrd raises NRRDError, OSError, ValueError... for damaged files
         raise FrameReadError(f"{path}: unreadable NRRD ({type(exc).__name__}: {exc})") from exc
-    return Volume(path, np.ascontiguousarray(voxels), spacing, NRRD, tuple(notes))
+    orientation = None
+    if header.get("space directions") is not None:
+        try:  # rows per file axis (x, y, z); reversed to (slice, row, column)
+            orientation = _unit_directions(np.asarray(header["space directions"], np.float64)[::-1])
+        except (TypeError, ValueError):  # 'none' entries for non-spatial axes
+            orientation = None
+    return Volume(path, np.ascontiguousarray(voxels), spacing, NRRD, tuple(notes), orientation)
 
 
 def _nrrd_spacing(path: Path, header: dict[str, Any], notes: list[str]) -> tuple[float, float, float]:
