@@ -52,7 +52,7 @@ REQUIRED_KEYS: tuple[str, ...] = (
 )
 POSTPROCESS_KEYS: tuple[str, ...] = ("threshold", "min_area_mm2", "match_mm")
 # Written when present; model files from before they existed load without them (the default applies).
-OPTIONAL_POSTPROCESS_KEYS: tuple[str, ...] = ("min_mean_prob",)
+OPTIONAL_POSTPROCESS_KEYS: tuple[str, ...] = ("min_mean_prob", "min_volume_mm3")
 KINDS: tuple[str, ...] = ("torchscript", "torch.export", "onnx")
 
 

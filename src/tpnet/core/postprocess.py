@@ -42,6 +42,9 @@ class PostprocessParams:
     min_area_mm2: float = 2.0
     match_mm: float = 5.0
     min_mean_prob: float = 0.0
+    # Sweeps (issue #17): 3-D trigger points smaller than this are dropped (volume_postprocess; calibrated on the
+    # validation sweeps, tpnet.training.calibrate_sweeps). Unused for frames; models saved before it: the default.
+    min_volume_mm3: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -52,6 +55,8 @@ class PostprocessParams:
             raise ValueError(f"match_mm must be > 0; got {self.match_mm}")
         if not 0.0 <= self.min_mean_prob < 1.0:
             raise ValueError(f"min_mean_prob must be in [0, 1); got {self.min_mean_prob}")
+        if not self.min_volume_mm3 >= 0.0:
+            raise ValueError(f"min_volume_mm3 must be >= 0; got {self.min_volume_mm3}")
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)

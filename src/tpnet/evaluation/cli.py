@@ -77,7 +77,9 @@ def run_eval(cfg: DictConfig) -> dict:
     )
     calibration = Calibration.from_meta(meta)
     tta = calibration.tta if cfg.tta is None else bool(cfg.tta)  # null: as the model was calibrated
-    sweeps = scorer_for_split(data.splits[cfg.split], meta["classes"], params.match_mm, roles)
+    sweeps = scorer_for_split(
+        data.splits[cfg.split], meta["classes"], params.match_mm, roles, params.min_volume_mm3
+    )
     _, records = evaluate(
         deployable.model,
         iter_frames(frames),

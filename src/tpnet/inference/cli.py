@@ -701,12 +701,9 @@ def _run(
     printed_codes: dict[str, int] = {}  # frames whose warning of each code was printed
     started = time.perf_counter()
     sweeps = SweepAssembler(
-        output_dir,
-        model.classes,
-        model.roles,
-        Calibration.from_meta(model.meta),
-        pictures=not args.no_overlays,
-    )
+        output_dir, model.classes, model.roles, Calibration.from_meta(model.meta),
+        min_volume_mm3=predictor.params.min_volume_mm3, pictures=not args.no_overlays,
+    )  # fmt: skip
     pending: list[FrameRecord] = []  # the slices of the sweep in hand: journalled once the sweep is written
     with (
         contextlib.ExitStack() as stack,
@@ -761,6 +758,8 @@ def _run(
                         if record.rejected_reason is not None:
                             rejected.append(Rejection(record.name, record.rejected_reason))
                             tqdm.write(f"REJECTED {record.name}: {record.rejected_reason}")
+                        if record.rejected_reason is None:
+                            stats.new += 1  # frames/s counts a sweep's slices as frames
                         stats.add(record)
                         pending.append(record)
                         if record.rows_3d or record.section:  # the sweep is written: its slices are done

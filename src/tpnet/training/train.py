@@ -76,6 +76,7 @@ from tpnet.training.calibrate import (
     fit_pixel_temperature,
     predict_validation,
 )
+from tpnet.training.calibrate_sweeps import choose_min_volume
 from tpnet.training.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from tpnet.training.console import FILE_ONLY
 from tpnet.training.distributed import DistInfo, EpochSampler
@@ -813,6 +814,13 @@ def calibrate_checkpoint(path, data, device, amp_dtype, cfg, classes, params, ru
         cached, classes, params, ccfg.thresholds, ccfg.min_areas_mm2, ccfg.get("min_mean_probs") or (0.0,),
         roles,
     )  # fmt: skip
+    min_volume, volume_grid = choose_min_volume(cached, classes, best, roles)  # sweeps only (issue #17)
+    if min_volume is not None:
+        best = dataclasses.replace(best, min_volume_mm3=min_volume)
+        log.info(
+            "sweeps: 3-D trigger points under %.1f mm3 dropped (calibrated on the validation sweeps)",
+            min_volume,
+        )
     calibration, active_latent = fit_confidence(
         cached, classes, best, temperature, tta, detection=bool(ccfg.get("detection", True)),
         active_band=float(ccfg.get("active_band", 0.1)), n_boot=int(cfg.evaluation.n_boot), seed=seed,
@@ -831,7 +839,7 @@ def calibrate_checkpoint(path, data, device, amp_dtype, cfg, classes, params, ru
     save_checkpoint(state, path)
     validation.update(split="val", checkpoint=str(path), postprocess=best.to_dict())
     document = {"chosen": best.to_dict(), "grid": grid, "confidence": calibration.to_dict(),
-                "active_latent_test": active_latent,
+                "active_latent_test": active_latent, "min_volume_grid": volume_grid,
                 "validation": {k: validation.get(k) for k in _CALIBRATION_FIGURES}}  # fmt: skip
     atomic_write_text(run_dir / "calibration.json", json.dumps(json_safe(document), indent=2))
     tracker.set_tags({
@@ -894,7 +902,9 @@ def evaluate_checkpoint_on(path, data, split, device, amp_dtype, cfg, classes) -
     calibration = Calibration.from_meta(state["meta"])
     # Needle paths re-measured on the true masks (the unsafe-called-safe rate): at the end only, not per epoch.
     guidance = GuidanceParams.from_dict(state["meta"].get("guidance") or {})
-    sweeps = scorer_for_split(data.splits[split], classes, params.match_mm, data.spec.class_roles)
+    sweeps = scorer_for_split(
+        data.splits[split], classes, params.match_mm, data.spec.class_roles, params.min_volume_mm3
+    )
     _, records = evaluate(
         model,
         split_frames(data, split, cfg.data.num_workers),
