@@ -163,6 +163,9 @@ class DataSchema:
     bmode_norm: str | None = None
     # 2.5-D input for sweeps (issue #17): each slice with its k neighbours on each side as extra B-mode channels
     context_slices: int = 0
+    context_spacing_mm: float | None = (
+        None  # mm between context planes; null = the sweeps' median slice spacing
+    )
     cache: CacheSchema = field(default_factory=CacheSchema)
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -198,6 +201,7 @@ class PostprocessSchema:
     min_area_mm2: float = 2.0
     match_mm: float = 5.0
     min_mean_prob: float = 0.0
+    min_volume_mm3: float = 2.0
 
 
 @dataclass
@@ -533,6 +537,11 @@ _RANGES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
     ("data.kpa_clip", lambda v: 0 < v < math.inf, "must be positive"),
     ("data.fg_fraction", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     ("data.context_slices", lambda v: 0 <= v <= 16, "must be 0 (2-D) to 16 neighbour slices on each side"),
+    (
+        "data.context_spacing_mm",
+        lambda v: 0 < v < math.inf,
+        "must be a positive slice spacing in mm (or null)",
+    ),
     ("data.samples_per_epoch", lambda v: v >= 1, "must be at least 1 (or null: one pass over the frames)"),
     (
         "data.synthetic.active_stiffness_factor",
@@ -562,7 +571,7 @@ _RANGES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
     ("plan.memory_budget_mb", lambda v: 0 < v < math.inf, "must be positive (MB), or null: per device"),
 )
 _OPTIONAL = {
-    "data.spacing_mm", "data.samples_per_epoch", "trainer.grad_clip_norm", "trainer.ema_decay",
+    "data.spacing_mm", "data.context_spacing_mm", "data.samples_per_epoch", "trainer.grad_clip_norm", "trainer.ema_decay",
     "trainer.early_stopping_patience", "data.batch_size", "data.fg_fraction", "plan.memory_budget_mb",
 }  # fmt: skip
 

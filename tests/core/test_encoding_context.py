@@ -62,3 +62,24 @@ def test_context_slices_round_trip_through_a_model_file_dict_and_default_to_2d()
     legacy = encoding.to_dict()
     del legacy["context_slices"]
     assert Encoding.from_dict(legacy).context_slices == 0
+
+
+def test_context_planes_step_in_slices_or_interpolate_at_a_fixed_spacing():
+    from tpnet.core.encoding import context_planes
+
+    # The sweep's own spacing: the neighbours themselves; past the ends: () (all 0).
+    assert context_planes(0, 10, 2, 0.5) == [(), (), ((1, 1.0),), ((2, 1.0),)]
+    assert context_planes(5, 10, 1, 0.5, 0.5) == [((4, 1.0),), ((6, 1.0),)]
+    # 0.75 mm planes on a 0.5 mm sweep: 1.5 slices away, halfway between two slices.
+    minus, plus = context_planes(5, 10, 1, 0.5, 0.75)
+    assert minus == ((3, 0.5), (4, 0.5)) and plus == ((6, 0.5), (7, 0.5))
+    assert context_planes(9, 10, 1, 1.0, 0.5)[1] == ()  # 9.5 lies past the last slice
+
+
+def test_a_blended_plane_is_the_weighted_mean_of_its_slices():
+    from tpnet.core.encoding import blend_slices
+
+    slices = [np.full((2, 3), float(z), np.float32) for z in range(4)]
+    plane = blend_slices(slices.__getitem__, ((1, 0.25), (2, 0.75)), (2, 3))
+    np.testing.assert_allclose(plane, 1.75)
+    np.testing.assert_array_equal(blend_slices(slices.__getitem__, (), (2, 3)), 0.0)

@@ -53,13 +53,16 @@ class Encoding:
     ``context_slices`` = k > 0 (2.5-D input, issue #17): a slice of a sweep comes with the B-mode of its k
     neighbours on each side as 2k more planes right after its own B-mode (order -k..-1, +1..+k; a neighbour
     beyond the sweep's end is all 0, "not imaged"), scaled by the centre frame's statistics, so a 2-D network
-    sees 3-D context at 2-D cost. 0 = the 2-D input every model file before it had."""
+    sees 3-D context at 2-D cost. 0 = the 2-D input every model file before it had. ``context_spacing_mm``: the
+    mm between neighbour planes, interpolated between slices when a sweep's slice spacing differs (the network
+    learns one physical offset, as it learns one pixel size); None = each sweep's own slice spacing."""
 
     channels: tuple[str, ...] = CHANNEL_NAMES
     kpa_scale: float = DEFAULT_KPA_SCALE
     kpa_clip: float = DEFAULT_KPA_CLIP
     bmode_norm: str = "none"
     context_slices: int = 0
+    context_spacing_mm: float | None = None
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.channels if c not in CHANNEL_NAMES]
@@ -75,6 +78,10 @@ class Encoding:
             or self.context_slices < 0
         ):
             raise ValueError(f"context_slices must be a whole number >= 0; got {self.context_slices!r}")
+        if self.context_spacing_mm is not None and not (0 < float(self.context_spacing_mm) < float("inf")):
+            raise ValueError(
+                f"context_spacing_mm must be a positive number of mm; got {self.context_spacing_mm!r}"
+            )
 
     @property
     def in_channels(self) -> int:
@@ -111,6 +118,9 @@ class Encoding:
             # Model files and checkpoints from before the key existed were trained on [0, 1] B-mode.
             bmode_norm=str(d.get("bmode_norm", "none")),
             context_slices=int(d.get("context_slices", 0)),  # 2-D before issue #17
+            context_spacing_mm=None
+            if d.get("context_spacing_mm") is None
+            else float(d["context_spacing_mm"]),
         )
 
     def bmode_stats(self, bmode: np.ndarray) -> BmodeStats | None:
@@ -168,6 +178,40 @@ class Encoding:
         imaged = grey > IMAGED_GREY_MIN
         scaled = (grey - np.float32(mean)) / np.float32(std)
         return np.where(imaged, scaled, np.float32(0.0)).astype(np.float32)
+
+
+ContextPlane = tuple[tuple[int, float], ...]  # (slice index, weight) pairs; () = beyond the sweep: all 0
+
+
+def context_planes(
+    z: int, slices: int, context_slices: int, slice_spacing_mm: float, context_spacing_mm: float | None = None
+) -> list[ContextPlane]:
+    """How each of slice ``z``'s 2k neighbour planes (order -k..-1, +1..+k) is made from the sweep's slices: the
+    slice ``d`` away, or, with ``context_spacing_mm``, linear interpolation at ``d * context_spacing_mm`` mm from
+    slice z. A plane past either end of the sweep is () (all 0, "not imaged"), as one slice off the end is."""
+    step = 1.0 if context_spacing_mm is None else float(context_spacing_mm) / float(slice_spacing_mm)
+    planes: list[ContextPlane] = []
+    for d in (*range(-context_slices, 0), *range(1, context_slices + 1)):
+        position = z + d * step
+        if position < -1e-6 or position > slices - 1 + 1e-6:
+            planes.append(())
+            continue
+        low = min(int(np.floor(position + 1e-9)), slices - 1)
+        weight = position - low
+        if weight < 1e-6 or low == slices - 1:
+            planes.append(((low, 1.0),))
+        else:
+            planes.append(((low, 1.0 - weight), (low + 1, weight)))
+    return planes
+
+
+def blend_slices(read_slice, plane: ContextPlane, shape: tuple[int, int]) -> np.ndarray:  # noqa: ANN001
+    """One neighbour plane from ``context_planes``: the weighted sum of the slices ``read_slice(z)`` gives,
+    float32 (H, W); zeros for ``()``."""
+    out = np.zeros(shape, np.float32)
+    for index, weight in plane:
+        out += np.float32(weight) * np.asarray(read_slice(index), np.float32)
+    return out
 
 
 def imaged_region_stats(bmode: np.ndarray) -> BmodeStats:

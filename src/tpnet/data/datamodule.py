@@ -7,6 +7,7 @@ import bisect
 import dataclasses
 import hashlib
 import logging
+import statistics
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,7 +121,7 @@ def setup_data(
     # whose test subjects are the same) resamples to one spacing. Training's plan replaces it anyway.
     non_test = [*splits["train"], *splits["val"]]
     spacing_mm = float(spacing) if spacing else median_spacing_mm(spec, non_test)
-    encoding = encoding_from_config(data_cfg)
+    encoding = context_spacing_planned(encoding_from_config(data_cfg), spec, non_test)
     # Debug only: training prints the data line after planning (the planned spacing may replace this one).
     log.debug(
         "dataset %s at %s: %s frames (train/val/test), median spacing %.4f mm/px",
@@ -190,7 +191,26 @@ def encoding_from_config(data_cfg: Any) -> Encoding:
         # null = not planned yet (training's plan fills it in); checkpoints from before the key: "none".
         bmode_norm=str(data_cfg.get("bmode_norm") or "none"),
         context_slices=int(data_cfg.get("context_slices") or 0),
+        context_spacing_mm=None
+        if data_cfg.get("context_spacing_mm") is None
+        else float(data_cfg.context_spacing_mm),
     )
+
+
+def context_spacing_planned(encoding: Encoding, spec: DatasetSpec, rows: list[ManifestRow]) -> Encoding:
+    """With context slices and no ``data.context_spacing_mm``: the median slice spacing of the sweeps in ``rows``
+    (every fold's non-test rows, as the pixel spacing is planned), so the network learns one physical offset
+    between planes and a model file states it; ``encoding`` as it is otherwise."""
+    if not encoding.context_slices or encoding.context_spacing_mm is not None:
+        return encoding
+    from tpnet.data.volumes import open_row_volume
+
+    spacings = {
+        r.volume_id: open_row_volume(spec, r).spacing_mm[0] for r in rows if r.slice_index is not None
+    }
+    if not spacings:
+        return encoding
+    return dataclasses.replace(encoding, context_spacing_mm=float(statistics.median(spacings.values())))
 
 
 def train_loader(

@@ -49,7 +49,11 @@ def median_spacing_mm(spec: DatasetSpec, rows: Sequence[ManifestRow]) -> float:
 
 
 def load_frame(
-    spec: DatasetSpec, row: ManifestRow, target_spacing_mm: float, context_slices: int = 0
+    spec: DatasetSpec,
+    row: ManifestRow,
+    target_spacing_mm: float,
+    context_slices: int = 0,
+    context_spacing_mm: float | None = None,
 ) -> Frame:
     """Read one manifest row and resample it to ``target_spacing_mm``; unlabelled rows get an all-zero mask.
     A DICOM row reads only its frame, cropped to the image region; mask and elastography of the full frame's
@@ -59,7 +63,7 @@ def load_frame(
     if row.slice_index is not None:
         from tpnet.data.volumes import load_volume_slice
 
-        return load_volume_slice(spec, row, target_spacing_mm, context_slices)
+        return load_volume_slice(spec, row, target_spacing_mm, context_slices, context_spacing_mm)
     if context_slices:
         raise ValueError(
             f"{row.sample_id}: data.context_slices={context_slices} needs sweeps (volume rows, contract "
@@ -219,7 +223,13 @@ class TrainPatchDataset(Dataset):
         if self.frames is not None:
             return _Source.cached(self.frames.view(row.sample_id))
         try:
-            frame = load_frame(self.spec, row, self.target_spacing_mm, self.encoding.context_slices)
+            frame = load_frame(
+                self.spec,
+                row,
+                self.target_spacing_mm,
+                self.encoding.context_slices,
+                self.encoding.context_spacing_mm,
+            )
             return _Source.loaded(frame, self.foreground_labels)
         except Exception as exc:
             raise RuntimeError(f"{row.sample_id}: cannot load training frame: {exc}") from exc
@@ -341,7 +351,13 @@ class FullFrameDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows[index]
-        frame = load_frame(self.spec, row, self.target_spacing_mm, self.encoding.context_slices)
+        frame = load_frame(
+            self.spec,
+            row,
+            self.target_spacing_mm,
+            self.encoding.context_slices,
+            self.encoding.context_spacing_mm,
+        )
         return {
             "image": torch.from_numpy(
                 self.encoding.encode(frame.bmode, frame.elasto_kpa, context=frame.context)

@@ -27,7 +27,14 @@ from tpnet.core.contract import (
     resolve_path,
     volume_spacing_mm,
 )
-from tpnet.core.encoding import resample_frame, resample_scale, resampled_shape, resize
+from tpnet.core.encoding import (
+    blend_slices,
+    context_planes,
+    resample_frame,
+    resample_scale,
+    resampled_shape,
+    resize,
+)
 from tpnet.data.transforms import Frame
 
 if TYPE_CHECKING:
@@ -103,11 +110,16 @@ def volume_pixel_spacing_mm(spec: DatasetSpec, row: ManifestRow) -> float:
 
 
 def load_volume_slice(
-    spec: DatasetSpec, row: ManifestRow, target_spacing_mm: float, context_slices: int = 0
+    spec: DatasetSpec,
+    row: ManifestRow,
+    target_spacing_mm: float,
+    context_slices: int = 0,
+    context_spacing_mm: float | None = None,
 ) -> Frame:
     """Slice ``row.slice_index`` of a volume row at ``target_spacing_mm`` per pixel, with the B-mode of its
-    ``context_slices`` neighbours on each side (order -k..-1, +1..+k; all 0 beyond the sweep's ends, "not
-    imaged"). Elastography and mask volumes must have the B-mode's shape (ValueError naming the sample)."""
+    ``context_slices`` neighbours on each side (order -k..-1, +1..+k, ``context_spacing_mm`` apart, interpolated
+    between slices; None = the sweep's own slice spacing; all 0 beyond the sweep's ends, "not imaged").
+    Elastography and mask volumes must have the B-mode's shape (ValueError naming the sample)."""
     if row.slice_index is None:
         raise ValueError(f"{row.sample_id}: not a slice of a volume row (expand rows with slice_rows)")
     bmode = open_row_volume(spec, row, "bmode")
@@ -124,13 +136,10 @@ def load_volume_slice(
     context = None
     if context_slices:
         shape = resampled_shape(bmode.shape[1:], resample_scale(src_mm, target_spacing_mm))
-        offsets = [*range(-context_slices, 0), *range(1, context_slices + 1)]
+        planes = context_planes(z, len(bmode), context_slices, bmode.spacing_mm[0], context_spacing_mm)
         context = np.stack(
-            [
-                resize(bmode.slice(z + d), shape) if 0 <= z + d < len(bmode) else np.zeros(shape, np.float32)
-                for d in offsets
-            ]
-        ).astype(np.float32, copy=False)
+            [resize(blend_slices(bmode.slice, plane, bmode.shape[1:]), shape) for plane in planes]
+        )
     return Frame(bmode=grey, elasto_kpa=elasto, mask=mask, context=context)
 
 

@@ -145,7 +145,9 @@ class Predictor:
         )
         model_context = None
         if self.encoding.context_slices:  # a 2.5-D model: the slice's neighbours, brought to the same grid
-            neighbours = load_sweep_context(frame, self.encoding.context_slices)
+            neighbours = load_sweep_context(
+                frame, self.encoding.context_slices, self.encoding.context_spacing_mm
+            )
             model_context = np.stack([resize(plane, model_bmode.shape) for plane in neighbours])
         # The statistic test reads the B-mode plane exactly as the network will (norm, spacing, region).
         statistics = frame_statistics(self.encoding.encode(model_bmode, None, context=model_context)[0])

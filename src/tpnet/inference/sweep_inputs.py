@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tpnet.core.encoding import elasto_to_kpa
+from tpnet.core.encoding import blend_slices, context_planes, elasto_to_kpa
 from tpnet.core.io import FrameReadError
 from tpnet.core.plausibility import stiffness_problem
 
@@ -124,23 +124,27 @@ def load_sweep_slice(frame: FrameInput) -> tuple[np.ndarray, np.ndarray | None]:
     return bmode, elasto_to_kpa(stored, frame.elasto_unit)
 
 
-def load_sweep_context(frame: FrameInput, context_slices: int) -> np.ndarray:
+def load_sweep_context(
+    frame: FrameInput, context_slices: int, context_spacing_mm: float | None = None
+) -> np.ndarray:
     """The B-mode of the slice's ``context_slices`` neighbours on each side, (2k, H, W) in the order -k..-1,
-    +1..+k; all 0 ("not imaged") beyond the sweep's ends, as the training loader gives them."""
+    +1..+k, ``context_spacing_mm`` apart (interpolated between slices; None: the sweep's own spacing); all 0
+    ("not imaged") beyond the sweep's ends, exactly as the training loader makes them
+    (``tpnet.core.encoding.context_planes``)."""
     if frame.kind != "sweep" or frame.slice_index is None or frame.slice_count is None:
         raise FrameReadError(
             f"{frame.bmode_path}: this model reads {context_slices} neighbouring slice(s) on each side (2.5-D); "
             "it analyses sweeps (NIfTI, NRRD, multi-frame DICOM with a slice spacing), not single frames"
         )
-    z, count = frame.slice_index, frame.slice_count
-    planes = []
-    for offset in (*range(-context_slices, 0), *range(1, context_slices + 1)):
-        if 0 <= z + offset < count:
-            planes.append(_slice(frame, frame.bmode_path, "bmode", z + offset))
-        else:
-            planes.append(None)
-    shape = next((p.shape for p in planes if p is not None), frame.shape)
-    return np.stack([np.zeros(shape, np.float32) if p is None else p for p in planes]).astype(np.float32)
+    planes = context_planes(
+        frame.slice_index, frame.slice_count, context_slices, frame.slice_spacing_mm, context_spacing_mm
+    )
+    return np.stack(
+        [
+            blend_slices(lambda z: _slice(frame, frame.bmode_path, "bmode", z), plane, frame.shape)
+            for plane in planes
+        ]
+    )
 
 
 def _slice(frame: FrameInput, path: Path, values: str, z: int | None) -> np.ndarray:
