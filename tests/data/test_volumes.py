@@ -151,3 +151,16 @@ def test_the_check_names_a_mask_saved_with_another_orientation(tmp_path):
     errors = [p.reason for p in report.errors if p.where == row.sample_id]
     assert any("orientation differs" in reason for reason in errors), errors
     assert check_dataset(write(tmp_path / "clean", **{**SETTINGS, "subjects": 1}, file_format="nifti")).ok
+
+
+@pytest.mark.parametrize("file_format", ["nifti", "nrrd", "dicom"])
+def test_sweeps_in_every_format_pass_the_check_and_load_as_slices(tmp_path, file_format):
+    from tpnet.data.synth_sweeps import write_sweep_dataset as write
+
+    root = write(tmp_path / file_format, **{**SETTINGS, "subjects": 1}, file_format=file_format)
+    report = check_dataset(root)
+    assert report.ok, [str(p) for p in report.errors]
+    spec, rows = _rows(root)
+    assert len(rows) == SETTINGS["slices"]
+    frame = load_frame(spec, rows[1], 0.2, context_slices=1)
+    assert frame.bmode.shape == (SETTINGS["height"], SETTINGS["width"]) and frame.context.shape[0] == 2
