@@ -147,3 +147,53 @@ def test_a_volume_row_without_slice_spacing_is_rejected_with_its_reason(tmp_path
     printed = capsys.readouterr().out
     assert code != 0
     assert "REJECTED a:" in printed and "spacing" in printed
+
+
+def test_a_run_stopped_mid_sweep_resumes_to_the_uninterrupted_results(tmp_path, model_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tpnet.inference.progress import PROGRESS_NAME
+
+    volume, _ = sweep_volume()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    short = volume[6:18]  # 12 slices through the ball
+    _write_nifti(folder / "a.nii", short, PIXEL_MM, SLICE_MM)
+    _write_nifti(folder / "b.nii", short[:, :, ::-1], PIXEL_MM, SLICE_MM)
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert _infer(model_path, folder, straight) == 0
+
+    def journalled() -> int:
+        try:
+            return len((stopped / PROGRESS_NAME).read_text().splitlines()) - 1
+        except OSError:
+            return 0
+
+    env = {**os.environ, "TPNET_TEST_INFER_FRAME_DELAY_S": "0.3"}
+    command = [sys.executable, "-m", "tpnet.inference.cli", "--model", str(model_path), "--input", str(folder),
+               "--output", str(stopped), "--batch-size", "1", "--workers", "1"]  # fmt: skip
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while journalled() < len(short) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # sweep a is written and journalled: stop inside sweep b
+        time.sleep(0.6)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert journalled() == len(short)  # sweep b's slices are not journalled before sweep b is written
+    assert not (stopped / "masks" / "b.nii.gz").exists()  # nor its half-written label volume published
+
+    assert _infer(model_path, folder, stopped, "--resume") == 0
+    assert (stopped / "detections_3d.csv").read_text() == (straight / "detections_3d.csv").read_text()
+    for sweep in ("a", "b"):
+        again = read_volume_mask(stopped / "masks" / f"{sweep}.nii.gz").voxels
+        np.testing.assert_array_equal(again, read_volume_mask(straight / "masks" / f"{sweep}.nii.gz").voxels)
