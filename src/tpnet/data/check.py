@@ -41,16 +41,13 @@ from tpnet.core.contract_frames import (
 from tpnet.core.dicom import DicomHeader
 from tpnet.core.encoding import elasto_to_kpa
 from tpnet.core.plausibility import (
-    STIFFNESS_KPA_RANGE,
     spacing_warnings,
     stiffness_problem,
     training_spacing_warning,
 )
+from tpnet.data.check_content import STIFFNESS_BIN_KPA, fill_statistics, label_counts
 from tpnet.data.check_volume import check_volume_row
 
-MAX_STIFFNESS_KPA = STIFFNESS_KPA_RANGE[1]  # the summary's histogram covers every stiffness the check accepts
-STIFFNESS_BIN_KPA = 0.5  # percentiles come from a fixed histogram, so memory does not grow with the data
-STIFFNESS_BINS = int(MAX_STIFFNESS_KPA / STIFFNESS_BIN_KPA)
 DEFAULT_WORKERS = 4  # decoding is C code that releases the GIL; a few threads hide file latency
 UNASSIGNED = "unassigned: split by subject at train time"
 
@@ -256,36 +253,21 @@ def _check_row(root: Path, raw: dict[str, str], line: int, spec: DatasetSpec | N
             warning(reason)
 
     mask = frames.get("mask")
-    label_counts = None
+    counts = None
     if mask is not None and spec is not None:
-        label_counts = np.bincount(mask.ravel(), minlength=256)
-        labels = np.flatnonzero(label_counts)
-        outside = labels[labels >= len(spec.classes)]
-        if outside.size:
-            error(
-                f"mask labels {outside.tolist()} outside classes 0..{len(spec.classes) - 1} "
-                f"{list(spec.classes)} (dataset.yaml)"
-            )
+        counts, problem = label_counts(mask, spec.classes)
+        if problem is not None:
+            error(problem)
 
     if any(p.level == "error" for p in result.problems) or spec is None:
         return result  # statistics only from frames that are entirely usable
-    result.has_swe = elasto_kpa is not None and bool(np.isfinite(elasto_kpa).any())
-    result.labelled = mask is not None
-    if mask is not None and label_counts is not None:
-        result.class_pixels = label_counts[: len(spec.classes)]
-        for index, name in enumerate(spec.classes):
-            if is_trp_class(name, spec.class_roles) and result.class_pixels[index]:
-                count, _ = cv2.connectedComponents((mask == index).astype(np.uint8), connectivity=8)
-                result.trp_components[name] = count - 1  # minus the background component
-    if result.has_swe:
-        valid = np.isfinite(elasto_kpa)
-        result.stiffness_hist["all"] = _histogram(elasto_kpa[valid])
-        if mask is not None:
-            for index, name in enumerate(spec.classes):
-                in_class = valid & (mask == index)
-                if in_class.any():
-                    result.stiffness_hist[name] = _histogram(elasto_kpa[in_class])
+    fill_statistics(result, spec, mask, counts, elasto_kpa, _components_8)
     return result
+
+
+def _components_8(binary: np.ndarray) -> int:
+    count, _ = cv2.connectedComponents(binary.astype(np.uint8), connectivity=8)
+    return count - 1  # minus the background component
 
 
 def _check_bmode(
@@ -321,11 +303,6 @@ def _check_bmode(
         error(f"bmode {relative}: {_strip_prefix(str(exc), str(path))}")
         return None, header
     return bmode, header
-
-
-def _histogram(kpa: np.ndarray) -> np.ndarray:
-    counts, _ = np.histogram(kpa, bins=STIFFNESS_BINS, range=(0.0, MAX_STIFFNESS_KPA))
-    return counts
 
 
 # --- across rows and dataset level -----------------------------------------------------------------

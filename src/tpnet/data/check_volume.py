@@ -17,13 +17,13 @@ from tpnet.core.contract import (
     ContractError,
     DatasetSpec,
     ManifestRow,
-    is_trp_class,
     resolve_path,
     volume_spacing_mm,
 )
 from tpnet.core.encoding import elasto_to_kpa
 from tpnet.core.plausibility import spacing_warnings, stiffness_problem
 from tpnet.core.volume_postprocess import label_components_26
+from tpnet.data.check_content import fill_statistics, label_counts
 
 # Spacing of the elastography or mask file vs the B-mode's (relative): rounding in a header, not a resampling.
 SPACING_AGREEMENT = 0.01
@@ -99,20 +99,16 @@ def check_volume_row(
             elasto_kpa = elasto_to_kpa(elasto.voxels, spec.elasto_unit)
 
     mask = volumes["mask"].voxels if "mask" in volumes else None
-    label_counts = None
+    counts = None
     if mask is not None and spec is not None:
-        label_counts = np.bincount(mask.ravel(), minlength=256)
-        labels = np.flatnonzero(label_counts)
-        outside = labels[labels >= len(spec.classes)]
-        if outside.size:
-            error(
-                f"mask labels {outside.tolist()} outside classes 0..{len(spec.classes) - 1} "
-                f"{list(spec.classes)} (dataset.yaml)"
-            )
+        counts, problem = label_counts(mask, spec.classes)
+        if problem is not None:
+            error(problem)
 
     if any(p.level == "error" for p in result.problems) or spec is None or bmode is None:
         return
-    _statistics(result, spec, mask, label_counts, elasto_kpa)
+    # A sweep's trigger points are 3-D objects: one nodule across many slices counts once.
+    fill_statistics(result, spec, mask, counts, elasto_kpa, lambda binary: label_components_26(binary)[0])
 
 
 def _read(path: Path, column: str, spacing: tuple[float, float, float] | None) -> volume_io.Volume:
@@ -145,32 +141,6 @@ def _check_same_geometry(
             f"{column} {relative}: orientation differs from the B-mode's (axis directions "
             f"{np.round(mine, 3).tolist()} vs {np.round(theirs, 3).tolist()}); resave it on the B-mode's grid"
         )
-
-
-def _statistics(
-    result: object,
-    spec: DatasetSpec,
-    mask: np.ndarray | None,
-    label_counts: np.ndarray | None,
-    elasto_kpa: np.ndarray | None,
-) -> None:
-    from tpnet.data.check import _histogram  # one histogram for frames and volumes
-
-    result.has_swe = elasto_kpa is not None and bool(np.isfinite(elasto_kpa).any())
-    result.labelled = mask is not None
-    if mask is not None and label_counts is not None:
-        result.class_pixels = label_counts[: len(spec.classes)]
-        for index, name in enumerate(spec.classes):
-            if is_trp_class(name, spec.class_roles) and result.class_pixels[index]:
-                result.trp_components[name], _ = label_components_26(mask == index)  # 3-D objects
-    if result.has_swe:
-        valid = np.isfinite(elasto_kpa)
-        result.stiffness_hist["all"] = _histogram(elasto_kpa[valid])
-        if mask is not None:
-            for index, name in enumerate(spec.classes):
-                in_class = valid & (mask == index)
-                if in_class.any():
-                    result.stiffness_hist[name] = _histogram(elasto_kpa[in_class])
 
 
 def _mm(values: tuple[float, ...]) -> str:

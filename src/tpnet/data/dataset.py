@@ -80,6 +80,11 @@ def load_frame(
     return Frame(bmode=grey, elasto_kpa=elasto, mask=mask)
 
 
+def _load_encoded(spec: DatasetSpec, row: ManifestRow, target_spacing_mm: float, encoding: Encoding) -> Frame:
+    """``load_frame`` with the context planes ``encoding`` asks for (a 2.5-D model's neighbours)."""
+    return load_frame(spec, row, target_spacing_mm, encoding.context_slices, encoding.context_spacing_mm)
+
+
 def read_row_mask(spec: DatasetSpec, row: ManifestRow) -> np.ndarray:
     """The row's label map at its own size, unresampled; a slice of a sweep: that slice of its mask volume."""
     if row.slice_index is not None:
@@ -223,13 +228,7 @@ class TrainPatchDataset(Dataset):
         if self.frames is not None:
             return _Source.cached(self.frames.view(row.sample_id))
         try:
-            frame = load_frame(
-                self.spec,
-                row,
-                self.target_spacing_mm,
-                self.encoding.context_slices,
-                self.encoding.context_spacing_mm,
-            )
+            frame = _load_encoded(self.spec, row, self.target_spacing_mm, self.encoding)
             return _Source.loaded(frame, self.foreground_labels)
         except Exception as exc:
             raise RuntimeError(f"{row.sample_id}: cannot load training frame: {exc}") from exc
@@ -351,13 +350,7 @@ class FullFrameDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows[index]
-        frame = load_frame(
-            self.spec,
-            row,
-            self.target_spacing_mm,
-            self.encoding.context_slices,
-            self.encoding.context_spacing_mm,
-        )
+        frame = _load_encoded(self.spec, row, self.target_spacing_mm, self.encoding)
         return {
             "image": torch.from_numpy(
                 self.encoding.encode(frame.bmode, frame.elasto_kpa, context=frame.context)
