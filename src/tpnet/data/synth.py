@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -1399,13 +1400,21 @@ def write_synthetic_dataset(
         "synthetic": True,
         "generator": generator,
     }
-    (out / "dataset.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    with (out / "manifest.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    return write_contract_files(out, spec, MANIFEST_COLUMNS, per_subject)
+
+
+def write_contract_files(
+    root: Path, spec: dict, columns: Sequence[str], per_subject: Iterable[list[dict[str, str]]]
+) -> Path:
+    """dataset.yaml (``spec``) and manifest.csv (``columns``, the rows of each subject in turn) of a generated
+    dataset, in the one layout every tpnet generator writes; ``root``."""
+    (root / "dataset.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    with (root / "manifest.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), lineterminator="\n")
         writer.writeheader()
         for rows in per_subject:
             writer.writerows(rows)
-    return out
+    return root
 
 
 def check_active_latent_effect(stiffness_factor: float, echo_db: float) -> tuple[float, float]:

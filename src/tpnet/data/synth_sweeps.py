@@ -21,7 +21,6 @@ dropped frames, and any number of workers writes the same bytes.
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import math
@@ -32,7 +31,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import yaml
 
 from tpnet.core.contract import DEFAULT_CLASSES
 from tpnet.core.encoding import shear_speed_to_kpa
@@ -78,6 +76,7 @@ from tpnet.data.synth import (
     _streaks,
     appearance_ranges,
     check_active_latent_effect,
+    write_contract_files,
 )
 
 GENERATOR_NAME = "tpnet.data.synth_sweeps"
@@ -1366,10 +1365,4 @@ def write_sweep_dataset(
         "synthetic": True,  # no patient behind these sweeps
         "generator": generator,
     }
-    (root / "dataset.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    with (root / "manifest.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for rows in per_subject:
-            writer.writerows(rows)
-    return root
+    return write_contract_files(root, spec, MANIFEST_COLUMNS, per_subject)
