@@ -364,3 +364,30 @@ def test_writer_refuses_what_is_not_a_label_slice(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no slice written"):
         writer.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_vessel_straight_behind_a_nodules_inside_and_a_slice_full_of_trp() -> None:
+    # The nearest voxel is inside the nodule, not on its rim, when a vessel lies right under it in another
+    # slice; and a slice wholly TrP has no rim at all: what the finder keeps must still give the exact distance.
+    labels = np.zeros((5, 24, 24), np.uint8)
+    labels[1, 6:18, 6:18] = ACTIVE
+    labels[3, 11:13, 11:13] = VESSEL  # behind the nodule's centre, two slices on
+    labels[4] = LATENT  # every pixel
+    nodule, full = check_against_whole_volume(labels, min_volume_mm3=0.0)
+    assert nodule.slices == (1, 1) and nodule.nearest_critical_mm == pytest.approx(2 * SPACING_MM[0])
+    assert full.slices == (4, 4) and full.nearest_critical_mm == pytest.approx(SPACING_MM[0])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_large_random_trp_areas_next_to_critical_slices(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    smooth = np.stack([cv2_blur(rng.random((40, 40))) for _ in range(8)])
+    labels = np.where(smooth > 0.5, ACTIVE, BG).astype(np.uint8)
+    labels[rng.random(labels.shape) > 0.995] = VESSEL
+    check_against_whole_volume(labels)
+
+
+def cv2_blur(plane: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.GaussianBlur(plane.astype(np.float32), (9, 9), 3)

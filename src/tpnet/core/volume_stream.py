@@ -20,7 +20,7 @@ import os
 import secrets
 import shutil
 from array import array
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -100,7 +100,7 @@ class StreamingTriggerPoints3D:
         self._count = 0  # slice components so far, numbered 1.._count over the sweep
         self._parent = array("q", [0])  # union-find over the slice components; a root is its set's smallest
         self._table = _GrowingRows(_VOTES + len(self._trp))
-        self._trp_voxels: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # z -> (flat, label, offset)
+        self._trp_voxels: dict[int, _Runs] = {}  # z -> its TrP voxels as runs
         self._critical_masks: dict[int, _PackedMask] = {}
 
     @property
@@ -112,7 +112,7 @@ class StreamingTriggerPoints3D:
     def held_bytes(self) -> int:
         """Bytes of numpy data held for the slices seen so far (what grows with the sweep; see the class)."""
         previous = 0 if self._previous is None else self._previous.nbytes
-        voxels = sum(flat.nbytes + label.nbytes for flat, label, _ in self._trp_voxels.values())
+        voxels = sum(runs.nbytes for runs in self._trp_voxels.values())
         critical = sum(mask.nbytes for mask in self._critical_masks.values())
         return previous + self._table.nbytes + self._parent.itemsize * len(self._parent) + voxels + critical
 
@@ -141,14 +141,10 @@ class StreamingTriggerPoints3D:
         local = in_slice.ravel()[flat]  # 1..n-1, the slice's own numbering
         y, x = np.divmod(flat, labels.shape[1])
         self._table.append(self._component_rows(z, n, local, y, x, labels, elasto_kpa, probs))
-        # Only the rim is kept for the distance search: the voxel of a component nearest to a critical voxel
-        # (in any slice) always lies on its in-slice 8-neighbour boundary, since from an inner voxel one of its
-        # 8 neighbours, also inside, is strictly nearer in the plane. Exact, and O(perimeter) not O(area).
-        rim = self._rim(in_slice > 0).ravel()[flat]
-        self._trp_voxels[z] = (
-            flat[rim].astype(np.int32),
-            local[rim].astype(np.min_scalar_type(n - 1)),
-            offset,
+        # Kept for the distance search, as runs of consecutive pixels of one component along the rows: a nodule
+        # of h rows is about h runs, so this grows with the TrPs' height, not their area (12 bytes a run).
+        self._trp_voxels[z] = _Runs.of(
+            flat, local, offset, (int(y.min()), int(y.max()), int(x.min()), int(x.max()))
         )
 
         current = np.where(in_slice > 0, in_slice + offset, 0).astype(np.int32)
@@ -158,15 +154,6 @@ class StreamingTriggerPoints3D:
             for a, b in _cross_slice_pairs(self._previous, current).tolist():
                 self._union(a, b)
         self._previous = current
-
-    @staticmethod
-    def _rim(inside: np.ndarray) -> np.ndarray:
-        """Pixels of ``inside`` with an 8-neighbour outside it. Off the frame counts as inside: a step towards a
-        critical voxel, which is in the frame, never leaves it."""
-        eroded = cv2.erode(
-            inside.astype(np.uint8), np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=1
-        )
-        return inside & (eroded == 0)
 
     def finish(self) -> list[TriggerPoint3D]:
         """The trigger points of the slices added, as ``find_trigger_points_3d`` gives them for the stacked
@@ -202,13 +189,8 @@ class StreamingTriggerPoints3D:
         if self._with_probs:
             probability_sum = total(_PROBABILITY_SUM)
 
-        compact32 = compact.astype(np.int32)
-        voxels_by_slice = {}
-        for z in list(self._trp_voxels):  # converted slice by slice, each slice's own freed as it goes
-            flat, local, offset = self._trp_voxels.pop(z)
-            voxels_by_slice[z] = _SliceVoxels.of(
-                flat, compact32[local.astype(np.int64) + offset], self._shape[1]
-            )
+        # Each slice's voxels are expanded from its runs only while the search looks at that slice.
+        voxels_by_slice = _ExpandedSlices(self._trp_voxels, compact.astype(np.int32), self._shape[1])
         slice_mm, row_mm, col_mm = self._spacing
         sums = _ComponentSums(
             voxels=total(_VOXELS),
@@ -231,6 +213,7 @@ class StreamingTriggerPoints3D:
             ),
         )
         self._critical_masks.clear()
+        self._trp_voxels = {}
         return _trigger_points(sums, self._classes, self._trp, self._spacing, self._min_volume_mm3)
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -305,6 +288,82 @@ class StreamingTriggerPoints3D:
         root_a, root_b = self._find(a), self._find(b)
         if root_a != root_b:  # the smaller label roots the set, as in the whole-volume labelling
             self._parent[max(root_a, root_b)] = min(root_a, root_b)
+
+
+@dataclass(frozen=True)
+class _Runs:
+    """One slice's TrP voxels as runs of consecutive flat pixel indices with one slice-component label each."""
+
+    start: np.ndarray  # int32 flat index of each run's first pixel
+    length: np.ndarray  # int32 pixels in the run
+    label: np.ndarray  # the run's component, the slice's own numbering (1..n-1)
+    offset: int  # the slice's first component number in the sweep's numbering, minus 1
+    box: tuple[int, int, int, int]  # bounding box of the voxels (first/last row, first/last column)
+
+    @classmethod
+    def of(cls, flat: np.ndarray, local: np.ndarray, offset: int, box: tuple[int, int, int, int]) -> _Runs:
+        """From the sorted flat indices of a slice's TrP voxels and their components."""
+        breaks = np.flatnonzero((np.diff(flat) != 1) | (np.diff(local) != 0)) + 1
+        first = np.concatenate([[0], breaks])
+        length = np.diff(np.concatenate([first, [len(flat)]]))
+        return cls(
+            flat[first].astype(np.int32), length.astype(np.int32),
+            local[first].astype(np.min_scalar_type(int(local.max()))), offset, box,
+        )  # fmt: skip
+
+    @property
+    def nbytes(self) -> int:
+        return self.start.nbytes + self.length.nbytes + self.label.nbytes
+
+    def voxels(self) -> tuple[np.ndarray, np.ndarray]:
+        """(flat indices, slice-component labels) of every voxel, in flat order."""
+        total = int(self.length.sum())
+        run_of = np.repeat(np.arange(len(self.length)), self.length)
+        within = np.arange(total) - np.repeat(np.cumsum(self.length) - self.length, self.length)
+        return self.start[run_of].astype(np.int64) + within, self.label[run_of]
+
+
+class _ExpandedSlices(Mapping):
+    """Slice -> ``_SliceVoxels`` for the nearest-critical search, expanded from the runs when asked and not kept
+    (the search holds one slice's voxels at a time). Each item's components and box come from the runs alone."""
+
+    def __init__(self, runs: dict[int, _Runs], compact: np.ndarray, width: int) -> None:
+        self._runs, self._compact, self._width = runs, compact, width
+
+    def __getitem__(self, z: int) -> _LazySliceVoxels:
+        return _LazySliceVoxels(self._runs[z], self._compact, self._width)
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self._runs)
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+
+class _LazySliceVoxels:
+    """``_SliceVoxels``' fields for one slice: ``comps`` and ``box`` at once, ``where`` / ``starts`` on first use."""
+
+    def __init__(self, runs: _Runs, compact: np.ndarray, width: int) -> None:
+        self._runs, self._compact, self._width = runs, compact, width
+        self.box = runs.box
+        self.comps = np.unique(compact[runs.label.astype(np.int64) + runs.offset])
+        self._voxels: _SliceVoxels | None = None
+
+    def _expanded(self) -> _SliceVoxels:
+        if self._voxels is None:
+            flat, local = self._runs.voxels()
+            self._voxels = _SliceVoxels.of(
+                flat, self._compact[local.astype(np.int64) + self._runs.offset], self._width
+            )
+        return self._voxels
+
+    @property
+    def where(self) -> np.ndarray:
+        return self._expanded().where
+
+    @property
+    def starts(self) -> np.ndarray:
+        return self._expanded().starts
 
 
 class _GrowingRows:
