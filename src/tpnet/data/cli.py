@@ -87,6 +87,33 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     sweeps.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
 
+    longitudinal = sub.add_parser(
+        "synth-longitudinal",
+        help="write synthetic longitudinal studies: visits before and after an injection, with each trigger "
+        "point's track (docs/synthetic-data.md, 'Longitudinal studies')",
+    )
+    longitudinal.add_argument("root", type=Path)
+    # None = the generator's defaults (tpnet.data.synth_longitudinal), so they live in one place
+    longitudinal.add_argument(
+        "--subjects", type=int, default=None, help="subjects, one study each (default 24)"
+    )
+    longitudinal.add_argument(
+        "--visits-min",
+        type=int,
+        default=None,
+        help="fewest visits per subject, baseline included (default 2)",
+    )
+    longitudinal.add_argument(
+        "--visits-max", type=int, default=None, help="most visits per subject (default 4)"
+    )
+    longitudinal.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    longitudinal.add_argument("--height", type=int, default=None, help="rows per frame (default 256)")
+    longitudinal.add_argument("--width", type=int, default=None, help="columns per frame (default 256)")
+    longitudinal.add_argument(
+        "--spacing-mm", type=float, default=None, help="pixel size in mm (default 0.15)"
+    )
+    longitudinal.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
+
     check = sub.add_parser("check", help="validate a dataset against the contract")
     check.add_argument("root", type=Path)
 
@@ -174,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "synth-sweeps":
         return _synth_sweeps(args)
+    if args.command == "synth-longitudinal":
+        return _synth_longitudinal(args)
     if args.command == "check":
         from tpnet.data.check import main_check
 
@@ -218,6 +247,22 @@ def _synth_sweeps(args: argparse.Namespace) -> int:
         print(f"tpnet-data synth-sweeps: {exc}", file=sys.stderr)
         return 2
     print(f"wrote synthetic sweeps to {root} (manifest.csv: one volume row per sweep)")
+    return 0
+
+
+def _synth_longitudinal(args: argparse.Namespace) -> int:
+    from tpnet.data.synth_longitudinal import write_longitudinal_dataset
+
+    names = ("subjects", "visits_min", "visits_max", "seed", "height", "width", "spacing_mm", "workers")
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    try:
+        root = write_longitudinal_dataset(args.root, **given)
+    except ValueError as exc:
+        print(f"tpnet-data synth-longitudinal: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote synthetic longitudinal studies to {root} (manifest.csv: one row per visit; truth/tracks.csv)"
+    )
     return 0
 
 
