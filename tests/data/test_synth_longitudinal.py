@@ -121,7 +121,7 @@ def test_truth_maps_a_tilted_visit_back_to_the_baseline(studies: list[Study]) ->
     assert (record["dx_mm"], record["tilt_deg"]) == (-1.5, 2.5)
     assert abs(record["x_mm"] - x1) < 0.01 and abs(record["y_mm"] - y1) < 0.01  # the component's own centroid
     pixel = SMALL["spacing_mm"]
-    assert math.hypot(record["x_baseline_mm"] - x0, record["y_baseline_mm"] - y0) < 2 * pixel
+    assert math.hypot(record["x_base_mm"] - x0, record["y_base_mm"] - y0) < 2 * pixel
     assert math.hypot(x1 - x0, y1 - y0) > 1.0  # the tilt and shift did move it in the frame
     xb, yb = tilted.to_baseline_mm(x1, y1, study.width_mm)
     assert np.allclose(tilted.from_baseline_mm(xb, yb, study.width_mm), (x1, y1))

@@ -68,7 +68,7 @@ STREAM = 18
 MANIFEST_COLUMNS = ("sample_id", "subject_id", "visit", "event", "bmode", "elasto", "mask", "spacing_mm")
 TRACK_COLUMNS = (
     "subject_id", "sample_id", "visit", "visit_index", "days_since_baseline", "track_id", "status", "class",
-    "x_mm", "y_mm", "x_baseline_mm", "y_baseline_mm", "area_mm2", "stiffness_kpa_mean", "stiffness_kpa_max",
+    "x_mm", "y_mm", "x_base_mm", "y_base_mm", "area_mm2", "stiffness_kpa_mean", "stiffness_kpa_max",
     "softening", "shrinkage", "dx_mm", "dz_mm", "tilt_deg", "gain_db",
 )  # fmt: skip
 NEW, PERSISTING, RESOLVED = "new", "persisting", "resolved"
@@ -525,7 +525,7 @@ def _visit_truth(study: Study, visit: int, track_map: np.ndarray, kpa: np.ndarra
             values = kpa[rows, cols]
             softening, shrinkage = track.effect(visit)
             record.update(
-                x_mm=x, y_mm=y, x_baseline_mm=float(xb), y_baseline_mm=float(yb), area_mm2=rows.size * s * s,
+                x_mm=x, y_mm=y, x_base_mm=float(xb), y_base_mm=float(yb), area_mm2=rows.size * s * s,
                 stiffness_kpa_mean=float(values.mean()), stiffness_kpa_max=float(values.max()),
                 softening=softening, shrinkage=shrinkage,
             )  # fmt: skip
