@@ -25,18 +25,25 @@ from tpnet.core.longitudinal import (
 SPACING_MM = 0.1
 
 
-def _scene(offset_px=0, seed=0, gain=1.0, offset=0.0, depth_px=0, undulate=True, width=256, height=200):
-    """Dark gel, a bright skin echo at ~1 mm, and two bright interfaces (~6 and ~14 mm) that undulate along the probe
-    axis, seen by a probe whose frame starts ``offset_px`` columns into the scene and ``depth_px`` rows higher
-    (deeper anatomy); fresh speckle per ``seed``; ``gain`` and ``offset`` change the grey levels."""
+def _scene(shift_mm=0.0, seed=0, gain=1.0, offset=0.0, depth_shift_mm=0.0, tilt_deg=0.0, undulate=True):
+    """A 200 x 256 frame: dark gel, a bright skin echo at ~1 mm, and two bright interfaces (~6 and ~14 mm) that
+    undulate along the probe axis; fresh speckle per ``seed``; ``gain`` and ``offset`` change the grey levels.
+    The probe lies where ``Registration`` with these ``shift_mm``, ``tilt_deg``, ``depth_shift_mm`` says: pixel
+    (x, y) of this frame shows the scene at the registration's baseline position."""
     rng = np.random.default_rng(seed)
-    x = (np.arange(width) + offset_px) * SPACING_MM
-    z = (np.arange(height)[:, None] - depth_px) * SPACING_MM
+    height, width = 200, 256
+    y, x = np.mgrid[0:height, 0:width] * SPACING_MM
+    pivot, t = (width - 1) * SPACING_MM / 2, math.radians(tilt_deg)
+    xb = pivot + shift_mm + (x - pivot) * math.cos(t) - y * math.sin(t)
+    z = (x - pivot) * math.sin(t) + y * math.cos(t) + depth_shift_mm
     wave = 1.0 if undulate else 0.0
-    skin = 1.0 + wave * 0.1 * np.sin(2 * np.pi * x / 17.0)
+    skin = 1.0 + wave * 0.1 * np.sin(2 * np.pi * xb / 17.0)
     grey = np.where(z >= skin, 0.35, 0.05)
     grey = np.where((z >= skin) & (z < skin + 0.3), 0.8, grey)  # the skin's entry echo
-    for depth in (6.0 + wave * 0.5 * np.sin(2 * np.pi * x / 20.0 + 1.0), 14.0 + wave * 0.4 * np.sin(x / 2.0)):
+    for depth in (
+        6.0 + wave * 0.5 * np.sin(2 * np.pi * xb / 20.0 + 1.0),
+        14.0 + wave * 0.4 * np.sin(xb / 2.0),
+    ):
         grey = np.where((z >= depth) & (z < depth + 0.5), 0.85, grey)
     grey = grey + 0.08 * rng.standard_normal(grey.shape)
     return np.clip(grey * gain + offset, 0.0, 1.0).astype(np.float32)
@@ -86,30 +93,41 @@ def test_profile_rejects_a_bad_frame():
 # ---- registration ----
 
 
-@pytest.mark.parametrize(("offset_px", "seed"), [(30, 1), (-25, 2), (0, 4)])
-def test_register_recovers_the_lateral_shift_despite_a_gain_change(offset_px, seed):
-    follow_up = _scene(offset_px=offset_px, seed=seed + 100, gain=0.7, offset=0.1)
+@pytest.mark.parametrize(("shift_mm", "seed"), [(3.0, 1), (-2.5, 2), (0.0, 4)])
+def test_register_recovers_the_lateral_shift_despite_a_gain_change(shift_mm, seed):
+    follow_up = _scene(shift_mm=shift_mm, seed=seed + 100, gain=0.7, offset=0.1)
     reg = _register(_scene(seed=seed), follow_up)
-    # The follow-up frame starts offset_px columns further into the scene: x_base = x + offset.
-    assert reg.lateral_shift_mm == pytest.approx(offset_px * SPACING_MM, abs=2 * SPACING_MM)
+    assert reg.lateral_shift_mm == pytest.approx(shift_mm, abs=2 * SPACING_MM)  # within two pixels
     assert reg.depth_shift_mm == pytest.approx(0.0, abs=SPACING_MM)
+    assert reg.tilt_deg == pytest.approx(0.0, abs=0.3)
     assert reg.reliable, reg.reason
     assert reg.reason == ""
     assert reg.residual_mm < 0.3
-    assert reg.overlap_fraction == pytest.approx(1 - abs(offset_px) / 255, abs=0.02)
+    assert reg.overlap_fraction == pytest.approx(1 - abs(shift_mm) / 25.5, abs=0.02)
     assert math.isfinite(reg.intensity_correlation)  # reported, not a rule
-    assert reg.rival_cost_ratio > 3.0
+    assert reg.rival_margin > 2.0
 
 
-def test_register_recovers_a_depth_shift():
-    # The follow-up probe sits on a thicker gel layer: every structure lies 0.8 mm deeper in its frame.
-    reg = _register(_scene(seed=5), _scene(offset_px=15, seed=6, depth_px=8))
+def test_register_recovers_a_depth_shift_and_a_tilt():
+    # The follow-up probe sits on a thicker gel layer (everything 0.8 mm deeper in its frame) and is rocked 2 deg.
+    reg = _register(_scene(seed=5), _scene(shift_mm=1.5, seed=6, depth_shift_mm=-0.8, tilt_deg=2.0))
     assert reg.reliable, reg.reason
     assert reg.depth_shift_mm == pytest.approx(-0.8, abs=SPACING_MM)
     assert reg.lateral_shift_mm == pytest.approx(1.5, abs=2 * SPACING_MM)
-    assert reg.to_baseline(10.0, 5.0) == pytest.approx(
-        (10.0 + reg.lateral_shift_mm, 5.0 + reg.depth_shift_mm)
+    assert reg.tilt_deg == pytest.approx(2.0, abs=0.3)
+    # A translation alone leaves the tilt's ~0.45 mm depth error at the frame's ends in the residual.
+    flat = register(
+        anatomy_profile(_scene(seed=5), SPACING_MM),
+        anatomy_profile(_scene(shift_mm=1.5, seed=6, depth_shift_mm=-0.8, tilt_deg=2.0), SPACING_MM),
+        max_tilt_deg=0.0,
     )
+    assert flat.tilt_deg == 0.0 and flat.residual_mm > 2 * reg.residual_mm
+    # to_baseline is the rigid map: the pivot (probe face centre) moves by the shift and the depth shift only.
+    assert reg.to_baseline(reg.pivot_x_mm, 0.0) == pytest.approx(
+        (reg.pivot_x_mm + reg.lateral_shift_mm, reg.depth_shift_mm)
+    )
+    x_base, y_base = reg.to_baseline(reg.pivot_x_mm + 10.0, 0.0)
+    assert y_base - reg.depth_shift_mm == pytest.approx(10.0 * math.sin(math.radians(reg.tilt_deg)))
 
 
 @pytest.mark.parametrize("which", ["follow-up", "baseline"])
@@ -118,13 +136,13 @@ def test_an_empty_frame_is_never_a_zero_shift(which):
     frames = (_scene(), black) if which == "follow-up" else (black, _scene())
     reg = _register(*frames)
     assert not reg.reliable
-    assert "no anatomy" in reg.reason and which in reg.reason
+    assert "no interface" in reg.reason and which in reg.reason
     assert math.isnan(reg.lateral_shift_mm) and math.isnan(reg.depth_shift_mm)
     assert reg.to_baseline(3.0, 4.0) == (3.0, 4.0)  # nothing to apply
 
 
 def test_flat_interfaces_leave_the_lateral_shift_undetermined():
-    reg = _register(_scene(seed=1, undulate=False), _scene(offset_px=30, seed=2, undulate=False))
+    reg = _register(_scene(seed=1, undulate=False), _scene(shift_mm=3.0, seed=2, undulate=False))
     assert not reg.reliable
     assert "lateral shift not determined" in reg.reason
     assert reg.lateral_uncertainty_mm > 1.5
