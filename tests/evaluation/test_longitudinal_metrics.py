@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from tpnet.core.longitudinal import Detection, Registration, TrackRow, Visit, build_tracks
+from tpnet.data.synth_longitudinal import TRACK_COLUMNS
 from tpnet.evaluation.longitudinal_metrics import (
     TruthTrackRow,
     aggregate,
@@ -245,6 +246,24 @@ def test_read_truth_tracks_with_every_column(tmp_path):
     )
     assert second.status == "resolved" and math.isnan(second.x_mm)
     assert (second.probe_dx_mm, second.probe_dz_mm, second.probe_tilt_deg) == (2.5, -0.1, 1.5)
+
+
+def test_read_truth_tracks_reads_the_generators_columns(tmp_path):
+    header = ",".join(TRACK_COLUMNS)
+    values = {
+        "subject_id": "s3", "sample_id": "s3_v2", "visit": "2", "visit_index": "1", "days_since_baseline": "28",
+        "track_id": "2", "status": "persisting", "class": "latent_trp", "x_mm": "10.5", "y_mm": "12",
+        "x_base_mm": "12.4", "y_base_mm": "12.2", "area_mm2": "6.5", "stiffness_kpa_mean": "31",
+        "stiffness_kpa_max": "44", "softening": "0.3", "shrinkage": "0.2", "dx_mm": "1.9", "dz_mm": "0.4",
+        "tilt_deg": "-0.8", "gain_db": "1.5",
+    }  # fmt: skip
+    values |= {"x_baseline_mm": values["x_base_mm"], "y_baseline_mm": values["y_base_mm"]}  # the older names
+    path = tmp_path / "tracks.csv"
+    path.write_text(header + "\n" + ",".join(values[c] for c in TRACK_COLUMNS) + "\n")
+    (row,) = read_truth_tracks(path)
+    assert (row.x_base_mm, row.y_base_mm, row.class_name) == (12.4, 12.2, "latent_trp")
+    assert (row.probe_dx_mm, row.probe_dz_mm, row.probe_tilt_deg, row.probe_gain_db) == (1.9, 0.4, -0.8, 1.5)
+    assert (row.days_since_baseline, row.softening, row.shrinkage) == (28.0, 0.3, 0.2)
 
 
 def test_read_truth_tracks_without_optional_columns(tmp_path):

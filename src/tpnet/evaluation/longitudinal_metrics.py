@@ -32,17 +32,19 @@ from pathlib import Path
 
 import numpy as np
 
-from tpnet.core.longitudinal import TrackRow
+from tpnet.core.longitudinal import STATUSES, TrackRow
 from tpnet.evaluation.metrics import match_centroids
 
-STATUSES = ("new", "persisting", "resolved")
 REQUIRED_COLUMNS = ("subject_id", "visit", "track_id", "status")
 # CSV column -> field, for the columns whose names differ from the field's.
 COLUMN_ALIASES = {
     "class": "class_name",
+    "x_baseline_mm": "x_base_mm",
+    "y_baseline_mm": "y_base_mm",
     "dx_mm": "probe_dx_mm",
     "dz_mm": "probe_dz_mm",
     "tilt_deg": "probe_tilt_deg",
+    "gain_db": "probe_gain_db",
 }
 CHANGES = ("stiffness_kpa_mean", "stiffness_kpa_max", "area_mm2")
 ERROR_METRICS = {
@@ -55,7 +57,9 @@ ERROR_METRICS = {
 @dataclass
 class TruthTrackRow:
     """One true TrP at one visit. ``x_mm``/``y_mm``: the visit frame; ``x_base_mm``/``y_base_mm``: the baseline
-    frame; ``probe_*``: how the probe was put back at this visit. NaN / "" where the file has no value."""
+    frame; ``probe_*``: how the probe was put back at this visit (tpnet.data.synth_longitudinal: ``dz`` is the
+    elevational shift, ``tilt`` the in-plane rocking); ``softening``/``shrinkage``: the response drawn for the
+    TrP. NaN / "" where the file has no value."""
 
     subject_id: str
     visit: str
@@ -73,16 +77,23 @@ class TruthTrackRow:
     probe_dx_mm: float = math.nan
     probe_dz_mm: float = math.nan
     probe_tilt_deg: float = math.nan
+    probe_gain_db: float = math.nan
+    visit_index: float = math.nan
+    days_since_baseline: float = math.nan
+    softening: float = math.nan
+    shrinkage: float = math.nan
 
 
 _TEXT_FIELDS = {"subject_id", "visit", "track_id", "status", "sample_id", "class_name"}
 
 
 def read_truth_tracks(path: str | Path) -> list[TruthTrackRow]:
-    """truth/tracks.csv: columns ``subject_id, visit, track_id, status`` required; ``sample_id, x_mm, y_mm,
-    x_base_mm, y_base_mm, area_mm2, stiffness_kpa_mean, stiffness_kpa_max, class`` (or ``class_name``) and
-    ``probe_dx_mm, probe_dz_mm, probe_tilt_deg`` (or ``dx_mm, dz_mm, tilt_deg``) optional; unknown columns are
-    ignored. Errors name the file, and the line and column where a value is wrong."""
+    """truth/tracks.csv (tpnet.data.synth_longitudinal.TRACK_COLUMNS): columns ``subject_id, visit, track_id,
+    status`` required; ``sample_id, visit_index, days_since_baseline, x_mm, y_mm, x_base_mm`` (or
+    ``x_baseline_mm``), ``y_base_mm`` (or ``y_baseline_mm``), ``area_mm2, stiffness_kpa_mean, stiffness_kpa_max,
+    class`` (or ``class_name``), ``softening, shrinkage`` and ``probe_dx_mm, probe_dz_mm, probe_tilt_deg,
+    probe_gain_db`` (or ``dx_mm, dz_mm, tilt_deg, gain_db``) optional; unknown columns are ignored. Errors name
+    the file, and the line and column where a value is wrong."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: truth tracks file not found")
