@@ -87,6 +87,7 @@ def test_a_sweep_in_each_format_gives_one_3d_trigger_point_of_the_balls_volume(t
     assert not list((out / "masks").glob("*.png"))  # one label volume, not a PNG per slice
     report = (out / "report.html").read_text()
     assert "sweep" in report and "overlays/sweep_projection.png" in report
+    assert 'href="#sweep-sweep"' in report and "slice 3</a>" not in report  # one row per sweep, linked
     assert (out / "overlays" / "sweep_projection.png").is_file()
     assert (out / "overlays" / "sweep_trp1_along.png").is_file()
 

@@ -25,6 +25,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import cv2
 import numpy as np
@@ -617,6 +618,7 @@ def _analyse(
         )
         return exit_code(stats.stopped_by)
     loop_summaries, frame_summaries = _write_tables(output_dir, frames, journal, model, args.min_frames)
+    frame_summaries = _one_row_per_sweep(frame_summaries, frames, journal)
     subject_summaries = _subject_summaries(frame_summaries)
     _write_json(output_dir / "summary.json", summary(complete=True))
     report.finish(
@@ -964,6 +966,36 @@ def _write_tables(
         loop_lines += rows
     _write_csv(output_dir / "loops.csv", loop_lines)
     return summaries, frame_summaries
+
+
+def _one_row_per_sweep(
+    summaries: list[dict], frames: list[FrameInput], journal: ProgressJournal
+) -> list[dict]:
+    """The report's and summary's per-input rows with each sweep's slices as one row (frames.csv keeps every
+    slice): the sweep's 3-D trigger points, its highest per-slice P(TrP), every warning code of its slices, and
+    a link to its section; a sweep not written (stopped, or every slice failed) is "not analysed"."""
+    by_stem = {f.stem: f for f in frames}
+    points = {r.stem: len(r.rows_3d) for r in journal.records if r.rows_3d or r.section}
+    out: list[dict] = []
+    for summary in summaries:
+        frame = by_stem.get(summary["stem"])
+        if frame is None or frame.kind != "sweep":
+            out.append(summary)
+            continue
+        if frame.slice_index == 0 or not out or out[-1].get("sweep") != frame.sweep:
+            out.append({
+                "stem": frame.sweep, "sweep": frame.sweep, "name": frame.name.rsplit(" slice ", 1)[0],
+                "subject_id": summary["subject_id"], "status": "not analysed", "trp_count": None,
+                "p_trp_frame": None, "warnings": [], "anchor": "sweep-" + quote(str(frame.sweep), safe=""),
+            })  # fmt: skip
+        row = out[-1]
+        p = summary["p_trp_frame"]
+        if p is not None and (row["p_trp_frame"] is None or p > row["p_trp_frame"]):
+            row["p_trp_frame"] = p
+        row["warnings"] += [code for code in summary["warnings"] if code not in row["warnings"]]
+        if summary["stem"] in points:  # the slice whose record carries the finished sweep
+            row["status"], row["trp_count"] = "analysed", points[summary["stem"]]
+    return out
 
 
 def _subject_summaries(frame_summaries: list[dict]) -> list[dict]:

@@ -433,7 +433,10 @@ def _frame_row(frame: dict) -> dict:
         finding = "not analysed"
     return {
         "name": frame.get("name") or frame.get("stem"),
-        "anchor": _anchor(str(frame.get("stem") or "")) if status == "analysed" else None,
+        # A sweep's row links its sweep section (its own anchor); a frame's, its frame section.
+        "anchor": (frame.get("anchor") or _anchor(str(frame.get("stem") or "")))
+        if status == "analysed"
+        else None,
         "subject_id": frame.get("subject_id") or "",
         "status": status,
         "finding": finding,
