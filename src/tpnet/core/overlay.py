@@ -374,7 +374,7 @@ def _warning(canvas: np.ndarray, layout: OverlayLayout, centre: tuple[int, int])
     cv2.fillPoly(canvas, [triangle], NEEDLE_UNSAFE_COLOUR)
     cv2.polylines(canvas, [triangle], True, HALO_COLOUR, max(1, layout.thickness - 1), cv2.LINE_AA)
     (w, _), _ = cv2.getTextSize("!", FONT, layout.font_scale * SMALL_TEXT, layout.thickness)
-    _text(canvas, "!", (cx - w // 2, cy + half - 2), layout, MARKER_COLOUR, SMALL_TEXT)
+    draw_text(canvas, "!", (cx - w // 2, cy + half - 2), layout, MARKER_COLOUR, SMALL_TEXT)
 
 
 def _uncertainty_circles(
@@ -459,13 +459,13 @@ def _labels(canvas: np.ndarray, layout: OverlayLayout, trigger_points: Sequence[
         if math.hypot(cx - ax, cy - ay) > 2.5 * layout.text_px:
             cv2.line(canvas, (ax, ay), (cx, cy), HALO_COLOUR, layout.thickness + 2)
             cv2.line(canvas, (ax, ay), (cx, cy), MARKER_COLOUR, max(1, layout.thickness - 1))
-        _text(canvas, text, (rect[0] + 2, rect[3] - 3), layout, MARKER_COLOUR)
+        draw_text(canvas, text, (rect[0] + 2, rect[3] - 3), layout, MARKER_COLOUR)
 
 
 # ------------------------------------------------------------------------------------------------- the margins
 
 
-def _text(
+def draw_text(
     canvas: np.ndarray,
     text: str,
     origin: tuple[int, int],
@@ -480,24 +480,26 @@ def _text(
     cv2.putText(canvas, text, origin, FONT, font_scale, colour, layout.thickness, cv2.LINE_AA)
 
 
-def _text_width(text: str, layout: OverlayLayout, scale: float = 1.0) -> int:
+def text_width(text: str, layout: OverlayLayout, scale: float = 1.0) -> int:
+    """Pixel width of ``draw_text``'s text (ASCII, as drawn)."""
+    text = text.encode("ascii", "replace").decode("ascii")
     return cv2.getTextSize(text, FONT, layout.font_scale * scale, layout.thickness)[0][0]
 
 
 def _fit(text: str, width: int, layout: OverlayLayout) -> str:
     """``text`` shortened in the middle ("start...end") to fit ``width`` pixels: both ends of a file name matter."""
     text = text.encode("ascii", "replace").decode("ascii")
-    if _text_width(text, layout) <= width:
+    if text_width(text, layout) <= width:
         return text
     keep = len(text)
-    while keep > 4 and _text_width(text[: keep // 2] + "..." + text[len(text) - keep // 2 :], layout) > width:
+    while keep > 4 and text_width(text[: keep // 2] + "..." + text[len(text) - keep // 2 :], layout) > width:
         keep -= 1
     return text[: keep // 2] + "..." + text[len(text) - keep // 2 :]
 
 
 def _title(canvas: np.ndarray, layout: OverlayLayout, title: str) -> None:
     pad = layout.text_px // 2 + 2
-    _text(
+    draw_text(
         canvas, _fit(title, layout.width - 2 * pad, layout), (pad, pad + layout.text_px), layout, PANEL_TEXT
     )
 
@@ -531,8 +533,8 @@ def _depth_ruler(canvas: np.ndarray, layout: OverlayLayout, spacing_mm: float, s
         y = round(zero_y + k * step * px_per_mm)
         cv2.line(canvas, (axis_x - tick, y), (axis_x, y), PANEL_TEXT, layout.thickness)
         label = f"{k * step:g}"
-        x = axis_x - tick - 3 - _text_width(label, layout, SMALL_TEXT)
-        _text(canvas, label, (x, min(y + layout.text_px // 2, bottom)), layout, PANEL_TEXT, SMALL_TEXT)
+        x = axis_x - tick - 3 - text_width(label, layout, SMALL_TEXT)
+        draw_text(canvas, label, (x, min(y + layout.text_px // 2, bottom)), layout, PANEL_TEXT, SMALL_TEXT)
     # The origin, pointing at the image: a small triangle at the skin line.
     size = layout.text_px // 2
     triangle = np.array([[axis_x, zero_y], [axis_x - size, zero_y - size], [axis_x - size, zero_y + size]])
@@ -551,13 +553,13 @@ def _colour_bar(canvas: np.ndarray, layout: OverlayLayout, kpa_range: tuple[floa
     blended = np.round(colours * SWE_ALPHA + 128 * (1 - SWE_ALPHA)).astype(np.uint8)  # as on mid-grey tissue
     canvas[top : bottom + 1, x0 : x0 + bar_w] = blended
     cv2.rectangle(canvas, (x0, top), (x0 + bar_w - 1, bottom), PANEL_TEXT, 1)
-    _text(canvas, "kPa", (x0, layout.image_y + layout.text_px), layout, PANEL_TEXT, SMALL_TEXT)
+    draw_text(canvas, "kPa", (x0, layout.image_y + layout.text_px), layout, PANEL_TEXT, SMALL_TEXT)
     for fraction in (0.0, 0.5, 1.0):
         value = low + fraction * (high - low)
         y = round(bottom - fraction * (bottom - top))
         cv2.line(canvas, (x0 + bar_w, y), (x0 + bar_w + 4, y), PANEL_TEXT, 1)
         # A gap after the tick, or "40" beside its tick reads as "-40".
-        _text(canvas, f"{value:g}", (x0 + bar_w + 4 + layout.text_px // 2, min(max(y + layout.text_px // 2, top + layout.text_px), bottom)), layout, PANEL_TEXT, SMALL_TEXT)  # fmt: skip
+        draw_text(canvas, f"{value:g}", (x0 + bar_w + 4 + layout.text_px // 2, min(max(y + layout.text_px // 2, top + layout.text_px), bottom)), layout, PANEL_TEXT, SMALL_TEXT)  # fmt: skip
 
 
 def _legend_entries(
@@ -591,7 +593,7 @@ def _legend_entries(
 
 def _entry_width(entry: tuple[str, tuple[int, int, int] | None], layout: OverlayLayout) -> int:
     swatch = layout.text_px + 6 if entry[1] is not None else 0
-    return swatch + _text_width(entry[0], layout, SMALL_TEXT) + 2 * layout.text_px
+    return swatch + text_width(entry[0], layout, SMALL_TEXT) + 2 * layout.text_px
 
 
 def _wrap_legend(
@@ -628,9 +630,11 @@ def _legend(
         bar_h = max(3, layout.text_px // 3)
         cv2.rectangle(canvas, (x, baseline - bar_h), (x + length_px - 1, baseline - 1), MARKER_COLOUR, -1)
         label = f"{length_mm:g} mm   (pixel {spacing_mm:.3g} mm)"
-        _text(canvas, label, (x + length_px + pad, baseline), layout, PANEL_TEXT, SMALL_TEXT)
+        draw_text(canvas, label, (x + length_px + pad, baseline), layout, PANEL_TEXT, SMALL_TEXT)
     else:
-        _text(canvas, "pixel size unknown: no mm scale", (x, baseline), layout, (255, 200, 80), SMALL_TEXT)
+        draw_text(
+            canvas, "pixel size unknown: no mm scale", (x, baseline), layout, (255, 200, 80), SMALL_TEXT
+        )
     for row, line in enumerate(lines, start=1):
         x = pad
         y = baseline + row * line_h
@@ -638,5 +642,5 @@ def _legend(
             if colour is not None:
                 cv2.rectangle(canvas, (x, y - layout.text_px), (x + layout.text_px, y), colour, -1)
                 x += layout.text_px + 6
-            _text(canvas, text, (x, y), layout, PANEL_TEXT, SMALL_TEXT)
-            x += _text_width(text, layout, SMALL_TEXT) + 2 * layout.text_px
+            draw_text(canvas, text, (x, y), layout, PANEL_TEXT, SMALL_TEXT)
+            x += text_width(text, layout, SMALL_TEXT) + 2 * layout.text_px

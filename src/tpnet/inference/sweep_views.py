@@ -43,8 +43,10 @@ from tpnet.core.overlay import (
     PANEL_TEXT,
     SMALL_TEXT,
     class_colour,
+    draw_text,
     nice_length,
     place_labels,
+    text_width,
 )
 from tpnet.core.volume_postprocess import TriggerPoint3D
 from tpnet.inference.report import class_label
@@ -643,7 +645,7 @@ def _numbers(
         if math.hypot(cx - ax, cy - ay) > 2.5 * layout.text_px:
             cv2.line(canvas, (ax, ay), (cx, cy), HALO_COLOUR, layout.thickness + 2)
             cv2.line(canvas, (ax, ay), (cx, cy), MARKER_COLOUR, max(1, layout.thickness - 1))
-        _text(canvas, text, (rect[0] + 2, rect[3] - 3), layout, MARKER_COLOUR)
+        draw_text(canvas, text, (rect[0] + 2, rect[3] - 3), layout, MARKER_COLOUR)
 
 
 def _top_mark(canvas: np.ndarray, layout: ViewLayout, x: int) -> None:
@@ -670,33 +672,13 @@ def _extent_bracket(
     cv2.polylines(canvas, [points], False, HALO_COLOUR, layout.thickness + 2)
     cv2.polylines(canvas, [points], False, colour, layout.thickness)
     label = f"extent {trp.extent_along_sweep_mm:.1f} mm: slices {first}..{last}"
-    width = _text_width(label, layout, SMALL_TEXT)
+    width = text_width(label, layout, SMALL_TEXT)
     left = int(np.clip((x0 + x1 - width) // 2, layout.pad, layout.width - layout.pad - width))
-    _text(canvas, label, (left, y - layout.pad), layout, PANEL_TEXT, SMALL_TEXT)
+    draw_text(canvas, label, (left, y - layout.pad), layout, PANEL_TEXT, SMALL_TEXT)
     _top_mark(canvas, layout, round(layout.image_x + (mid + 0.5) * slice_px - 0.5))
 
 
 # ----------------------------------------------------------------------------------------------- margins
-
-
-def _text(
-    canvas: np.ndarray,
-    text: str,
-    origin: tuple[int, int],
-    layout: ViewLayout,
-    colour: tuple[int, int, int],
-    scale: float = 1.0,
-) -> None:
-    """Haloed text; Hershey fonts are ASCII only, other characters become '?'."""
-    text = text.encode("ascii", "replace").decode("ascii")
-    font_scale = layout.font_scale * scale
-    cv2.putText(canvas, text, origin, FONT, font_scale, HALO_COLOUR, layout.thickness + 2, cv2.LINE_AA)
-    cv2.putText(canvas, text, origin, FONT, font_scale, colour, layout.thickness, cv2.LINE_AA)
-
-
-def _text_width(text: str, layout: ViewLayout, scale: float = 1.0) -> int:
-    text = text.encode("ascii", "replace").decode("ascii")
-    return cv2.getTextSize(text, FONT, layout.font_scale * scale, layout.thickness)[0][0]
 
 
 def _title(canvas: np.ndarray, layout: ViewLayout, title: str) -> None:
@@ -704,10 +686,10 @@ def _title(canvas: np.ndarray, layout: ViewLayout, title: str) -> None:
     title = title.encode("ascii", "replace").decode("ascii")
     available = layout.width - 2 * layout.pad
     text, keep = title, len(title)
-    while keep > 4 and _text_width(text, layout) > available:
+    while keep > 4 and text_width(text, layout) > available:
         keep -= 1
         text = title[: keep // 2] + "..." + title[len(title) - keep // 2 :]
-    _text(canvas, text, (layout.pad, layout.pad + layout.text_px), layout, PANEL_TEXT)
+    draw_text(canvas, text, (layout.pad, layout.pad + layout.text_px), layout, PANEL_TEXT)
 
 
 def _ruler_step(length_mm: float, layout: ViewLayout, label_px: float) -> float:
@@ -731,8 +713,8 @@ def _depth_ruler(canvas: np.ndarray, layout: ViewLayout, rows: int, row_mm: floa
         y = round(layout.image_y + (k * step + row_mm / 2) * layout.px_per_mm - 0.5)
         cv2.line(canvas, (axis_x - tick, y), (axis_x, y), PANEL_TEXT, layout.thickness)
         label = f"{k * step:g}"
-        x = axis_x - tick - 3 - _text_width(label, layout, SMALL_TEXT)
-        _text(canvas, label, (x, min(y + layout.text_px // 2, bottom)), layout, PANEL_TEXT, SMALL_TEXT)
+        x = axis_x - tick - 3 - text_width(label, layout, SMALL_TEXT)
+        draw_text(canvas, label, (x, min(y + layout.text_px // 2, bottom)), layout, PANEL_TEXT, SMALL_TEXT)
 
 
 def _bottom_ruler(canvas: np.ndarray, layout: ViewLayout, samples: int, sample_mm: float) -> None:
@@ -742,16 +724,16 @@ def _bottom_ruler(canvas: np.ndarray, layout: ViewLayout, samples: int, sample_m
     axis_y = layout.image_y + layout.image_h + 3
     right = layout.image_x + layout.image_w - 1
     cv2.line(canvas, (layout.image_x, axis_y), (right, axis_y), PANEL_TEXT, layout.thickness)
-    widest = _text_width(f"{last_mm:.0f}.5", layout, SMALL_TEXT)
+    widest = text_width(f"{last_mm:.0f}.5", layout, SMALL_TEXT)
     step = _ruler_step(last_mm, layout, widest + layout.text_px)
     tick = layout.text_px // 2
     for k in range(int(last_mm / step + 1e-9) + 1):
         x = round(layout.image_x + (k * step + sample_mm / 2) * layout.px_per_mm - 0.5)
         cv2.line(canvas, (x, axis_y), (x, axis_y + tick), PANEL_TEXT, layout.thickness)
         label = f"{k * step:g}"
-        width = _text_width(label, layout, SMALL_TEXT)
+        width = text_width(label, layout, SMALL_TEXT)
         left = int(np.clip(x - width // 2, 0, layout.width - width))
-        _text(canvas, label, (left, axis_y + tick + layout.text_px), layout, PANEL_TEXT, SMALL_TEXT)
+        draw_text(canvas, label, (left, axis_y + tick + layout.text_px), layout, PANEL_TEXT, SMALL_TEXT)
 
 
 def _prob_bar(canvas: np.ndarray, layout: ViewLayout) -> None:
@@ -765,11 +747,11 @@ def _prob_bar(canvas: np.ndarray, layout: ViewLayout) -> None:
     values = np.linspace(1.0, 0.0, bottom - top + 1)[:, None].repeat(bar_w, axis=1)
     canvas[top : bottom + 1, x0 : x0 + bar_w] = _tint(np.full((*values.shape, 3), 128, np.uint8), values)
     cv2.rectangle(canvas, (x0, top), (x0 + bar_w - 1, bottom), PANEL_TEXT, 1)
-    _text(canvas, "P", (x0, layout.image_y + layout.text_px), layout, PANEL_TEXT, SMALL_TEXT)
+    draw_text(canvas, "P", (x0, layout.image_y + layout.text_px), layout, PANEL_TEXT, SMALL_TEXT)
     for value, y in ((1.0, top), (0.5, (top + bottom) // 2), (0.0, bottom)):
         cv2.line(canvas, (x0 + bar_w, y), (x0 + bar_w + 4, y), PANEL_TEXT, 1)
         y_text = min(max(y + layout.text_px // 2, top + layout.text_px), bottom)
-        _text(
+        draw_text(
             canvas,
             f"{value:g}",
             (x0 + bar_w + 4 + layout.text_px // 2, y_text),
@@ -793,7 +775,7 @@ def _class_entries(classes: Sequence[str], roles: ClassRoles | None, shown: Sequ
 
 def _entry_width(entry: Entry, layout: ViewLayout) -> int:
     swatch = layout.text_px + 6 if entry[1] is not None else 0
-    return swatch + _text_width(entry[0], layout, SMALL_TEXT) + 2 * layout.text_px
+    return swatch + text_width(entry[0], layout, SMALL_TEXT) + 2 * layout.text_px
 
 
 def _wrap_legend(entries: list[Entry], layout: ViewLayout) -> list[list[Entry]]:
@@ -830,7 +812,7 @@ def _legend(canvas: np.ndarray, layout: ViewLayout, lines: list[list[Entry]]) ->
     bar_h = max(3, layout.text_px // 3)
     cv2.rectangle(canvas, (x, baseline - bar_h), (x + length_px - 1, baseline - 1), MARKER_COLOUR, -1)
     label = f"{length_mm:g} mm  (1 px = {1 / layout.px_per_mm:.3g} mm, both axes)"
-    _text(canvas, label, (x + length_px + layout.pad, baseline), layout, PANEL_TEXT, SMALL_TEXT)
+    draw_text(canvas, label, (x + length_px + layout.pad, baseline), layout, PANEL_TEXT, SMALL_TEXT)
     for row, line in enumerate(lines, start=1):
         x = layout.pad
         y = baseline + row * line_h
@@ -838,5 +820,5 @@ def _legend(canvas: np.ndarray, layout: ViewLayout, lines: list[list[Entry]]) ->
             if colour is not None:
                 cv2.rectangle(canvas, (x, y - layout.text_px), (x + layout.text_px, y), colour, -1)
                 x += layout.text_px + 6
-            _text(canvas, text, (x, y), layout, PANEL_TEXT, SMALL_TEXT)
-            x += _text_width(text, layout, SMALL_TEXT) + 2 * layout.text_px
+            draw_text(canvas, text, (x, y), layout, PANEL_TEXT, SMALL_TEXT)
+            x += text_width(text, layout, SMALL_TEXT) + 2 * layout.text_px
