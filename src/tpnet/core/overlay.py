@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -443,6 +444,23 @@ def _labels(canvas: np.ndarray, layout: OverlayLayout, trigger_points: Sequence[
         return
     texts = [str(p.trp_id) for p in trigger_points]
     anchors = [layout.to_overlay(p.x_px, p.y_px) for p in trigger_points]
+    rects = label_rects(texts, anchors, layout, gap=layout.text_px // 2 + 2)
+    for text, (ax, ay), rect in zip(texts, anchors, rects, strict=True):
+        cx, cy = (rect[0] + rect[2]) // 2, (rect[1] + rect[3]) // 2
+        if math.hypot(cx - ax, cy - ay) > 2.5 * layout.text_px:
+            cv2.line(canvas, (ax, ay), (cx, cy), HALO_COLOUR, layout.thickness + 2)
+            cv2.line(canvas, (ax, ay), (cx, cy), MARKER_COLOUR, max(1, layout.thickness - 1))
+        draw_text(canvas, text, (rect[0] + 2, rect[3] - 3), layout, MARKER_COLOUR)
+
+
+# ------------------------------------------------------------------------------------------------- the margins
+
+
+def label_rects(
+    texts: Sequence[str], anchors: Sequence[tuple[int, int]], layout: Any, gap: int
+) -> list[tuple[int, int, int, int]]:
+    """Where each text goes (``place_labels``), kept inside ``layout``'s image area; ``layout``: any layout with
+    font_scale, thickness and image_x/_y/_w/_h (an overlay's, a sweep picture's)."""
     sizes = []
     for text in texts:
         (w, h), _ = cv2.getTextSize(text, FONT, layout.font_scale, layout.thickness)
@@ -453,16 +471,7 @@ def _labels(canvas: np.ndarray, layout: OverlayLayout, trigger_points: Sequence[
         layout.image_x + layout.image_w,
         layout.image_y + layout.image_h,
     )
-    rects = place_labels(anchors, sizes, bounds, gap=layout.text_px // 2 + 2)
-    for text, (ax, ay), rect in zip(texts, anchors, rects, strict=True):
-        cx, cy = (rect[0] + rect[2]) // 2, (rect[1] + rect[3]) // 2
-        if math.hypot(cx - ax, cy - ay) > 2.5 * layout.text_px:
-            cv2.line(canvas, (ax, ay), (cx, cy), HALO_COLOUR, layout.thickness + 2)
-            cv2.line(canvas, (ax, ay), (cx, cy), MARKER_COLOUR, max(1, layout.thickness - 1))
-        draw_text(canvas, text, (rect[0] + 2, rect[3] - 3), layout, MARKER_COLOUR)
-
-
-# ------------------------------------------------------------------------------------------------- the margins
+    return place_labels(anchors, sizes, bounds, gap=gap)
 
 
 def draw_text(

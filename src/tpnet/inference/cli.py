@@ -902,7 +902,10 @@ def _record_frame(
         frame.name,
         rows=[_csv_row(frame, p) for p in points] or [_no_finding_row(frame)],
         frame_row=_frame_row(frame, result.bmode.shape, len(points), "analysed", p_frame, codes),
-        section=frame_section(
+        # A sweep's slice has no section of its own (the sweep's is written once): not rendered per slice.
+        section=""
+        if frame.kind == "sweep"
+        else frame_section(
             frame,
             f"overlays/{frame.stem}.png" if overlays else None,
             points,

@@ -35,7 +35,6 @@ import numpy as np
 from tpnet.core.confidence import Calibration
 from tpnet.core.contract import ClassRoles, critical_class_indices, trp_class_indices
 from tpnet.core.overlay import (
-    FONT,
     HALO_COLOUR,
     MARKER_COLOUR,
     MIN_TEXT_PX,
@@ -44,8 +43,8 @@ from tpnet.core.overlay import (
     SMALL_TEXT,
     class_colour,
     draw_text,
+    label_rects,
     nice_length,
-    place_labels,
     text_width,
 )
 from tpnet.core.volume_postprocess import TriggerPoint3D
@@ -629,17 +628,7 @@ def _numbers(
     it had to move away."""
     if not texts:
         return
-    sizes = []
-    for text in texts:
-        (w, h), _ = cv2.getTextSize(text, FONT, layout.font_scale, layout.thickness)
-        sizes.append((w + 4, h + 6))
-    bounds = (
-        layout.image_x,
-        layout.image_y,
-        layout.image_x + layout.image_w,
-        layout.image_y + layout.image_h,
-    )
-    rects = place_labels(anchors, sizes, bounds, gap=layout.pad)
+    rects = label_rects(texts, anchors, layout, gap=layout.pad)
     for text, (ax, ay), rect in zip(texts, anchors, rects, strict=True):
         cx, cy = (rect[0] + rect[2]) // 2, (rect[1] + rect[3]) // 2
         if math.hypot(cx - ax, cy - ay) > 2.5 * layout.text_px:
