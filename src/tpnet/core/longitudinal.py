@@ -44,6 +44,7 @@ from the centre of the top-left pixel. A visit's registration maps its frame to 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
@@ -119,6 +120,20 @@ SWE_CELL_MM2 = 1.0
 BOUNDARY_SD_MM = 0.2
 
 STATUSES = ("new", "persisting", "resolved")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
+def visit_order(labels: Sequence[str]) -> list[str]:
+    """A subject's visit labels in time order: numerically when all are numbers (ordinals), as dates when all are
+    ISO dates (string order is date order), else in the order given."""
+    unique = list(dict.fromkeys(labels))
+    try:
+        return sorted(unique, key=float)
+    except ValueError:
+        pass
+    if all(_ISO_DATE.match(label) for label in unique):
+        return sorted(unique)
+    return unique
 
 
 @dataclass
@@ -611,14 +626,14 @@ class Detection:
     depth_from_skin_mm: float = math.nan
 
     @classmethod
-    def from_trigger_point(cls, point, stiffness_kpa_max: float = math.nan) -> Detection:
-        """``TriggerPoint`` has no maximum stiffness: pass it when measured (NaN otherwise)."""
+    def from_trigger_point(cls, point) -> Detection:
+        """The tracked measurements of a ``tpnet.core.postprocess.TriggerPoint``."""
         return cls(
             x_mm=float(point.x_mm),
             y_mm=float(point.y_mm),
             area_mm2=float(point.area_mm2),
             stiffness_kpa_mean=float(point.stiffness_kpa_mean),
-            stiffness_kpa_max=float(stiffness_kpa_max),
+            stiffness_kpa_max=float(point.stiffness_kpa_max),
             stiffness_kpa_sd=float(point.stiffness_kpa_sd),
             swe_coverage=float(point.swe_coverage),
             class_name=str(point.reported_class or point.class_name),

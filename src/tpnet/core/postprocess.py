@@ -96,6 +96,7 @@ class TriggerPoint:
     stiffness_kpa_median: float = math.nan
     stiffness_kpa_sd: float = math.nan
     swe_coverage: float = math.nan  # share of its pixels with a valid SWE value; NaN: no SWE map at all
+    stiffness_kpa_max: float = math.nan  # largest valid kPa inside (follow-up visits compare it, issue #18)
     stiffness_contrast: float = math.nan  # median kPa inside / median kPa in a ring around it
     p_active: float = math.nan  # calibrated P(active | a true TrP); NaN: the model cannot say
     reported_class: str = ""  # what CSV and report show: active_trp, latent_trp or indeterminate
@@ -195,7 +196,7 @@ def find_trigger_points(
     Class = majority TrP label inside (ties go to the earlier class); confidence = raw_confidence = mean summed
     TrP probability inside (1.0 without ``probs``, i.e. ground truth); max_prob = its largest value inside;
     active_fraction = active_trp share of the TrP probability mass inside; stiffness = mean, median and sample
-    SD (ddof=1; 0 for one pixel) of the valid kPa values under the component, swe_coverage = valid SWE pixels /
+    SD (ddof=1; 0 for one pixel) and maximum of the valid kPa values under the component, swe_coverage = valid SWE pixels /
     component pixels (all NaN without an SWE map); stiffness_contrast = median kPa inside / median valid kPa in
     a ``CONTRAST_RING_MM`` ring around it outside every TrP (NaN when either is empty);
     nearest_vessel_mm = centroid to the nearest vessel-pixel centre, ignoring vessel components under
@@ -308,7 +309,12 @@ def _stiffness_stats(
     components: np.ndarray, boxes: np.ndarray, elasto_kpa: np.ndarray | None, spacing_mm: float
 ) -> list[dict[str, float]]:
     """Per component: stiffness median, SD, SWE coverage and contrast with its surrounding ring."""
-    nan = {"stiffness_kpa_median": math.nan, "stiffness_kpa_sd": math.nan, "swe_coverage": math.nan}
+    nan = {
+        "stiffness_kpa_median": math.nan,
+        "stiffness_kpa_sd": math.nan,
+        "swe_coverage": math.nan,
+        "stiffness_kpa_max": math.nan,
+    }
     n = len(boxes)
     out = [{**nan, "stiffness_contrast": math.nan} for _ in range(n)]
     if elasto_kpa is None:
@@ -330,6 +336,7 @@ def _stiffness_stats(
             continue
         median = float(np.median(values))
         out[c]["stiffness_kpa_median"] = median
+        out[c]["stiffness_kpa_max"] = float(values.max())
         out[c]["stiffness_kpa_sd"] = float(np.std(values, ddof=1)) if values.size > 1 else 0.0
         ring = cv2.dilate(inside.astype(np.uint8), kernel).astype(bool) & ~any_trp[y0:y1, x0:x1] & ok
         if ring.any():

@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
-from tpnet.core.longitudinal import STATUSES, TrackRow
+from tpnet.core.longitudinal import STATUSES, TrackRow, visit_order
 from tpnet.evaluation.metrics import match_centroids
 
 REQUIRED_COLUMNS = ("subject_id", "visit", "track_id", "status")
@@ -134,22 +133,6 @@ def read_truth_tracks(path: str | Path) -> list[TruthTrackRow]:
                 )
             rows.append(TruthTrackRow(**values))
     return rows
-
-
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
-
-
-def visit_order(labels: Sequence[str]) -> list[str]:
-    """A subject's visit labels in time order: numerically when all are numbers (ordinals), as dates when all are
-    ISO dates (string order is date order), else in the order given."""
-    unique = list(dict.fromkeys(labels))
-    try:
-        return sorted(unique, key=float)
-    except ValueError:
-        pass
-    if all(_ISO_DATE.match(label) for label in unique):
-        return sorted(unique)
-    return unique
 
 
 @dataclass
