@@ -2,8 +2,9 @@
 
 A folder is tpnet's own once it holds ``OUTPUT_MARKER``, written before anything else. ``--overwrite`` and
 ``--resume`` refuse any non-empty folder without it (a dataset root, a folder of ground-truth masks, someone's
-home): nothing in such a folder is ever deleted. In a marked folder only tpnet's own names go: the PNGs in
-``masks/`` and ``overlays/``, the CSV, JSON and HTML it writes, and its temporary files.
+home): nothing in such a folder is ever deleted. In a marked folder only tpnet's own names go: the PNG,
+.nii.gz and HTML files in ``masks/``, ``overlays/`` and ``patients/``, the CSV, JSON and HTML it writes, and its
+temporary files.
 """
 
 from __future__ import annotations
@@ -15,8 +16,14 @@ from tpnet import __version__
 from tpnet.core.atomic import atomic_write_text
 
 OUTPUT_MARKER = "tpnet-infer-output.json"
-OUTPUT_FILES: tuple[str, ...] = ("detections.csv", "frames.csv", "loops.csv", "summary.json", "report.html")
-OUTPUT_DIRS: tuple[str, ...] = ("masks", "overlays")
+OUTPUT_FILES: tuple[str, ...] = (
+    "detections.csv", "frames.csv", "loops.csv", "summary.json", "report.html", "detections_3d.csv",
+    "tracks.csv", "changes.csv", "visits.csv",
+)  # fmt: skip
+# masks/ (PNG label maps, sweeps' .nii.gz), overlays/ (PNG), patients/ (one HTML page per patient, issue #18)
+OUTPUT_DIRS: tuple[str, ...] = ("masks", "overlays", "patients")
+ALWAYS_MADE_DIRS: tuple[str, ...] = ("masks", "overlays")  # patients/ only by a --longitudinal run
+OWN_SUFFIXES: tuple[str, ...] = (".png", ".nii.gz", ".html")  # what tpnet-infer writes into its folders
 LOCK_NAME = ".tpnet-infer.lock"
 REPORT_SECTIONS_TMP = ".report.html.sections.tmp"
 # Left by a run that was killed: the lock (taken over when stale) and the report's streamed sections.
@@ -73,9 +80,12 @@ def remove_earlier_results(output_dir: Path, keep_results: bool = False) -> None
     ``keep_results``: only the temporary files of a killed run go (a resumed run keeps the rest)."""
     for name in OUTPUT_DIRS:
         sub = output_dir / name
-        sub.mkdir(exist_ok=True)
+        if name in ALWAYS_MADE_DIRS:
+            sub.mkdir(exist_ok=True)
+        elif not sub.is_dir():
+            continue
         for path in sub.iterdir():
-            ours = _is_temporary(path) or (not keep_results and path.suffix == ".png")
+            ours = _is_temporary(path) or (not keep_results and path.name.endswith(OWN_SUFFIXES))
             if ours and (path.is_symlink() or path.is_file()):  # never a folder
                 path.unlink()
     for name in (REPORT_SECTIONS_TMP,) if keep_results else (*OUTPUT_FILES, REPORT_SECTIONS_TMP):
