@@ -79,8 +79,17 @@ def test_overwrite_in_tpnet_own_folder_replaces_only_its_files(tmp_path, model_p
     (out / "masks" / "annotated" / "gt.png").write_bytes(b"ground truth")
     (out / "masks" / "readme.txt").write_text("keep me")
     write_png(out / "masks" / "stale.png", np.zeros((4, 4), np.uint8))
+    # An earlier run's sweep and longitudinal outputs: this run writes none, so none may stay to be misread.
+    (out / "masks" / "sweep.nii.gz").write_bytes(b"old sweep mask")
+    for name in ("detections_3d.csv", "tracks.csv", "changes.csv", "visits.csv"):
+        (out / name).write_text("old\n")
+    (out / "patients").mkdir()
+    (out / "patients" / "p1.html").write_text("old page")
+    (out / "patients" / "letter.txt").write_text("keep me")
 
     assert main([*args, "--overwrite"]) == 0
+    assert not any((out / n).exists() for n in ("detections_3d.csv", "tracks.csv", "changes.csv", "visits.csv"))
+    assert sorted(p.name for p in (out / "patients").iterdir()) == ["letter.txt"]
 
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["annotated", "one.png", "readme.txt"]
     assert (out / "masks" / "annotated" / "gt.png").read_bytes() == b"ground truth"
