@@ -173,35 +173,42 @@ def track_picture(
     ] = _scaled_bmode(grey, layout.scale)
 
     anchors_px = [(r.x_mm / spacing_mm, r.y_mm / spacing_mm) for r in present]
+    anchors = [layout.to_overlay(x, y) for x, y in anchors_px]
+    # A label starts from its outline's top-right corner (without an outline: its cross's), so it sits beside
+    # the outline, not on it.
+    half = max(7, layout.text_px) // 2  # sweep_views._cross's arm
+    label_anchors = [(x + half, y - half) for x, y in anchors]
     if label_map is not None and len(trp_labels):
         in_trp = np.isin(label_map, list(trp_labels)).astype(np.uint8)
-        count, components = cv2.connectedComponents(in_trp, connectivity=8, ltype=cv2.CV_32S)
+        count, components, stats, _ = cv2.connectedComponentsWithStats(
+            in_trp, connectivity=8, ltype=cv2.CV_32S
+        )
         owner = _component_tracks(components, count, anchors_px)
         outlines = []
         for index in range(1, count):
             mask = _upscale((components == index).astype(np.uint8), layout.scale)
             if index in owner:
                 outlines.append((mask, track_colour(present[owner[index]].track_id), layout.thickness + 1))
+                x, y, w, _ = (int(v) for v in stats[index, :4])
+                label_anchors[owner[index]] = layout.to_overlay(x + w - 0.5, y - 0.5)
             else:
                 outlines.append((mask, UNTRACKED_COLOUR, max(1, layout.thickness - 1)))
         _draw_outlines(canvas, layout, outlines)
-    anchors = [layout.to_overlay(x, y) for x, y in anchors_px]
     for anchor in anchors:
         _cross(canvas, layout, anchor)
     texts = [track_label(r) for r in present]
     if texts:
-        for row, text, (ax, ay), rect in zip(
-            present,
-            texts,
-            anchors,
-            label_rects(texts, anchors, layout, gap=layout.text_px // 2 + 2),
-            strict=True,
-        ):
+        gap = (
+            layout.thickness + 3
+        )  # small: the anchor is the outline's corner, the label goes just outside it
+        rects = label_rects(texts, label_anchors, layout, gap=gap)
+        for row, text, (lx, ly), rect in zip(present, texts, label_anchors, rects, strict=True):
             colour = track_colour(row.track_id)
             cx, cy = (rect[0] + rect[2]) // 2, (rect[1] + rect[3]) // 2
-            if math.hypot(cx - ax, cy - ay) > 2.5 * layout.text_px:  # moved away: a leader line to its centre
-                cv2.line(canvas, (ax, ay), (cx, cy), HALO_COLOUR, layout.thickness + 2)
-                cv2.line(canvas, (ax, ay), (cx, cy), colour, max(1, layout.thickness - 1))
+            beside = (gap + max(rect[2] - rect[0], rect[3] - rect[1]) // 2) * math.sqrt(2) + 2  # first ring
+            if math.hypot(cx - lx, cy - ly) > beside:  # moved away from its place: a leader line back to it
+                cv2.line(canvas, (lx, ly), (cx, cy), HALO_COLOUR, layout.thickness + 2)
+                cv2.line(canvas, (lx, ly), (cx, cy), colour, max(1, layout.thickness - 1))
             draw_text(canvas, text, (rect[0] + 2, rect[3] - 3), layout, colour)
 
     _title(canvas, layout, title)
