@@ -62,7 +62,7 @@ FLAG_MARK = "*"  # after a label whose match rests on an unreliable registration
 PLOT_SIZE_IN = (9.0, 6.4)  # at PLOT_DPI: 900 x 640 px, the page's plot width
 PLOT_DPI = 100
 INJECTION_COLOUR = "#a3261b"
-NOT_TRACKED_NOTE = "no trend plot: matplotlib is not installed"
+NO_PLOT_NOTE = "no trend plot: matplotlib is not installed"
 HONEST_NOTE = (
     "Changes are measured from each trigger point's first visit (its baseline), not between consecutive "
     "visits. The ± figures are one standard deviation of the measurement within a visit (the stiffness mean's "
@@ -485,7 +485,7 @@ def render_patient_page(
     """The patient's page (HTML, one file): ``visits`` in date order (the first is the baseline), the subject's
     ``tracks`` (``build_tracks``) and ``changes`` (``track_changes``), ``pictures`` (visit_id -> PNG bytes,
     shown in visit order: usually the baseline's and the latest visit's ``track_picture``), ``problems`` (each
-    a reason, named at the top), the trend plot (None: ``plot_note`` says why, default ``NOT_TRACKED_NOTE``).
+    a reason, named at the top), the trend plot (None: ``plot_note`` says why, default ``NO_PLOT_NOTE``).
     ``overlay_stems``: the stems whose ../overlays/<stem>.png exists (None: every tracked visit with a stem)."""
     visit_problems = [f"{v.visit_id}: {v.problem}" for v in visits if v.problem]
     context = {
@@ -496,7 +496,7 @@ def render_patient_page(
             v.visit_id for v in visits if v.registration is not None and not v.registration.reliable
         ],
         "plot_src": _data_uri(plot_png) if plot_png else "",
-        "plot_note": plot_note or NOT_TRACKED_NOTE,
+        "plot_note": plot_note or NO_PLOT_NOTE,
         "tracks": _track_rows(tracks, changes),
         "pictures": _picture_cards(visits, tracks, pictures),
         "honest_note": HONEST_NOTE,
