@@ -99,6 +99,8 @@ class DicomHeader:
     study_instance_uid: str = ""  # for outputs that refer back to the source (Secondary Capture, SEG)
     series_instance_uid: str = ""
     sop_instance_uid: str = ""
+    patient_id: str = ""  # PatientID: a longitudinal run's subject (issue #18)
+    study_date: str = ""  # StudyDate as written (DICOM DA, e.g. "20260123"): the visit
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,15 @@ def read_dicom_header(path: str | Path) -> DicomHeader:
         study_instance_uid=str(ds.get("StudyInstanceUID", "")),
         series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        patient_id=_text(ds, "PatientID"),
+        study_date=_text(ds, "StudyDate"),
     )
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """A string attribute stripped of DICOM's space padding; "" when absent or empty."""
+    value = ds.get(keyword)
+    return "" if value is None else str(value).strip()
 
 
 def _read_dataset(path: Path) -> Dataset:
