@@ -34,6 +34,8 @@ BACKGROUND = "background"  # the name index 0 must have, unless dataset.yaml's b
 REQUIRED_COLUMNS: tuple[str, ...] = ("sample_id", "subject_id", "bmode")
 OPTIONAL_COLUMNS: tuple[str, ...] = (
     "elasto", "mask", "spacing_mm", "split", "frame", "kind", "slice_spacing_mm",
+    # A longitudinal study's visit (ISO date or ordinal) and its event (issue #18; tpnet.inference.study).
+    "visit", "event", "event_date", "event_notes",
 )  # fmt: skip
 # B-mode suffixes that are certainly not DICOM: a ``frame`` cell on such a row is refused while parsing. Other
 # names (".dcm", no suffix as in DICOMDIR exports, UID-like "1.2.840...") are judged by the file's content.

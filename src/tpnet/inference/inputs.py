@@ -33,6 +33,7 @@ from tpnet.core.io import (
 from tpnet.core.plausibility import parse_spacing_mm, stiffness_problem
 from tpnet.core.scanner_profile import ScannerProfile, read_screenshot
 from tpnet.inference.output_names import bounded_stem
+from tpnet.inference.study import VisitInfo, parse_date, visit_info
 from tpnet.inference.sweep_inputs import dicom_states_slice_spacing, is_volume_file, sweep_frames, volume_stem
 
 BMODE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".npy", ".jpg", ".jpeg", ".bmp")
@@ -98,6 +99,9 @@ class FrameInput:
     slice_index: int | None = None
     slice_count: int | None = None
     slice_spacing_mm: float | None = None
+    # Which visit of ``subject_id`` the frame is (issue #18): study.csv, the manifest's visit column or DICOM
+    # StudyDate (tpnet.inference.study); None: not known.
+    visit: VisitInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -266,6 +270,7 @@ def _dicom_frames(
     if frame_index is not None and not 0 <= frame_index < header.n_frames:
         raise FrameReadError(f"{path}: frame {frame_index} asked for, but the file holds {header.n_frames}")
     multi = header.n_frames > 1
+    subject_id, visit = _dicom_visit(header)
     return [
         FrameInput(
             stem=f"{stem}_f{i:04d}" if multi else stem,
@@ -280,9 +285,22 @@ def _dicom_frames(
             loop=stem if multi else None,
             image_box=header.image_box,
             shape=_box_shape(header),
+            subject_id=subject_id,
+            visit=visit,
         )
         for i in indices
     ]
+
+
+def _dicom_visit(header: DicomHeader) -> tuple[str | None, VisitInfo | None]:
+    """(PatientID, its visit by StudyDate) when the file has both; a StudyDate that is no date gives no visit
+    and no error (only longitudinal runs need it). (None, None) when either is missing."""
+    if not (header.patient_id and header.study_date):
+        return None, None
+    try:
+        return header.patient_id, VisitInfo(parse_date(header.study_date), source="dicom")
+    except ValueError:
+        return header.patient_id, None
 
 
 def _frame_time(header: DicomHeader, index: int) -> float | None:
@@ -313,8 +331,12 @@ def _discover_contract(root: Path, spacing_mm_cli: float | None) -> tuple[list[F
             row = contract.parse_row(raw, line)
             bmode_path = contract.resolve_path(root, row.bmode)
             elasto_path = contract.resolve_path(root, row.elasto) if row.elasto else None
+            visit = _manifest_visit(raw)
         except contract.ContractError as exc:
             rejected.append(Rejection(name, str(exc)))
+            continue
+        except ValueError as exc:
+            rejected.append(Rejection(name, f"manifest.csv {exc}"))
             continue
         stem = _safe_stem(row.sample_id)
         if stem in stems:
@@ -324,11 +346,12 @@ def _discover_contract(root: Path, spacing_mm_cli: float | None) -> tuple[list[F
         if row.is_volume:  # a sweep (contract version 2): one frame per slice
             try:
                 contract.check_row_kind(row, spec)
-                frames += sweep_frames(
+                slices = sweep_frames(
                     bmode_path, elasto_path, stem, row.sample_id,
                     spacing_mm=contract.volume_spacing_mm(row, spec), spacing_source="manifest",
                     elasto_unit=spec.elasto_unit, subject_id=row.subject_id,
                 )  # fmt: skip
+                frames += [replace(f, visit=visit) for f in slices] if visit is not None else slices
             except (contract.ContractError, FrameReadError) as exc:
                 rejected.append(Rejection(name, str(exc)))
             continue
@@ -340,7 +363,8 @@ def _discover_contract(root: Path, spacing_mm_cli: float | None) -> tuple[list[F
             except FrameReadError as exc:
                 rejected.append(Rejection(name, str(exc)))
                 continue
-            frame = replace(found[0], subject_id=row.subject_id)
+            # The manifest's subject and visit win over the file's PatientID / StudyDate.
+            frame = replace(found[0], subject_id=row.subject_id, visit=visit or found[0].visit)
             if frame.spacing_mm is None:
                 frame = _with_spacing(frame, *_spec_or_cli(spec.spacing_mm, spacing_mm_cli))
             frames.append(frame)
@@ -360,9 +384,25 @@ def _discover_contract(root: Path, spacing_mm_cli: float | None) -> tuple[list[F
                 source,
                 spec.elasto_unit,
                 subject_id=row.subject_id,
+                visit=visit,
             )  # fmt: skip
         )
     return sorted(frames, key=lambda f: f.stem), rejected
+
+
+def _manifest_visit(raw: dict[str, str]) -> VisitInfo | None:
+    """The row's optional ``visit``, ``event``, ``event_date``, ``event_notes`` cells (issue #18); None
+    without a visit. ValueError naming the column and its text."""
+    cells = {c: raw.get(c) or "" for c in ("visit", "event", "event_date", "event_notes")}
+    if not cells["visit"]:
+        if cells["event"] or cells["event_date"]:
+            filled = "event" if cells["event"] else "event_date"
+            raise ValueError(f"column {filled} {cells[filled]!r} is given, but visit is empty")
+        return None
+    try:
+        return visit_info(**cells, source="manifest")
+    except ValueError as exc:
+        raise ValueError(f"column {exc}") from None
 
 
 def _spec_or_cli(spec_spacing: float | None, spacing_mm_cli: float | None) -> tuple[float | None, str]:
