@@ -38,6 +38,7 @@ BASE_REQUIREMENTS = {
     "numpy", "opencv-python-headless", "tifffile", "pyyaml", "tqdm", "pydicom", "pillow", "onnxruntime",
     "jinja2", "filelock",  # the report's templates; the output folder's OS lock (issue #14)
     "nibabel", "pynrrd",  # NIfTI and NRRD sweeps (issue #17, core/volume_io.py)
+    "matplotlib",  # tpnet-infer --longitudinal's trend plots (issue #18)
 }  # fmt: skip
 
 # Runs an installed console script (argv[1]) in this process, after printing where tpnet was imported from;

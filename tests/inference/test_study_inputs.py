@@ -39,10 +39,12 @@ def _dicom(path, frames=1, patient_id=None, study_date=None):
     return path
 
 
-def _discover(folder):
+def _discover(folder, patient_ids=True):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InputWarning)  # tiny frames: field-of-view warnings are not the point
-        return discover_inputs(folder, spacing_mm_cli=SPACING_MM, model_spacing_mm=SPACING_MM)
+        return discover_inputs(
+            folder, spacing_mm_cli=SPACING_MM, model_spacing_mm=SPACING_MM, patient_ids=patient_ids
+        )
 
 
 def _by_stem(frames):
@@ -209,6 +211,20 @@ def test_study_csv_overrides_dicom_patient_and_date(tmp_path):
     assert (frames[0].subject_id, frames[0].visit) == ("PAT-7", VisitInfo("2026-01-05", source="dicom"))
     updated, _ = apply_study_table(tmp_path, frames)
     assert (updated[0].subject_id, updated[0].visit) == ("s007", VisitInfo("2", source="study.csv"))
+
+
+def test_a_plain_run_never_carries_the_patient_id(tmp_path):
+    """PatientID is an identity: only a longitudinal run (patient_ids=True) reads it into the results."""
+    _dicom(tmp_path / "still.dcm", patient_id="PAT-7", study_date="20260105")
+    frames, _ = _discover(tmp_path, patient_ids=False)
+    assert (frames[0].subject_id, frames[0].visit) == (None, None)
+    root = tmp_path / "ds"
+    (root / "bmode").mkdir(parents=True)
+    _dicom(root / "bmode" / "a.dcm", patient_id="PAT-1", study_date="20260110")
+    (root / "dataset.yaml").write_text("name: t\nclasses: [background, active_trp]\nelasto_unit: kPa\n")
+    (root / "manifest.csv").write_text("sample_id,subject_id,bmode,visit\na,s1,bmode/a.dcm,\n")
+    frames, _ = _discover(root, patient_ids=False)
+    assert (frames[0].subject_id, frames[0].visit) == ("s1", None)  # the manifest's pseudonym stays
 
 
 # ------------------------------------------------------------------------------------ contract dataset

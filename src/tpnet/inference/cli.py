@@ -65,20 +65,21 @@ from tpnet.inference.overlay_writers import OverlayWriters, default_overlay_proc
 from tpnet.inference.predictor import FrameFailure, FramePrediction, Predictor, stiffness_note
 from tpnet.inference.progress import PROGRESS_NAME, FrameRecord, ProgressJournal, ResumeError, model_identity
 from tpnet.inference.report import HtmlReport, frame_section
+from tpnet.inference.study import apply_study_table
 from tpnet.inference.sweep_run import DETECTIONS_3D_COLUMNS, DETECTIONS_3D_NAME, SweepAssembler
 
 EXIT_OK, EXIT_USAGE, EXIT_REJECTED = 0, 2, 3
 # One row per trigger point, and one per analysed frame without any ("no trigger point found", the other
 # columns empty). The first twelve are the columns of older versions, in place: "class" is the reported class
 # (active_trp, latent_trp or indeterminate), "confidence" the calibrated P(true trigger point). The needle
-# columns (issue #16, ``_needle_cells``) come last.
+# columns (issue #16, ``_needle_cells``) come next, then the maximum stiffness (issue #18).
 CSV_COLUMNS: tuple[str, ...] = (
     "stem", "t_s", "trp_id", "class", "x_px", "y_px", "x_mm", "y_mm", "area_mm2",
     "stiffness_kpa_mean", "confidence", "nearest_vessel_mm",
     "raw_confidence", "p_active", "confidence_sd", "centroid_sd_mm", "stiffness_kpa_median",
     "stiffness_kpa_sd", "swe_coverage", "stiffness_note", "depth_from_skin_mm", "finding",
     "nearest_nerve_mm", "nearest_critical_mm", "needle_side", "needle_angle_deg", "needle_depth_mm",
-    "needle_clearance_mm", "path_safe", "needle_entry_x_px", "needle_entry_y_px",
+    "needle_clearance_mm", "path_safe", "needle_entry_x_px", "needle_entry_y_px", "stiffness_kpa_max",
 )  # fmt: skip
 NO_FINDING = "no trigger point found"
 NO_OVERLAYS_NOTE = (
@@ -198,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not draw overlays/ (drawing and writing them is most of the work per frame besides the network): "
         "masks/, the CSVs, summary.json and the report (its findings without the pictures) are still written",
+    )
+    parser.add_argument(
+        "--longitudinal",
+        action="store_true",
+        help="follow each patient's trigger points across visits (subject and visit from study.csv in the input "
+        "folder, the manifest's subject_id + visit columns, or DICOM PatientID + StudyDate): tracks.csv, "
+        "changes.csv, visits.csv and a report page per patient in patients/",
     )
     parser.add_argument(
         "--workers",
@@ -348,6 +356,7 @@ def _csv_row(frame: FrameInput, p: TriggerPoint) -> list[str]:
         _fmt(p.stiffness_kpa_median, 2), _fmt(p.stiffness_kpa_sd, 2), _fmt(p.swe_coverage, 3), stiffness_note(p),
         mm(p.depth_from_skin_mm, 3), FINDINGS.get(reported, reported.replace("_", " ")),
         mm(p.nearest_nerve_mm, 3), mm(p.nearest_critical_mm, 3), *_needle_cells(p, known),
+        _fmt(p.stiffness_kpa_max, 2),
     ]  # fmt: skip
 
 
@@ -461,10 +470,19 @@ def _main(argv: list[str] | None, stops: StopRequests) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", InputWarning)
             frames, rejected = discover_inputs(
-                input_dir, args.spacing_mm, model.spacing_mm, strict=args.strict, profile=profile
-            )
+                input_dir, args.spacing_mm, model.spacing_mm, strict=args.strict, profile=profile,
+                patient_ids=args.longitudinal,
+            )  # fmt: skip
+        frames, listed_missing = apply_study_table(input_dir, frames)  # study.csv: subjects and visits
     except InputError as exc:
         return _error(str(exc))
+    rejected += listed_missing
+    if args.longitudinal and not any(f.subject_id and f.visit is not None for f in frames):
+        return _error(
+            f"--longitudinal: no frame in {input_dir} has a subject and a visit (give a study.csv with columns "
+            "stem, subject_id, visit; a manifest with subject_id and visit columns; or DICOM files with "
+            "PatientID and StudyDate)"
+        )
     run_warnings = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
     run_warnings += _model_warnings(model, args.tta)
     if args.no_overlays:
@@ -532,6 +550,7 @@ def _analyse(
     report = HtmlReport(output_dir / "report.html")
     loop_summaries: list[dict] = []
     subject_summaries: list[dict] = []
+    longitudinal: dict | None = None  # --longitudinal: the study's subjects, their status and problems
 
     def all_warnings() -> list[str]:  # the run's, then each analysed frame's (journal order)
         # Each distinct note once: every frame of a cine loop saying the same thing is one warning.
@@ -590,6 +609,8 @@ def _analyse(
         if complete:
             data["loops"] = loop_summaries
             data["subjects"] = subject_summaries
+            if longitudinal is not None:
+                data["longitudinal"] = longitudinal
         if not complete:  # what was done, what is left, and how to continue
             data["interrupted_by"] = signal.Signals(stats.stopped_by).name if stats.stopped_by else None
             data["frames_finished"] = len(journal.records)
@@ -620,6 +641,8 @@ def _analyse(
     loop_summaries, frame_summaries = _write_tables(output_dir, frames, journal, model, args.min_frames)
     frame_summaries = _one_row_per_sweep(frame_summaries, frames, journal)
     subject_summaries = _subject_summaries(frame_summaries)
+    if args.longitudinal:
+        longitudinal = _track_visits(model, frames, rejected, journal, output_dir)
     _write_json(output_dir / "summary.json", summary(complete=True))
     report.finish(
         model_name=str(model.meta["model_name"]),
@@ -633,6 +656,7 @@ def _analyse(
         warnings=all_warnings(),
         model_meta=model.meta,
         frame_summaries=frame_summaries,
+        patients=longitudinal["subjects"] if longitudinal else (),
     )
     journal.remove()  # complete: nothing left to resume
     print(
@@ -640,6 +664,31 @@ def _analyse(
         f"{sum(stats.trp_counts.values())} trigger point(s) found; results in {output_dir}"
     )
     return EXIT_REJECTED if rejected else EXIT_OK
+
+
+def _track_visits(
+    model: LoadedModel,
+    frames: list[FrameInput],
+    rejected: list[Rejection],
+    journal: ProgressJournal,
+    output_dir: Path,
+) -> dict:
+    """--longitudinal, once every frame is analysed: tracks.csv, changes.csv, visits.csv and patients/ pages;
+    the study's summary. Each subject that cannot be tracked is named with its reason on the console."""
+    from tpnet.inference import longitudinal_run  # the tracking stage: only for --longitudinal runs
+
+    study = longitudinal_run.track_study(frames, journal.records, rejected, CSV_COLUMNS)
+    longitudinal_run.write_tables(output_dir, study)
+    longitudinal_run.write_patient_pages(output_dir, study, trp_class_indices(model.classes, model.roles))
+    for subject in study.subjects:
+        for problem in subject.all_problems():
+            print(f"LONGITUDINAL {subject.subject_id}: {problem}", file=sys.stderr)
+    tracked = sum(s.status == "tracked" for s in study.subjects)
+    print(
+        f"longitudinal: {tracked} of {len(study.subjects)} patient(s) tracked across visits; "
+        f"tracks.csv, changes.csv, visits.csv and {longitudinal_run.PATIENTS_DIR}/ in {output_dir}"
+    )
+    return study.summary()
 
 
 def _model_card_summary(meta: dict) -> dict | None:

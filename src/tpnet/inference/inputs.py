@@ -108,6 +108,10 @@ class FrameInput:
 class Rejection:
     name: str
     reason: str
+    # Whose visit it was, where the input says (a manifest row, a study.csv line): a longitudinal run names the
+    # missing visit on that patient's page.
+    subject_id: str | None = None
+    visit: str | None = None
 
 
 def load_frame(frame: FrameInput, notes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -177,13 +181,16 @@ def discover_inputs(
     model_spacing_mm: float,
     strict: bool = False,
     profile: ScannerProfile | None = None,
+    patient_ids: bool = False,
 ) -> tuple[list[FrameInput], list[Rejection]]:
     """Frames (sorted by stem) and rejected inputs. Spacing precedence: the input's own (manifest row,
     DICOM file, dataset.yaml, ``<stem>.json`` sidecar, or the scanner profile for screenshots), then
     ``--spacing-mm``; a frame with none keeps ``spacing_mm=None`` (its millimetre figures stay empty) and
     the run gets one ``SpacingUnknownWarning`` naming such frames. A frame whose pixel size or field of view
     is implausible, or far from the model's spacing, raises an ``ImplausibleSpacingWarning`` naming it, or
-    with ``strict`` is rejected."""
+    with ``strict`` is rejected. ``patient_ids``: DICOM files' PatientID and StudyDate become the frames'
+    subject and visit (a longitudinal run); otherwise they are not read into the results (PatientID is a
+    patient's identity: a plain run's frames.csv and summary must not carry it)."""
     input_dir = Path(input_dir)
     try:
         if not input_dir.is_dir():
@@ -197,8 +204,12 @@ def discover_inputs(
     # lexists: a dataset root whose dataset.yaml is a broken link is reported as such, not read as a folder.
     if os.path.lexists(input_dir / "manifest.csv") and os.path.lexists(input_dir / "dataset.yaml"):
         frames, rejected = _discover_contract(input_dir, spacing_mm_cli)
+        if not patient_ids:  # the manifest's subject stays; a visit from StudyDate goes
+            frames = [replace(f, visit=None) if _visit_from_dicom(f) else f for f in frames]
     else:
         frames, rejected = _discover_folder(input_dir, spacing_mm_cli, profile)
+        if not patient_ids:  # a folder's DICOM subject is always its PatientID
+            frames = [replace(f, subject_id=None, visit=None) if f.kind == "dicom" else f for f in frames]
     frames = _check_spacing(frames, rejected, model_spacing_mm, strict)
     unknown = [f.name for f in frames if f.spacing_mm is None]
     if unknown:
@@ -292,6 +303,10 @@ def _dicom_frames(
     ]
 
 
+def _visit_from_dicom(frame: FrameInput) -> bool:
+    return frame.visit is not None and frame.visit.source == "dicom"
+
+
 def _dicom_visit(header: DicomHeader) -> tuple[str | None, VisitInfo | None]:
     """(PatientID, its visit by StudyDate) when the file has both; a StudyDate that is no date gives no visit
     and no error (only longitudinal runs need it). (None, None) when either is missing."""
@@ -333,10 +348,10 @@ def _discover_contract(root: Path, spacing_mm_cli: float | None) -> tuple[list[F
             elasto_path = contract.resolve_path(root, row.elasto) if row.elasto else None
             visit = _manifest_visit(raw)
         except contract.ContractError as exc:
-            rejected.append(Rejection(name, str(exc)))
+            rejected.append(_row_rejection(name, str(exc), raw))
             continue
         except ValueError as exc:
-            rejected.append(Rejection(name, f"manifest.csv {exc}"))
+            rejected.append(_row_rejection(name, f"manifest.csv {exc}", raw))
             continue
         stem = _safe_stem(row.sample_id)
         if stem in stems:
@@ -353,7 +368,7 @@ def _discover_contract(root: Path, spacing_mm_cli: float | None) -> tuple[list[F
                 )  # fmt: skip
                 frames += [replace(f, visit=visit) for f in slices] if visit is not None else slices
             except (contract.ContractError, FrameReadError) as exc:
-                rejected.append(Rejection(name, str(exc)))
+                rejected.append(_row_rejection(name, str(exc), raw))
             continue
         if is_dicom_file(bmode_path):
             # The contract's order: the row's spacing, then the file's own, then dataset.yaml's.
@@ -361,7 +376,7 @@ def _discover_contract(root: Path, spacing_mm_cli: float | None) -> tuple[list[F
             try:
                 found = _dicom_frames(bmode_path, stem, row.sample_id, spacing, row.frame or 0)
             except FrameReadError as exc:
-                rejected.append(Rejection(name, str(exc)))
+                rejected.append(_row_rejection(name, str(exc), raw))
                 continue
             # The manifest's subject and visit win over the file's PatientID / StudyDate.
             frame = replace(found[0], subject_id=row.subject_id, visit=visit or found[0].visit)
@@ -388,6 +403,11 @@ def _discover_contract(root: Path, spacing_mm_cli: float | None) -> tuple[list[F
             )  # fmt: skip
         )
     return sorted(frames, key=lambda f: f.stem), rejected
+
+
+def _row_rejection(name: str, reason: str, raw: dict[str, str]) -> Rejection:
+    """A manifest row's rejection, with the subject and visit the row names (as written)."""
+    return Rejection(name, reason, raw.get("subject_id") or None, raw.get("visit") or None)
 
 
 def _manifest_visit(raw: dict[str, str]) -> VisitInfo | None:

@@ -337,9 +337,11 @@ class HtmlReport:
         warnings: Sequence[str],
         model_meta: dict | None = None,
         frame_summaries: Sequence[dict] = (),
+        patients: Sequence[dict] = (),
     ) -> None:
         """Write the final page atomically and remove the temporary sections file. ``frame_summaries``: one
-        per frame found (stem, name, subject_id, status, trp_count, p_trp_frame, warnings: codes)."""
+        per frame found (stem, name, subject_id, status, trp_count, p_trp_frame, warnings: codes). ``patients``:
+        one per patient of a --longitudinal run (``SubjectResult.summary()``), linking its page."""
         self._sections.close()
         analysed = [f for f in frame_summaries if f.get("status") == "analysed"]
         head = _render(
@@ -362,6 +364,7 @@ class HtmlReport:
             out_of_distribution=_banner(analysed),
             subjects=_subject_rows(frame_summaries),
             frames=[_frame_row(f) for f in frame_summaries],
+            patients=list(patients),
             legend=_legend(classes, trp_counts),
         )
         with atomic_open(self.path, "w") as out:

@@ -136,7 +136,7 @@ def apply_study_table(
                 STUDY_TABLE,
             )  # fmt: skip
         except ValueError as exc:
-            rejected.append(Rejection(name, str(exc)))
+            rejected.append(Rejection(name, str(exc), subject_id, row["visit"] or None))
             continue
         matched = sorted({i for key in _row_keys(stem) for i in index.get(key, ())})
         if not matched:
@@ -145,6 +145,8 @@ def apply_study_table(
                     name,
                     f"listed for subject {subject_id}, visit {info.visit}, "
                     "but no such frame in the input folder",
+                    subject_id,
+                    info.visit,
                 )
             )
             continue
