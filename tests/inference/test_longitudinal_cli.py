@@ -146,3 +146,43 @@ def test_patient_pages_are_written_and_linked(study):
         assert f'href="patients/{subject}.html"' in report
     p1 = (out / "patients" / "p1.html").read_text(encoding="utf-8")
     assert p1.count("data:image/png;base64,") >= 3  # the trend plot, the baseline and latest pictures
+
+
+def test_dicom_visits_come_from_patient_id_and_study_date_and_register_inside_their_region(tmp_path):
+    """Real DICOM files (pydicom): each a scanner frame with a margin of screen around the ultrasound region;
+    PatientID and StudyDate name the patient and the visit, and positions are registered inside the region."""
+    import pydicom
+
+    from dicom_files import write_us_dicom
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    margin_x, margin_y = 30, 20
+    for name, date, probe_x in (("base.dcm", "20260110", 5.0), ("follow.dcm", "20260207", 6.5)):
+        bmode, _ = scene_frame(probe_x, [(*A, 1.4, 50.0)])
+        screen = np.zeros((bmode.shape[0] + 2 * margin_y, bmode.shape[1] + 2 * margin_x), np.uint8)
+        screen[5:12, 5:60] = 255  # burnt-in text outside the region
+        screen[margin_y : margin_y + bmode.shape[0], margin_x : margin_x + bmode.shape[1]] = np.round(
+            bmode * 255
+        )
+        region = (margin_x, margin_y, margin_x + bmode.shape[1], margin_y + bmode.shape[0])
+        path = write_us_dicom(
+            folder / name, rows=screen.shape[0], columns=screen.shape[1], pixels=screen[None], region=region,
+            delta_cm=(SPACING_MM / 10, SPACING_MM / 10),
+        )  # fmt: skip
+        ds = pydicom.dcmread(path)
+        ds.PatientID, ds.StudyDate = "PAT-0042", date
+        ds.save_as(path)
+    out = tmp_path / "out"
+    model = make_model_file(tmp_path / "model")
+    assert main(["--model", str(model), "--input", str(folder), "--output", str(out), "--longitudinal"]) == 0
+    rows = _rows(out / "tracks.csv")
+    assert [(r["subject_id"], r["visit"], r["status"]) for r in rows] == [
+        ("PAT-0042", "2026-01-10", "new"), ("PAT-0042", "2026-02-07", "persisting"),
+    ]  # fmt: skip
+    assert float(rows[1]["days_since_first"]) == 28.0
+    # In the region's frame the baseline sees A at world 12 - 5 mm; the CSV's x_mm is the whole frame's.
+    assert float(rows[1]["x_baseline_mm"]) == pytest.approx(A[0] - 5.0, abs=0.3)
+    assert float(rows[1]["x_mm"]) == pytest.approx(A[0] - 6.5 + margin_x * SPACING_MM, abs=0.3)
+    visits = _rows(out / "visits.csv")
+    assert float(visits[1]["lateral_shift_mm"]) == pytest.approx(1.5, abs=0.4)
