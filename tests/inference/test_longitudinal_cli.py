@@ -60,7 +60,11 @@ def study(tmp_path_factory):
     model = make_model_file(tmp_path_factory.mktemp("model"))
     out = tmp_path_factory.mktemp("runs") / "out"
     code = main(["--model", str(model), "--input", str(folder), "--output", str(out), "--longitudinal"])
+    study_inputs.update(folder=folder, model=model)
     return code, out
+
+
+study_inputs: dict = {}  # the study fixture's input folder and model, for the resume test
 
 
 def _rows(path):
@@ -186,3 +190,32 @@ def test_dicom_visits_come_from_patient_id_and_study_date_and_register_inside_th
     assert float(rows[1]["x_mm"]) == pytest.approx(A[0] - 6.5 + margin_x * SPACING_MM, abs=0.3)
     visits = _rows(out / "visits.csv")
     assert float(visits[1]["lateral_shift_mm"]) == pytest.approx(1.5, abs=0.4)
+
+
+def test_a_run_that_dies_while_tracking_resumes_to_the_same_results(study, tmp_path, monkeypatch):
+    """Every frame is journalled before tracking starts: a crash there leaves the run resumable, and --resume
+    redoes only the tracking (no frame twice), ending with the uninterrupted run's tables."""
+    from tpnet.inference import longitudinal_run
+
+    _, straight = study
+    args = ["--model", str(study_inputs["model"]), "--input", str(study_inputs["folder"]), "--output"]
+    out = tmp_path / "out"
+
+    def die(*_args, **_kwargs):
+        raise MemoryError("killed while tracking")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(longitudinal_run, "track_study", die)
+        with pytest.raises(MemoryError):
+            main([*args, str(out), "--longitudinal"])
+    assert json.loads((out / "summary.json").read_text())["complete"] is False
+    assert not (out / "tracks.csv").exists()
+    assert main([*args, str(out), "--longitudinal", "--resume"]) == 3
+    for name in ("tracks.csv", "changes.csv", "visits.csv", "detections.csv"):
+        assert (out / name).read_text() == (straight / name).read_text(), name
+    assert sorted(p.name for p in (out / "patients").iterdir()) == [
+        "p1.html",
+        "p2.html",
+        "p3.html",
+        "p4.html",
+    ]
