@@ -11,7 +11,9 @@ true TrPs present there (not ``resolved``) on their positions in that visit's ow
 ``match_mm``), which does not depend on any registration. Then
 - a true pair is a true track's first visit and one later visit where it is present; it is correct when the
   detections matched to it at both visits carry the same predicted track id. ``track_accuracy`` = correct /
-  true pairs (a pair whose TrP was missed at either visit counts as wrong);
+  true pairs (a pair whose TrP was missed at either visit counts as wrong). It is the product of two shares
+  reported beside it: ``pair_detection_rate`` (true pairs detected at both visits) and ``linking_accuracy``
+  (of those, the share the tracker linked correctly: the tracker's own figure);
 - for each correct pair, the predicted change (later - first, of the matched detections) is compared with the
   true change: ``mae_*`` are median absolute errors (stiffness mean and max in kPa, area in mm2). The change error
   is conditional on a correct link; the accuracy measures the linking;
@@ -257,6 +259,10 @@ def _metrics(counts: np.ndarray, errors: dict[str, np.ndarray]) -> dict[str, flo
     c = dict(zip(_COUNTS, counts, strict=True))
     out = {
         "track_accuracy": _ratio(c["correct_pairs"], c["true_pairs"]),
+        # The tracker alone: of the true pairs the detector found at both visits, the share linked correctly.
+        "linking_accuracy": _ratio(c["correct_pairs"], c["correct_pairs"] + c["broken_pairs"]),
+        # The detector's share: true pairs found at both visits at all.
+        "pair_detection_rate": _ratio(c["correct_pairs"] + c["broken_pairs"], c["true_pairs"]),
         "resolved_accuracy": _ratio(c["recognised_resolutions"], c["true_resolutions"]),
     }
     for name, key in ERROR_METRICS.items():

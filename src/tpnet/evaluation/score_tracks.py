@@ -23,6 +23,8 @@ from tpnet.evaluation.metrics import json_safe
 
 FIGURES = (
     ("track_accuracy", "track-matching accuracy"),
+    ("pair_detection_rate", "  = true pairs detected at both visits"),
+    ("linking_accuracy", "  x of those, linked correctly"),
     ("mae_stiffness_mean_kpa", "median |error| of the change in mean stiffness, kPa"),
     ("mae_stiffness_max_kpa", "median |error| of the change in maximum stiffness, kPa"),
     ("mae_area_mm2", "median |error| of the change in area, mm2"),
