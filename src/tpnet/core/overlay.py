@@ -440,11 +440,19 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool
 
 def _labels(canvas: np.ndarray, layout: OverlayLayout, trigger_points: Sequence[TriggerPoint]) -> None:
     """Each TrP's number beside it, where it hides no other number; a leader line when it had to move away."""
-    if not trigger_points:
-        return
     texts = [str(p.trp_id) for p in trigger_points]
     anchors = [layout.to_overlay(p.x_px, p.y_px) for p in trigger_points]
-    rects = label_rects(texts, anchors, layout, gap=layout.text_px // 2 + 2)
+    draw_labels(canvas, layout, texts, anchors, gap=layout.text_px // 2 + 2)
+
+
+def draw_labels(
+    canvas: np.ndarray, layout, texts: Sequence[str], anchors: Sequence[tuple[int, int]], gap: int
+) -> None:
+    """Each text beside its anchor where it hides no other (``label_rects``), white on a halo; a leader line
+    back to the anchor when it had to move more than 2.5 text heights away. Frame overlays and sweep pictures."""
+    if not texts:
+        return
+    rects = label_rects(texts, anchors, layout, gap=gap)
     for text, (ax, ay), rect in zip(texts, anchors, rects, strict=True):
         cx, cy = (rect[0] + rect[2]) // 2, (rect[1] + rect[3]) // 2
         if math.hypot(cx - ax, cy - ay) > 2.5 * layout.text_px:

@@ -677,9 +677,12 @@ def _track_visits(
     the study's summary. Each subject that cannot be tracked is named with its reason on the console."""
     from tpnet.inference import longitudinal_run  # the tracking stage: only for --longitudinal runs
 
-    study = longitudinal_run.track_study(frames, journal.records, rejected, CSV_COLUMNS)
+    trp_labels = trp_class_indices(model.classes, model.roles)
+    study = longitudinal_run.track_study(
+        frames, journal.records, rejected, CSV_COLUMNS,
+        on_subject=lambda subject: longitudinal_run.write_patient_page(output_dir, subject, trp_labels),
+    )  # fmt: skip
     longitudinal_run.write_tables(output_dir, study)
-    longitudinal_run.write_patient_pages(output_dir, study, trp_class_indices(model.classes, model.roles))
     for subject in study.subjects:
         for problem in subject.all_problems():
             print(f"LONGITUDINAL {subject.subject_id}: {problem}", file=sys.stderr)

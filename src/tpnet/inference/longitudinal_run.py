@@ -103,7 +103,8 @@ class SubjectResult:
     problems: list[
         str
     ]  # about the subject as a whole, each with its reason (visits' own: VisitEntry.problem)
-    page: str = ""  # relative path of the patient's page
+    page: str = ""  # relative path of the patient's page, once written
+    page_name: str = ""  # the file name its page gets in patients/ (page_names)
 
     def all_problems(self) -> list[str]:
         """The subject's problems, then each untracked visit's, for the console and summary.json."""
@@ -465,68 +466,67 @@ def _label_map(output_dir: Path, entry: VisitEntry) -> np.ndarray | None:
     return cropped
 
 
-def write_patient_pages(output_dir: Path, result: StudyResult, trp_labels: Sequence[int]) -> None:
-    """patients/<subject>.html for every subject with a tracked visit: trend plot, tables, and the baseline and
-    latest visits' pictures side by side."""
-    from tpnet.inference import patient_page
-
-    folder = output_dir / PATIENTS_DIR
-    names = page_names([s.subject_id for s in result.subjects])
-    for subject in result.subjects:
-        try:
-            _write_page(output_dir, folder, names[subject.subject_id], subject, trp_labels, patient_page)
-        except Exception as exc:  # a page that cannot be drawn or written costs only that page
-            subject.problems.append(f"patient page not written ({type(exc).__name__}: {exc})")
+def write_patient_page(output_dir: Path, subject: SubjectResult, trp_labels: Sequence[int]) -> None:
+    """patients/<page_name>: the subject's trend plot, tables, and its baseline and latest visits' pictures side
+    by side; then its pixels are dropped. A page that cannot be drawn or written is the subject's problem only."""
+    try:
+        _write_page(output_dir, output_dir / PATIENTS_DIR, subject.page_name, subject, trp_labels)
+    except Exception as exc:
+        subject.problems.append(f"patient page not written ({type(exc).__name__}: {exc})")
+    for entry in subject.visits:
+        entry.bmode = None
 
 
-def _write_page(output_dir, folder, name, subject, trp_labels, patient_page) -> None:
-    if True:
-        folder.mkdir(exist_ok=True)
-        views = [
-            patient_page.VisitView(
-                visit_id=v.visit_id,
-                date=v.date,
-                days_since_first=v.days_since_first,
-                days_since_injection=v.days_since_injection,
-                stem=v.stem,
-                events=v.events,
-                registration=v.registration,
-                problem=v.problem,
-            )  # fmt: skip
-            for v in subject.visits
-        ]
-        pictures = {}
-        for entry in subject.visits:
-            if entry.bmode is None or entry.problem:
-                continue
-            rows = [
-                replace(r, x_mm=r.x_mm - entry.box_mm[0], y_mm=r.y_mm - entry.box_mm[1])
-                for r in subject.tracks
-                if r.visit_id == entry.visit_id
-            ]
-            picture = patient_page.track_picture(
-                entry.bmode, _label_map(output_dir, entry), trp_labels, rows, entry.frame.spacing_mm,
-                f"{subject.subject_id} {entry.visit_id}",
-            )  # fmt: skip
-            ok, png = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-            if ok:
-                pictures[entry.visit_id] = png.tobytes()
-            entry.bmode = None  # drawn: the pixels are no longer needed
-        plot, note = None, ""
-        if subject.tracks:
-            try:
-                plot = patient_page.trend_plot_png(subject.tracks, subject.changes, views)
-            except ImportError as exc:  # matplotlib missing from this install
-                note = f"trend plot not drawn: {exc}"
-        overlays = {
-            v.stem for v in subject.visits if v.stem and (output_dir / "overlays" / f"{v.stem}.png").is_file()
-        }
-        html = patient_page.render_patient_page(
-            subject.subject_id, views, subject.tracks, subject.changes, pictures, subject.problems, plot, note,
-            overlay_stems=overlays,
+def _write_page(
+    output_dir: Path, folder: Path, name: str, subject: SubjectResult, trp_labels: Sequence[int]
+) -> None:
+    from tpnet.inference import patient_page  # matplotlib and the page template: only when a page is written
+
+    folder.mkdir(exist_ok=True)
+    views = [
+        patient_page.VisitView(
+            visit_id=v.visit_id,
+            date=v.date,
+            days_since_first=v.days_since_first,
+            days_since_injection=v.days_since_injection,
+            stem=v.stem,
+            events=v.events,
+            registration=v.registration,
+            problem=v.problem,
         )  # fmt: skip
-        patient_page.write_patient_page(folder / name, html)
-        subject.page = f"{PATIENTS_DIR}/{name}"
+        for v in subject.visits
+    ]
+    pictures = {}
+    for entry in subject.visits:
+        if entry.bmode is None or entry.problem:
+            continue
+        rows = [
+            replace(r, x_mm=r.x_mm - entry.box_mm[0], y_mm=r.y_mm - entry.box_mm[1])
+            for r in subject.tracks
+            if r.visit_id == entry.visit_id
+        ]
+        picture = patient_page.track_picture(
+            entry.bmode, _label_map(output_dir, entry), trp_labels, rows, entry.frame.spacing_mm,
+            f"{subject.subject_id} {entry.visit_id}",
+        )  # fmt: skip
+        ok, png = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+        if ok:
+            pictures[entry.visit_id] = png.tobytes()
+    plot, note = None, ""
+    if subject.tracks:
+        try:
+            plot = patient_page.trend_plot_png(subject.tracks, subject.changes, views)
+        except ImportError as exc:  # matplotlib missing from this install
+            note = f"trend plot not drawn: {exc}"
+    overlays = {
+        v.stem for v in subject.visits if v.stem and (output_dir / "overlays" / f"{v.stem}.png").is_file()
+    }
+    html = patient_page.render_patient_page(
+        subject.subject_id, views, subject.tracks, subject.changes, pictures, subject.problems, plot, note,
+        overlay_stems=overlays,
+    )  # fmt: skip
+    patient_page.write_patient_page(folder / name, html)
+    subject.page = f"{PATIENTS_DIR}/{name}"
 
 
 def track_study(
@@ -535,9 +535,12 @@ def track_study(
     rejected: Sequence[Rejection],
     columns: Sequence[str],
     load: Callable[[FrameInput], tuple[np.ndarray, np.ndarray | None]] = load_frame,
+    on_subject: Callable[[SubjectResult], None] | None = None,
 ) -> StudyResult:
     """Every subject of the study (frames with a subject and a visit), in subject order. ``rejected``: what
-    discovery rejected; those naming a subject (``Rejection.subject_id``) are listed on its page."""
+    discovery rejected; those naming a subject (``Rejection.subject_id``) are listed on its page. ``on_subject``:
+    called with each subject's result as soon as it is tracked (``write_patient_page``: one patient's pictures
+    in memory at a time), its ``page_name`` set."""
     by_stem = {r.stem: r for r in records}
     in_study = [f for f in frames if f.subject_id and f.visit is not None]
     notes = []
@@ -554,19 +557,23 @@ def track_study(
     for r in rejected:
         if r.subject_id:
             missing.setdefault(r.subject_id, []).append(r)
-    subjects = []
-    for subject_id in sorted(set(by_subject) | set(missing)):
-        if subject_id not in by_subject:
-            problems = [f"{m.name}: {m.reason}" for m in missing[subject_id]]
-            subjects.append(SubjectResult(subject_id, "not tracked", [], [], [], problems))
-            continue
+    subjects: list[SubjectResult] = []
+    ids = sorted(set(by_subject) | set(missing))
+    names = page_names(ids)
+    for subject_id in ids:
         try:
-            subjects.append(
-                track_subject(
+            if subject_id in by_subject:
+                result = track_subject(
                     subject_id, by_subject[subject_id], by_stem, missing.get(subject_id, []), columns, load
                 )
-            )
+            else:  # only listed visits, none found
+                problems = [f"{m.name}: {m.reason}" for m in missing[subject_id]]
+                result = SubjectResult(subject_id, "not tracked", [], [], [], problems)
+            subjects.append(result)
         except Exception as exc:  # one subject's failure never costs the others their tracks
             problem = f"not tracked: tracking failed ({type(exc).__name__}: {exc})"
             subjects.append(SubjectResult(subject_id, "not tracked", [], [], [], [problem]))
+        subjects[-1].page_name = names[subject_id]
+        if on_subject is not None:
+            on_subject(subjects[-1])
     return StudyResult(subjects, notes)

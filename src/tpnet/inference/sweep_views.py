@@ -42,8 +42,8 @@ from tpnet.core.overlay import (
     PANEL_TEXT,
     SMALL_TEXT,
     class_colour,
+    draw_labels,
     draw_text,
-    label_rects,
     nice_length,
     text_width,
 )
@@ -626,15 +626,7 @@ def _numbers(
 ) -> None:
     """Each TrP's number beside its centre where it hides no other (overlay.place_labels); a leader line when
     it had to move away."""
-    if not texts:
-        return
-    rects = label_rects(texts, anchors, layout, gap=layout.pad)
-    for text, (ax, ay), rect in zip(texts, anchors, rects, strict=True):
-        cx, cy = (rect[0] + rect[2]) // 2, (rect[1] + rect[3]) // 2
-        if math.hypot(cx - ax, cy - ay) > 2.5 * layout.text_px:
-            cv2.line(canvas, (ax, ay), (cx, cy), HALO_COLOUR, layout.thickness + 2)
-            cv2.line(canvas, (ax, ay), (cx, cy), MARKER_COLOUR, max(1, layout.thickness - 1))
-        draw_text(canvas, text, (rect[0] + 2, rect[3] - 3), layout, MARKER_COLOUR)
+    draw_labels(canvas, layout, texts, anchors, gap=layout.pad)
 
 
 def _top_mark(canvas: np.ndarray, layout: ViewLayout, x: int) -> None:
