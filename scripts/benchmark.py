@@ -251,14 +251,20 @@ class Trainer:
     wait_s: float = 0.0
 
     @classmethod
-    def build(cls, settings: Settings, compile_model: bool | None = None) -> Trainer:
+    def build(cls, settings: Settings, compile_model: bool | None = None, data: Any = None) -> Trainer:
+        """``data``: the loader's ``setup_data`` result, whose classes and channels the network must match (the
+        synthetic datasets label nerves too: a 4-class network trained on them fails its first loss); without
+        it, the benchmark's own random batches' (``IN_CHANNELS``, ``NUM_CLASSES``)."""
         from tpnet.training.train import build_train_state
 
         cfg = train_config(settings, compile_model)
+        in_channels, num_classes = (
+            (data.encoding.in_channels, len(data.spec.classes)) if data else (IN_CHANNELS, NUM_CLASSES)
+        )
         torch.manual_seed(0)
         # A schedule long enough never to end inside the benchmark (its lr does not change the speed).
         state = build_train_state(
-            cfg, IN_CHANNELS, NUM_CLASSES, batches_per_epoch=10**9, device=settings.device
+            cfg, in_channels, num_classes, batches_per_epoch=10**9, device=settings.device
         )
         if cfg.trainer.compile:
             state.forward = torch.compile(state.model)  # as tpnet-train wraps it (single process: no DDP)
@@ -432,7 +438,7 @@ def bench_train(settings: Settings, report: Report, parts: LoaderParts) -> None:
         # The loader's worker processes need CPU time too: leave them the cores they use.
         threads = max(1, min(settings.threads, cores - workers))
         torch.set_num_threads(threads)
-        trainer = Trainer.build(settings)
+        trainer = Trainer.build(settings, data=parts.setup)
         epoch = make_train_loader(parts, settings, workers, settings.train_steps)
         # Warm-up epoch: starts the workers, and its batches become the in-memory data (same content).
         in_memory = []
@@ -493,7 +499,7 @@ from tpnet.data.datamodule import preprocessed_frames
 start = time.perf_counter()
 frames = preprocessed_frames(parts.setup, parts.data_cfg)
 build_s = time.perf_counter() - start
-trainer = b.Trainer.build(settings)
+trainer = b.Trainer.build(settings, data=parts.setup)
 epoch = b.make_train_loader(parts, settings, args["workers"], settings.train_steps)
 trainer.train_on(epoch)  # warm-up: starts the workers
 rates = b.median_rate(lambda: trainer.train_on(epoch), args["repeats"], warmup=0)[1]

@@ -150,3 +150,27 @@ def test_scale_datasets_repeat_every_frame_as_new_subjects_without_copying_files
     assert len({r.subject_id for r in big_rows}) == 3 * len({r.subject_id for r in rows})
     assert (big / rows[0].bmode).stat().st_ino == (base / rows[0].bmode).stat().st_ino  # hard link, no copy
     assert load_manifest(base) == rows  # the base dataset's manifest is untouched
+
+
+def test_training_figures_build_the_network_for_the_datasets_classes(tmp_path: Path) -> None:
+    """The loader-fed figures train on synthetic datasets that label nerves too: a network built for the
+    benchmark's own 4 classes failed its first loss on a crop with a nerve (a device-side assert on a GPU)."""
+    import torch
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import benchmark
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    from tpnet.data.synth import write_synthetic_dataset
+
+    root = write_synthetic_dataset(tmp_path / "data", 2, 1, 0, 64, 64, workers=1)
+    args = benchmark.build_parser().parse_args(["--quick", "--workdir", str(tmp_path / "work")])
+    settings = benchmark.make_settings(args, tmp_path / "work")
+    parts = benchmark.loader_parts(settings, root)
+    classes = len(parts.setup.spec.classes)
+    assert classes > benchmark.NUM_CLASSES  # nerve: the case this guards
+    model = benchmark.Trainer.build(settings, data=parts.setup).model.eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, parts.setup.encoding.in_channels, 64, 64))
+    assert out.shape[1] == classes
