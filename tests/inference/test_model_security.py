@@ -196,6 +196,38 @@ def test_crafted_pt2_is_refused_in_process_without_running(clean_pt2, tmp_path, 
     assert error is not None and str(crafted) in error and "refused" in error
 
 
+TORCH_2_11_GUARD = "(max(1, L['x'].size()[3] // 32)*max(1, L['x'].size()[2] // 32)) != 1"
+
+
+def test_pt2_with_torch_2_11_size_guards_loads_and_runs(clean_pt2, tmp_path):
+    """torch 2.11's exporter writes Python's max into a U-Net's shape guards (a .pt2 exported on a GPU machine
+    with torch 2.11 was refused by tpnet-infer, 2026-12-04): size arithmetic with max / min is allowed."""
+
+    def edit(members):
+        _edit_json(
+            members, f"{PREFIX}models/model.json", lambda tree: tree.update(guards_code=[TORCH_2_11_GUARD])
+        )
+
+    archive = _rewrite(clean_pt2, tmp_path / "torch211.pt2", edit)
+    check_pt2_archive(archive.read_bytes())
+    model = load_model_file(archive)
+    with torch.no_grad():
+        assert model.module(torch.zeros(1, 3, 64, 64)).shape[-2:] == (64, 64)
+        with pytest.raises(AssertionError, match="Guard failed"):  # the guard is torch's, and it ran
+            model.module(torch.zeros(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize(
+    "guard", ["max(open('x', 'w'), 1) != 1", "min(__import__('os').system('true'), 1) == 0"]
+)
+def test_pt2_guard_with_max_still_refuses_other_calls(clean_pt2, tmp_path, guard):
+    def edit(members):
+        _edit_json(members, f"{PREFIX}models/model.json", lambda tree: tree.update(guards_code=[guard]))
+
+    with pytest.raises(UnsafeModelError, match="guard"):
+        check_pt2_archive(_rewrite(clean_pt2, tmp_path / "crafted.pt2", edit).read_bytes())
+
+
 def _infer_cli(model: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     frames = tmp_path / "frames"
     frames.mkdir()

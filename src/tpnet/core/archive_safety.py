@@ -74,7 +74,10 @@ _GUARD_NODES = (
     ast.And, ast.Or, ast.Not, ast.USub, ast.UAdd, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod,
     ast.Pow, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE,
 )  # fmt: skip
-_GUARD_NAMES = frozenset({"L", "torch", "math", "IsNonOverlappingAndDenseIndicator"})
+# Python's max / min: torch 2.11's exporter writes them into guards, e.g. a U-Net's padded size
+# "(max(1, L['x'].size()[3] // 32)*max(1, L['x'].size()[2] // 32)) != 1" (seen on a GPU machine, 2026-12-04);
+# on arguments that can only be size arithmetic they compute, never run code.
+_GUARD_NAMES = frozenset({"L", "torch", "math", "IsNonOverlappingAndDenseIndicator", "max", "min"})
 _GUARD_ATTRIBUTES = frozenset(
     {"size", "stride", "storage_offset", "dim", "numel", "floor", "ceil", "trunc", "sqrt"}
     | {f"sym_{op}" for op in ("max", "min", "not", "float", "int", "ite", "sqrt", "sum")}
