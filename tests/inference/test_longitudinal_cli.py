@@ -192,6 +192,34 @@ def test_dicom_visits_come_from_patient_id_and_study_date_and_register_inside_th
     assert float(visits[1]["lateral_shift_mm"]) == pytest.approx(1.5, abs=0.4)
 
 
+def test_resume_refuses_a_changed_grouping_of_frames(study, tmp_path, monkeypatch, capsys):
+    """Who and which visit each frame is belongs to the run: resuming without --longitudinal, or after study.csv
+    was edited, would track two groupings as one; the resume is refused, naming what changed."""
+    import shutil
+
+    from tpnet.inference import longitudinal_run
+
+    folder = shutil.copytree(study_inputs["folder"], tmp_path / "study")
+    out = tmp_path / "out"
+    args = ["--model", str(study_inputs["model"]), "--input", str(folder), "--output", str(out)]
+
+    def die(*_args, **_kwargs):
+        raise MemoryError("killed while tracking")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(longitudinal_run, "track_study", die)
+        with pytest.raises(MemoryError):
+            main([*args, "--longitudinal"])
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    assert "longitudinal: was True, now False" in capsys.readouterr().err
+    with (folder / "study.csv").open("a", encoding="utf-8") as table:
+        table.write("p4_v3,p4,2026-02-04,,\n")
+    assert main([*args, "--longitudinal", "--resume"]) == 2
+    assert "study_table" in capsys.readouterr().err
+    assert not (out / "tracks.csv").exists()
+
+
 def test_a_run_that_dies_while_tracking_resumes_to_the_same_results(study, tmp_path, monkeypatch):
     """Every frame is journalled before tracking starts: a crash there leaves the run resumable, and --resume
     redoes only the tracking (no frame twice), ending with the uninterrupted run's tables."""

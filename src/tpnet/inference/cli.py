@@ -65,7 +65,7 @@ from tpnet.inference.overlay_writers import OverlayWriters, default_overlay_proc
 from tpnet.inference.predictor import FrameFailure, FramePrediction, Predictor, stiffness_note
 from tpnet.inference.progress import PROGRESS_NAME, FrameRecord, ProgressJournal, ResumeError, model_identity
 from tpnet.inference.report import HtmlReport, frame_section
-from tpnet.inference.study import apply_study_table
+from tpnet.inference.study import STUDY_TABLE, apply_study_table
 from tpnet.inference.sweep_run import DETECTIONS_3D_COLUMNS, DETECTIONS_3D_NAME, SweepAssembler
 
 EXIT_OK, EXIT_USAGE, EXIT_REJECTED = 0, 2, 3
@@ -291,6 +291,10 @@ def _run_key(input_dir: Path, args: argparse.Namespace) -> dict[str, object]:
         "min_frames": args.min_frames,
         "overlays": not args.no_overlays,  # a resumed run must not leave half its frames without a picture
         "min_clearance_mm": args.min_clearance_mm,  # one safety margin for all the run's paths
+        # Who and which visit each frame is: --longitudinal reads DICOM PatientID + StudyDate, and study.csv
+        # assigns subjects and visits, so a resume with either changed would track two runs' groupings as one.
+        "longitudinal": args.longitudinal,
+        "study_table": _file_identity(study) if (study := input_dir / STUDY_TABLE).is_file() else None,
     }
 
 
